@@ -1,0 +1,280 @@
+//! The commands that talk to a running node through the HTTP API.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use cella_client::{Client, ClientError};
+use cella_core::FunctionRecord;
+use serde_json::json;
+
+use crate::{Format, Remote};
+
+/// A client for `remote`: the token comes from --token / CELLA_TOKEN, else from the admin token
+/// file of a local node's data directory.
+fn client(remote: &Remote) -> anyhow::Result<Client> {
+    let token = match &remote.token {
+        Some(token) => Some(token.clone()),
+        None => {
+            let dir = remote
+                .data_dir
+                .clone()
+                .unwrap_or_else(crate::config::default_data_dir);
+            let path = crate::up::admin_token_path(&dir);
+            std::fs::read_to_string(&path)
+                .ok()
+                .map(|t| t.trim().to_owned())
+        }
+    };
+    Ok(Client::new(&remote.url, token))
+}
+
+/// Turns API errors into one readable line plus the function's log, if any.
+fn explain(e: ClientError) -> anyhow::Error {
+    if let ClientError::Api { log: Some(log), .. } = &e {
+        let log = log.trim_end();
+        if !log.is_empty() {
+            return anyhow::anyhow!("{e}\nfunction log (tail):\n{log}");
+        }
+    }
+    if e.code() == Some("unauthenticated") {
+        return anyhow::anyhow!(
+            "{e}\nset CELLA_TOKEN (or --token) to a tenant's token, or run on the node's machine \
+             where `cella up` saved the admin token"
+        );
+    }
+    e.into()
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub(crate) async fn tenant_create(remote: &Remote, name: &str) -> anyhow::Result<()> {
+    let tenant = client(remote)?.create_tenant(name).await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&json!({ "name": tenant.name, "token": tenant.token })),
+        Format::Text => {
+            println!("created tenant `{}`; its token (shown once):", tenant.name);
+            println!("  {}", tenant.token);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn tenant_rotate(remote: &Remote, name: &str) -> anyhow::Result<()> {
+    let tenant = client(remote)?.rotate_token(name).await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&json!({ "name": tenant.name, "token": tenant.token })),
+        Format::Text => {
+            println!(
+                "new token for `{}` (the old one no longer works):",
+                tenant.name
+            );
+            println!("  {}", tenant.token);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn tenant_list(remote: &Remote) -> anyhow::Result<()> {
+    let tenants = client(remote)?.tenants().await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&tenants),
+        Format::Text => {
+            println!("{:<24} CREATED", "TENANT");
+            for t in &tenants {
+                println!("{:<24} {}", t.name, t.created_at);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn deploy(
+    remote: &Remote,
+    name: &str,
+    file: &Path,
+    limits: &[String],
+) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let record = client(remote)?
+        .deploy(name, wasm, limits)
+        .await
+        .map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&record),
+        Format::Text => {
+            println!(
+                "deployed `{}` ({}, {} bytes) {}",
+                record.name, record.kind, record.size, record.hash
+            );
+            Ok(())
+        }
+    }
+}
+
+fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    match data {
+        None => Ok(Vec::new()),
+        Some("-") => {
+            let mut input = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut input)
+                .context("cannot read stdin")?;
+            Ok(input)
+        }
+        Some(text) => match text.strip_prefix('@') {
+            Some(path) => std::fs::read(path).with_context(|| format!("cannot read {path}")),
+            None => Ok(text.as_bytes().to_vec()),
+        },
+    }
+}
+
+pub(crate) async fn invoke(
+    remote: &Remote,
+    name: &str,
+    data: Option<&str>,
+    args: &[String],
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let input = read_data(data)?;
+    let result = client(remote)?
+        .invoke(name, input, args)
+        .await
+        .map_err(explain)?;
+    match output {
+        Some(path) => {
+            std::fs::write(path, &result.output)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "wrote {} bytes to {} (invocation {}, {} ms)",
+                result.output.len(),
+                path.display(),
+                result.invocation_id.as_deref().unwrap_or("?"),
+                result.duration_ms.unwrap_or(0)
+            );
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&result.output)?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn print_function(record: &FunctionRecord) {
+    println!("name:     {}", record.name);
+    println!("owner:    {}", record.owner);
+    println!("kind:     {}", record.kind);
+    println!("hash:     {}", record.hash);
+    println!("size:     {} bytes", record.size);
+    println!(
+        "limits:   timeout {} ms, memory {} bytes, output {} bytes",
+        record.limits.timeout_ms, record.limits.memory_bytes, record.limits.output_bytes
+    );
+    let grants: Vec<&str> = record.access.tenants.iter().map(|t| t.as_str()).collect();
+    println!(
+        "access:   owner{}{}",
+        if record.access.public {
+            ", every tenant (public)"
+        } else {
+            ""
+        },
+        if grants.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", grants.join(", "))
+        }
+    );
+    println!("created:  {}", record.created_at);
+    println!("updated:  {}", record.updated_at);
+}
+
+pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Result<()> {
+    let c = client(remote)?;
+    if let Some(name) = name {
+        let record = c.function(name).await.map_err(explain)?;
+        return match remote.format {
+            Format::Json => print_json(&record),
+            Format::Text => {
+                print_function(&record);
+                Ok(())
+            }
+        };
+    }
+    let records = c.functions().await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&records),
+        Format::Text => {
+            println!(
+                "{:<20} {:<13} {:>10}  {:<20} HASH",
+                "NAME", "KIND", "SIZE", "UPDATED"
+            );
+            for r in &records {
+                println!(
+                    "{:<20} {:<13} {:>10}  {:<20} {}",
+                    r.name,
+                    r.kind.as_str(),
+                    r.size,
+                    r.updated_at,
+                    r.hash
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn delete(remote: &Remote, name: &str) -> anyhow::Result<()> {
+    let record = client(remote)?.delete(name).await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&record),
+        Format::Text => {
+            println!("deleted `{}`", record.name);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn access(
+    remote: &Remote,
+    name: &str,
+    tenant: Option<&str>,
+    public: bool,
+    grant: bool,
+) -> anyhow::Result<()> {
+    let c = client(remote)?;
+    let record = match (tenant, public) {
+        (_, true) => c.set_public(name, grant).await,
+        (Some(tenant), false) if grant => c.grant(name, tenant).await,
+        (Some(tenant), false) => c.revoke(name, tenant).await,
+        (None, false) => bail!("name a tenant, or pass --public"),
+    }
+    .map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&record),
+        Format::Text => {
+            print_function(&record);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn logs(remote: &Remote, name: &str) -> anyhow::Result<()> {
+    let entries = client(remote)?.logs(name).await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&entries),
+        Format::Text => {
+            for e in &entries {
+                println!("{} {} {} {} ms", e.at, e.id, e.outcome, e.duration_ms);
+                for line in e.log.lines() {
+                    println!("    {line}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The one path configuration takes: defaults, then `cella.toml`, then `CELLA_*` environment
+//! variables, then flags (clap reads flag-or-env; the file fills what both leave out).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cella_core::{Limits, LimitsOverride};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+const DEFAULT_FILE: &str = "cella.toml";
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct ConfigArgs {
+    /// Configuration file (TOML). Default: ./cella.toml when it exists.
+    #[arg(long, env = "CELLA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API.
+    #[arg(long, env = "CELLA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where the registry and blobs are kept.
+    #[arg(long, env = "CELLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `cella.toml`; every field optional.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    gateway: GatewayFile,
+    #[serde(default)]
+    limits: LimitsFile,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct GatewayFile {
+    max_body_bytes: Option<usize>,
+    max_upload_bytes: Option<usize>,
+    tenant_concurrency: Option<usize>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    default: LimitsOverride,
+    #[serde(default)]
+    maximum: LimitsOverride,
+}
+
+/// The configuration in force, as `cella config show` prints it.
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub gateway: GatewaySettings,
+    pub limits: LimitSettings,
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct GatewaySettings {
+    pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
+    pub tenant_concurrency: usize,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct LimitSettings {
+    pub default: Limits,
+    pub maximum: Limits,
+}
+
+/// `$XDG_DATA_HOME/cella` (usually `~/.local/share/cella`), or `./cella-data` without a home.
+pub(crate) fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("cella"))
+        .unwrap_or_else(|| PathBuf::from("cella-data"))
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| {
+        format!(
+            "config file {} is not valid; `cella config show` prints the accepted keys",
+            path.display()
+        )
+    })
+}
+
+pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
+    let (file, source) = match &args.config {
+        Some(path) => (read_file(path)?, Some(path.clone())),
+        None if Path::new(DEFAULT_FILE).exists() => (
+            read_file(Path::new(DEFAULT_FILE))?,
+            Some(DEFAULT_FILE.into()),
+        ),
+        None => (FileConfig::default(), None),
+    };
+    let defaults = cella_gateway::GatewayConfig::default();
+    let unbounded = Limits {
+        timeout_ms: u64::MAX,
+        memory_bytes: u64::MAX,
+        output_bytes: u64::MAX,
+    };
+    let maximum = Limits::resolve(&Limits::default_maximum(), &file.limits.maximum, &unbounded)
+        .context("in [limits.maximum]")?;
+    let default = Limits::resolve(&Limits::default(), &file.limits.default, &maximum)
+        .context("in [limits.default]")?;
+    Ok(ServerConfig {
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default address")),
+        data_dir: args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir),
+        gateway: GatewaySettings {
+            max_body_bytes: file
+                .gateway
+                .max_body_bytes
+                .unwrap_or(defaults.max_body_bytes),
+            max_upload_bytes: file
+                .gateway
+                .max_upload_bytes
+                .unwrap_or(defaults.max_upload_bytes),
+            tenant_concurrency: file.gateway.tenant_concurrency.unwrap_or(64),
+        },
+        limits: LimitSettings { default, maximum },
+        file: source,
+    })
+}
+
+pub(crate) fn show(args: &ConfigArgs) -> anyhow::Result<()> {
+    let config = resolve(args)?;
+    match &config.file {
+        Some(path) => println!(
+            "# from {} (then CELLA_* variables, then flags)",
+            path.display()
+        ),
+        None => println!("# no config file; built-in defaults, then CELLA_* variables, then flags"),
+    }
+    print!("{}", toml::to_string_pretty(&config)?);
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! `cella`: run a node (`cella up`) and talk to one (everything else).
+#![forbid(unsafe_code)]
+
+mod client_cmds;
+mod config;
+mod demo;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "cella",
+    version,
+    about = "Confidential serverless functions: WebAssembly in a sandbox, inside a TEE",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How to reach a cella node (for every command except `up`).
+#[derive(Args, Clone)]
+pub(crate) struct Remote {
+    /// URL of the cella node.
+    #[arg(
+        long,
+        env = "CELLA_URL",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    url: String,
+    /// Bearer token. Defaults to the admin token a local `cella up` wrote to its data directory.
+    #[arg(long, env = "CELLA_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Data directory of a local node, where its admin token file is found.
+    #[arg(long, env = "CELLA_DATA_DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node platform: HTTP API, sandbox, embedded stores.
+    Up(up::UpArgs),
+    /// Show the configuration `cella up` would run with, and where each value came from.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Manage tenants (needs the admin token).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Deploy a .wasm file as function NAME (replaces the function if you own it).
+    Deploy {
+        name: String,
+        file: PathBuf,
+        /// A limit for this function: `timeout=2s`, `memory=64MiB`, `output=1MiB` (repeatable).
+        #[arg(long = "limit", value_name = "KEY=VALUE")]
+        limits: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Invoke a function: the data is its input, its output is printed (or written with -o).
+    Invoke {
+        name: String,
+        /// Input: `@FILE`, `-` for stdin, or literal text. Empty when left out.
+        #[arg(long, short = 'd')]
+        data: Option<String>,
+        /// An argument passed to the function (repeatable).
+        #[arg(long = "arg", short = 'a', value_name = "ARG")]
+        args: Vec<String>,
+        /// Write the output to this file instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List your functions, or show one.
+    Functions {
+        name: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Delete a function you own.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Let another tenant (or, with --public, every tenant) invoke your function.
+    Grant {
+        name: String,
+        #[arg(required_unless_present = "public")]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        public: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Take back what `grant` gave.
+    Revoke {
+        name: String,
+        #[arg(required_unless_present = "public")]
+        tenant: Option<String>,
+        #[arg(long, conflicts_with = "tenant")]
+        public: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Recent invocations of your function and what they wrote to stderr.
+    Logs {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration.
+    Show(config::ConfigArgs),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its token (shown once).
+    Create { name: String },
+    /// List tenants.
+    List,
+    /// Issue a new token for a tenant; the old one stops working.
+    RotateToken { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    use client_cmds as c;
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Config {
+            command: ConfigCommand::Show(args),
+        } => config::show(&args),
+        Command::Tenant { command, remote } => match command {
+            TenantCommand::Create { name } => c::tenant_create(&remote, &name).await,
+            TenantCommand::List => c::tenant_list(&remote).await,
+            TenantCommand::RotateToken { name } => c::tenant_rotate(&remote, &name).await,
+        },
+        Command::Deploy {
+            name,
+            file,
+            limits,
+            remote,
+        } => c::deploy(&remote, &name, &file, &limits).await,
+        Command::Invoke {
+            name,
+            data,
+            args,
+            output,
+            remote,
+        } => c::invoke(&remote, &name, data.as_deref(), &args, output.as_deref()).await,
+        Command::Functions { name, remote } => c::functions(&remote, name.as_deref()).await,
+        Command::Delete { name, remote } => c::delete(&remote, &name).await,
+        Command::Grant {
+            name,
+            tenant,
+            public,
+            remote,
+        } => c::access(&remote, &name, tenant.as_deref(), public, true).await,
+        Command::Revoke {
+            name,
+            tenant,
+            public,
+            remote,
+        } => c::access(&remote, &name, tenant.as_deref(), public, false).await,
+        Command::Logs { name, remote } => c::logs(&remote, &name).await,
+    }
+}

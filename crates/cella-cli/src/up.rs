@@ -1,0 +1,125 @@
+//! `cella up`: one process with everything a single node needs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use cella_runtime::{Platform, PlatformConfig};
+use cella_store::Token;
+use clap::Args;
+use tokio::net::TcpListener;
+
+use crate::config::{self, ConfigArgs};
+
+#[derive(Args)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Deploy the example functions under tenant `demo`, invoke them once, and print commands
+    /// to try.
+    #[arg(long)]
+    demo: bool,
+    /// Where the built example functions are (for --demo).
+    #[arg(long, env = "CELLA_GUESTS_DIR", default_value = "guests/dist")]
+    guests: PathBuf,
+}
+
+/// The admin token file in a data directory, readable only by its owner.
+pub(crate) fn admin_token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("admin.token")
+}
+
+fn save_admin_token(data_dir: &Path, token: &Token) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = admin_token_path(data_dir);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the admin token to {}", path.display()))?;
+    writeln!(file, "{}", token.secret())?;
+    Ok(path)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = config::resolve(&args.config)?;
+    let mut platform_config = PlatformConfig::new(&config.data_dir);
+    platform_config.default_limits = config.limits.default;
+    platform_config.max_limits = config.limits.maximum;
+    platform_config.tenant_concurrency = config.gateway.tenant_concurrency;
+    let platform =
+        Arc::new(Platform::open(platform_config).with_context(|| {
+            format!("cannot open the platform in {}", config.data_dir.display())
+        })?);
+
+    if let Some(token) = platform.ensure_admin_token().await? {
+        let path = save_admin_token(&config.data_dir, &token)?;
+        println!(
+            "admin token (shown once; saved for the CLI in {}):",
+            path.display()
+        );
+        println!("  {}", token.secret());
+    }
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}; is another cella running? choose another address with --listen",
+            config.listen
+        )
+    })?;
+    let addr = listener.local_addr()?;
+    let router = cella_gateway::router(
+        platform.clone(),
+        cella_gateway::GatewayConfig {
+            max_body_bytes: config.gateway.max_body_bytes,
+            max_upload_bytes: config.gateway.max_upload_bytes,
+        },
+    );
+    println!(
+        "cella {} listening on http://{addr} (data: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.data_dir.display()
+    );
+    println!(
+        "TEE: none (this build runs functions in the WebAssembly sandbox only; it offers no \
+         attestation yet)"
+    );
+    let server = tokio::spawn(cella_gateway::serve(listener, router, shutdown_signal()));
+    if args.demo {
+        crate::demo::run(&platform, &args.guests, addr).await?;
+    }
+    server
+        .await
+        .context("the server task failed")?
+        .context("the server stopped with an error")?;
+    println!("cella stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,344 @@
+//! A Rust client for cella's HTTP API (v1), used by the `cella` CLI and by tests; programs can
+//! use it the same way.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cella_client::ClientError> {
+//! let client = cella_client::Client::new("http://127.0.0.1:7070", Some("cella_…".into()));
+//! let out = client.invoke("brotli", b"hello".to_vec(), &[]).await?;
+//! println!("{} bytes", out.output.len());
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use cella_core::FunctionRecord;
+pub use reqwest::{Method, StatusCode};
+use reqwest::{RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error: its code and message say what to do.
+    #[error("{message} [{code}, HTTP {status}]")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        /// The tail of the function's stderr, when a function failed.
+        log: Option<String>,
+    },
+    #[error("cannot reach cella at {url}: {source}; is `cella up` running there (see CELLA_URL)?")]
+    Connect { url: String, source: reqwest::Error },
+    #[error("unexpected response from cella at {url}: {detail}")]
+    Protocol { url: String, detail: String },
+}
+
+impl ClientError {
+    /// The API error code (`forbidden`, `timeout`, …), if the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A tenant just created: the only time its token is shown.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CreatedTenant {
+    pub name: String,
+    pub created_at: String,
+    pub token: String,
+}
+
+/// The result of one invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub output: Bytes,
+    pub invocation_id: Option<String>,
+    pub function_hash: Option<String>,
+    pub duration_ms: Option<u64>,
+}
+
+/// A tenant as listed by `GET /v1/tenants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub name: String,
+    pub created_at: String,
+}
+
+/// One remembered invocation of a function (from `GET /v1/functions/{name}/logs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationLog {
+    pub id: String,
+    pub at: String,
+    pub outcome: String,
+    pub duration_ms: u64,
+    pub log: String,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+    log: Option<String>,
+}
+
+fn segment(s: &str) -> String {
+    // Names are validated server-side; encode anyway so no input can change the route.
+    form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl Client {
+    pub fn new(base_url: &str, token: Option<String>) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: base_url.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
+        let response = self.send_raw(builder).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(self.api_error(response).await)
+    }
+
+    async fn send_raw(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
+        builder.send().await.map_err(|source| ClientError::Connect {
+            url: self.base.clone(),
+            source,
+        })
+    }
+
+    async fn api_error(&self, response: Response) -> ClientError {
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => ClientError::Api {
+                status: status.as_u16(),
+                code: error.code,
+                message: error.message,
+                log: error.log,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "unknown".into(),
+                message: String::from_utf8_lossy(&body).chars().take(500).collect(),
+                log: None,
+            },
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(builder).await?;
+        response.json().await.map_err(|e| ClientError::Protocol {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(Method::GET, "/v1/health")).await
+    }
+
+    pub async fn create_tenant(&self, name: &str) -> Result<CreatedTenant, ClientError> {
+        let body = serde_json::json!({ "name": name });
+        self.json(self.request(Method::POST, "/v1/tenants").json(&body))
+            .await
+    }
+
+    pub async fn tenants(&self) -> Result<Vec<TenantInfo>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            tenants: Vec<TenantInfo>,
+        }
+        let list: List = self.json(self.request(Method::GET, "/v1/tenants")).await?;
+        Ok(list.tenants)
+    }
+
+    pub async fn rotate_token(&self, tenant: &str) -> Result<CreatedTenant, ClientError> {
+        #[derive(Deserialize)]
+        struct Rotated {
+            name: String,
+            token: String,
+        }
+        let path = format!("/v1/tenants/{}/token", segment(tenant));
+        let r: Rotated = self.json(self.request(Method::POST, &path)).await?;
+        Ok(CreatedTenant {
+            name: r.name,
+            created_at: String::new(),
+            token: r.token,
+        })
+    }
+
+    /// Deploys `wasm` as function `name`; `limits` are `key=value` settings such as
+    /// `timeout=2s` or `memory=64MiB`.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        limits: &[String],
+    ) -> Result<FunctionRecord, ClientError> {
+        let mut query = Vec::new();
+        for setting in limits {
+            let (key, value) = setting.split_once('=').unwrap_or((setting, ""));
+            query.push((key.to_owned(), value.to_owned()));
+        }
+        let path = format!("/v1/functions/{}", segment(name));
+        let builder = self
+            .request(Method::PUT, &path)
+            .query(&query)
+            .header("content-type", "application/wasm")
+            .body(wasm);
+        self.json(builder).await
+    }
+
+    pub async fn invoke(
+        &self,
+        name: &str,
+        input: Vec<u8>,
+        args: &[String],
+    ) -> Result<Invocation, ClientError> {
+        let query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
+        let path = format!("/v1/functions/{}/invoke", segment(name));
+        let response = self
+            .send(self.request(Method::POST, &path).query(&query).body(input))
+            .await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let invocation_id = header("cella-invocation-id");
+        let function_hash = header("cella-function-hash");
+        let duration_ms = header("cella-duration-ms").and_then(|d| d.parse().ok());
+        let output = response.bytes().await.map_err(|e| ClientError::Protocol {
+            url: self.base.clone(),
+            detail: format!("reading the function's output: {e}"),
+        })?;
+        Ok(Invocation {
+            output,
+            invocation_id,
+            function_hash,
+            duration_ms,
+        })
+    }
+
+    pub async fn functions(&self) -> Result<Vec<FunctionRecord>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            functions: Vec<FunctionRecord>,
+        }
+        let list: List = self
+            .json(self.request(Method::GET, "/v1/functions"))
+            .await?;
+        Ok(list.functions)
+    }
+
+    pub async fn function(&self, name: &str) -> Result<FunctionRecord, ClientError> {
+        let path = format!("/v1/functions/{}", segment(name));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<FunctionRecord, ClientError> {
+        let path = format!("/v1/functions/{}", segment(name));
+        self.json(self.request(Method::DELETE, &path)).await
+    }
+
+    pub async fn grant(&self, name: &str, tenant: &str) -> Result<FunctionRecord, ClientError> {
+        let path = format!("/v1/functions/{}/grants/{}", segment(name), segment(tenant));
+        self.json(self.request(Method::PUT, &path)).await
+    }
+
+    pub async fn revoke(&self, name: &str, tenant: &str) -> Result<FunctionRecord, ClientError> {
+        let path = format!("/v1/functions/{}/grants/{}", segment(name), segment(tenant));
+        self.json(self.request(Method::DELETE, &path)).await
+    }
+
+    pub async fn set_public(
+        &self,
+        name: &str,
+        public: bool,
+    ) -> Result<FunctionRecord, ClientError> {
+        let path = format!("/v1/functions/{}/public", segment(name));
+        let method = if public { Method::PUT } else { Method::DELETE };
+        self.json(self.request(method, &path)).await
+    }
+
+    pub async fn logs(&self, name: &str) -> Result<Vec<InvocationLog>, ClientError> {
+        #[derive(Deserialize)]
+        struct Logs {
+            invocations: Vec<InvocationLog>,
+        }
+        let path = format!("/v1/functions/{}/logs", segment(name));
+        let logs: Logs = self.json(self.request(Method::GET, &path)).await?;
+        Ok(logs.invocations)
+    }
+
+    /// Sends an arbitrary request to a `wasi:http` function's pass-through, at `path`. The
+    /// function's response comes back whatever its status; only errors of the platform itself
+    /// (marked with a `cella-error` header) are `Err`.
+    pub async fn http(
+        &self,
+        method: Method,
+        name: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Bytes), ClientError> {
+        let url = format!(
+            "/v1/functions/{}/http/{}",
+            segment(name),
+            path.trim_start_matches('/')
+        );
+        let response = self.send_raw(self.request(method, &url).body(body)).await?;
+        if response.headers().contains_key("cella-error") {
+            return Err(self.api_error(response).await);
+        }
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| ClientError::Protocol {
+            url: self.base.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok((status, headers, body))
+    }
+}

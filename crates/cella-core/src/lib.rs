@@ -1,0 +1,15 @@
+//! The vocabulary every other cella crate speaks: validated names, content hashes, function
+//! kinds and resource limits. Pure data and validation; nothing here performs I/O.
+#![forbid(unsafe_code)]
+
+mod function;
+mod hash;
+mod kind;
+mod limits;
+mod names;
+
+pub use function::{Access, FunctionRecord, now_rfc3339};
+pub use hash::{ContentHash, HashParseError};
+pub use kind::FunctionKind;
+pub use limits::{LimitError, Limits, LimitsOverride, parse_size};
+pub use names::{FunctionName, NameError, TenantName};

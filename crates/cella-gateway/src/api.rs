@@ -1,0 +1,317 @@
+//! The routes of API v1 and their handlers. Handlers only translate: authorization and every
+//! decision live in the runtime.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use cella_core::FunctionRecord;
+use cella_core::{LimitsOverride, TenantName};
+use cella_runtime::{AccessChange, ErrorCode, InvokeOutput};
+use cella_sandbox::CommandInput;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::body::read_limited;
+use crate::{ApiError, AppState, passthrough};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/tenants", post(create_tenant).get(list_tenants))
+        .route("/v1/tenants/{name}/token", post(rotate_token))
+        .route("/v1/functions", get(list_functions))
+        .route(
+            "/v1/functions/{name}",
+            put(deploy).get(get_function).delete(delete_function),
+        )
+        .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/functions/{name}/logs", get(logs))
+        .route(
+            "/v1/functions/{name}/grants/{tenant}",
+            put(grant).delete(revoke),
+        )
+        .route(
+            "/v1/functions/{name}/public",
+            put(make_public).delete(make_private),
+        )
+        .route("/v1/functions/{name}/http", any(passthrough::root))
+        .route("/v1/functions/{name}/http/", any(passthrough::root))
+        .route("/v1/functions/{name}/http/{*path}", any(passthrough::path))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.platform.metrics().encode(),
+    )
+}
+
+async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!(
+            "no endpoint {method} {}; the API is listed in the README",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let mut e = ApiError::new(
+        ErrorCode::InvalidRequest,
+        format!(
+            "{method} is not allowed on {}; the API is listed in the README",
+            uri.path()
+        ),
+    );
+    e.status = StatusCode::METHOD_NOT_ALLOWED;
+    e
+}
+
+async fn json_body<T: DeserializeOwned>(body: Body, example: &str) -> ApiResult<T> {
+    let bytes = read_limited(body, 64 * 1024, "request body").await?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the request body is not the expected JSON ({e}); send for example {example}"),
+        )
+    })
+}
+
+/// `key=value` pairs of a query string, percent-decoded.
+fn query_pairs(query: &Option<String>) -> Vec<(String, String)> {
+    query
+        .as_deref()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    name: String,
+}
+
+async fn create_tenant(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let request: CreateTenant = json_body(body, r#"{"name":"acme"}"#).await?;
+    let (tenant, token) = state.platform.create_tenant(&caller, &request.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": tenant.name,
+            "created_at": tenant.created_at,
+            "token": token.secret(),
+        })),
+    ))
+}
+
+async fn list_tenants(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<impl IntoResponse> {
+    let tenants = state.platform.tenants(&caller)?;
+    let tenants: Vec<_> = tenants
+        .iter()
+        .map(|t| json!({ "name": t.name, "created_at": t.created_at }))
+        .collect();
+    Ok(Json(json!({ "tenants": tenants })))
+}
+
+async fn rotate_token(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let token = state.platform.rotate_tenant_token(&caller, &name).await?;
+    Ok(Json(json!({ "name": name, "token": token.secret() })))
+}
+
+async fn list_functions(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<impl IntoResponse> {
+    let functions = state.platform.functions(&caller)?;
+    Ok(Json(json!({ "functions": functions })))
+}
+
+async fn get_function(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionRecord>> {
+    Ok(Json(state.platform.function(&caller, &name)?))
+}
+
+async fn deploy(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let mut limits = LimitsOverride::default();
+    for (key, value) in query_pairs(&query) {
+        limits
+            .set(&format!("{key}={value}"))
+            .map_err(|e| ApiError::new(ErrorCode::InvalidLimits, e.to_string()))?;
+    }
+    let wasm = read_limited(body, state.config.max_upload_bytes, "uploaded .wasm").await?;
+    let record = state.platform.deploy(&caller, &name, wasm, &limits).await?;
+    let status = if record.created_at == record.updated_at {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(record)))
+}
+
+async fn delete_function(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionRecord>> {
+    Ok(Json(state.platform.delete(&caller, &name).await?))
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let invocations = state.platform.logs(&caller, &name)?;
+    Ok(Json(json!({ "invocations": invocations })))
+}
+
+async fn change_access(
+    state: &AppState,
+    caller: &cella_store::Principal,
+    name: &str,
+    change: AccessChange,
+) -> ApiResult<Json<FunctionRecord>> {
+    Ok(Json(
+        state.platform.change_access(caller, name, change).await?,
+    ))
+}
+
+fn tenant_param(tenant: &str) -> ApiResult<TenantName> {
+    TenantName::new(tenant).map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))
+}
+
+async fn grant(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((name, tenant)): Path<(String, String)>,
+) -> ApiResult<Json<FunctionRecord>> {
+    change_access(
+        &state,
+        &caller,
+        &name,
+        AccessChange::Grant(tenant_param(&tenant)?),
+    )
+    .await
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path((name, tenant)): Path<(String, String)>,
+) -> ApiResult<Json<FunctionRecord>> {
+    change_access(
+        &state,
+        &caller,
+        &name,
+        AccessChange::Revoke(tenant_param(&tenant)?),
+    )
+    .await
+}
+
+async fn make_public(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionRecord>> {
+    change_access(&state, &caller, &name, AccessChange::Public(true)).await
+}
+
+async fn make_private(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<FunctionRecord>> {
+    change_access(&state, &caller, &name, AccessChange::Public(false)).await
+}
+
+async fn invoke(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ApiResult<Response> {
+    let mut args = Vec::new();
+    for (key, value) in query_pairs(&query) {
+        match key.as_str() {
+            "arg" => args.push(value),
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "unknown query parameter `{other}`; pass function arguments as \
+                         `?arg=VALUE` (repeatable)"
+                    ),
+                ));
+            }
+        }
+    }
+    let stdin = read_limited(body, state.config.max_body_bytes, "request body").await?;
+    let output = state
+        .platform
+        .invoke(&caller, &name, CommandInput { stdin, args })
+        .await?;
+    Ok(invocation_response(output))
+}
+
+fn invocation_response(output: InvokeOutput) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    invocation_headers(&mut headers, &output.invocation_id);
+    if let Ok(hash) = HeaderValue::from_str(&output.function.hash.to_string()) {
+        headers.insert("cella-function-hash", hash);
+    }
+    headers.insert(
+        "cella-duration-ms",
+        HeaderValue::from(output.duration.as_millis() as u64),
+    );
+    (headers, output.output).into_response()
+}
+
+pub(crate) fn invocation_headers(headers: &mut HeaderMap, invocation_id: &str) {
+    if let Ok(id) = HeaderValue::from_str(invocation_id) {
+        headers.insert("cella-invocation-id", id);
+    }
+}

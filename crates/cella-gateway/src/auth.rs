@@ -1,0 +1,46 @@
+//! Authentication: every API call (but health and metrics) carries `Authorization: Bearer
+//! <token>`; the extractor turns it into the calling [`Principal`].
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use cella_runtime::ErrorCode;
+use cella_store::Principal;
+
+use crate::{ApiError, AppState};
+
+/// The authenticated caller of a request.
+pub(crate) struct Caller(pub(crate) Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthenticated,
+                "missing bearer token: send `Authorization: Bearer <token>` (the CLI reads \
+                 CELLA_TOKEN or --token)",
+            )
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "the Authorization header must be `Bearer <token>`",
+                )
+            })?;
+        match state.platform.authenticate(token)? {
+            Some(principal) => Ok(Caller(principal)),
+            None => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "the bearer token is not valid (it may have been rotated); ask the platform \
+                 admin for a new one",
+            )),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! Starts and stops nodes for the tests and finds the guests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use cella_client::Client;
+use cella_gateway::GatewayConfig;
+use cella_runtime::{Platform, PlatformConfig};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A guest's bytes from the directory `./scripts/test` builds them into.
+pub fn guest(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("CELLA_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/dist"));
+    let path = dir.join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "guest {} is missing ({e}); build the guests with ./scripts/build-guests or run \
+             the suite with ./scripts/test",
+            path.display()
+        )
+    })
+}
+
+pub struct Node {
+    pub url: String,
+    pub admin: Client,
+    pub platform: Arc<Platform>,
+    admin_token: String,
+    dir: Arc<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct Options {
+    pub tenant_concurrency: usize,
+    pub gateway: GatewayConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            tenant_concurrency: 64,
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl Node {
+    pub async fn start() -> Node {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Node {
+        let dir = Arc::new(tempfile::tempdir().expect("temporary directory"));
+        Self::boot(dir, None, options).await
+    }
+
+    async fn boot(dir: Arc<TempDir>, admin_token: Option<String>, options: Options) -> Node {
+        let mut config = PlatformConfig::new(dir.path());
+        config.tenant_concurrency = options.tenant_concurrency;
+        let platform = Arc::new(Platform::open(config).expect("platform opens"));
+        let created = platform.ensure_admin_token().await.unwrap();
+        let admin_token = match (created, admin_token) {
+            (Some(token), None) => token.secret().to_owned(),
+            (None, Some(token)) => token,
+            (created, kept) => panic!(
+                "admin token created again: {} / kept {}",
+                created.is_some(),
+                kept.is_some()
+            ),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let router = cella_gateway::router(platform.clone(), options.gateway);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(cella_gateway::serve(listener, router, async {
+            let _ = stopped.await;
+        }));
+        Node {
+            admin: Client::new(&url, Some(admin_token.clone())),
+            url,
+            platform,
+            admin_token,
+            dir,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server, drops the platform (closing its database) and starts a new node on
+    /// the same data directory.
+    pub async fn restart(mut self) -> Node {
+        let dir = self.dir.clone();
+        let token = self.admin_token.clone();
+        self.shutdown().await;
+        drop(self);
+        Self::boot(dir, Some(token), Options::default()).await
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn admin_secret(&self) -> String {
+        self.admin_token.clone()
+    }
+
+    /// A client with no token at all.
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.url, None)
+    }
+
+    /// Creates tenant `name` and returns a client holding its token.
+    pub async fn tenant(&self, name: &str) -> Client {
+        let created = self.admin.create_tenant(name).await.unwrap();
+        Client::new(&self.url, Some(created.token))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Asserts that `result` failed with `status` and API error `code`; returns the message.
+#[track_caller]
+pub fn assert_api_error<T: std::fmt::Debug>(
+    result: Result<T, cella_client::ClientError>,
+    status: u16,
+    code: &str,
+) -> String {
+    match result {
+        Err(cella_client::ClientError::Api {
+            status: s,
+            code: c,
+            message,
+            ..
+        }) => {
+            assert_eq!(
+                (s, c.as_str()),
+                (status, code),
+                "unexpected error: {message}"
+            );
+            assert!(!message.is_empty());
+            message
+        }
+        other => panic!("expected HTTP {status} `{code}`, got {other:?}"),
+    }
+}

@@ -1,0 +1,142 @@
+//! The invariants of ARCHITECTURE.md that this node can show: fresh state per invocation,
+//! no capabilities by default, code runs only if it matches its registered hash, and what was
+//! accepted survives a restart.
+
+use bytes::Bytes;
+
+use crate::harness::{Node, assert_api_error, guest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invocation_starts_from_fresh_state() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("counter", guest("counter.wasm"), &[])
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..8 {
+        let acme = acme.clone();
+        handles.push(tokio::spawn(async move {
+            acme.invoke("counter", vec![], &[]).await
+        }));
+    }
+    for handle in handles {
+        let out = handle.await.unwrap().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.output), "count=1 heap=1\n");
+    }
+    let out = acme.invoke("counter", vec![], &[]).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.output), "count=1 heap=1\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_gets_no_files_no_environment_and_no_network() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("probe", guest("capabilities.wasm"), &[])
+        .await
+        .unwrap();
+    let out = acme.invoke("probe", vec![], &[]).await.unwrap();
+    let report = String::from_utf8_lossy(&out.output);
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 9, "{report}");
+    for line in &lines {
+        assert!(
+            line.contains(": denied ("),
+            "capability granted: {line}\n{report}"
+        );
+        assert!(!line.contains("GRANTED"), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_functions_and_tokens_survive_a_restart() {
+    let node = Node::start().await;
+    let created = node.admin.create_tenant("acme").await.unwrap();
+    let acme = cella_client::Client::new(&node.url, Some(created.token.clone()));
+    let before = acme
+        .deploy("echo", guest("echo.wasm"), &["timeout=3s".into()])
+        .await
+        .unwrap();
+    acme.deploy("hello", guest("hello-http.wasm"), &[])
+        .await
+        .unwrap();
+    let beta_token = node.admin.create_tenant("beta").await.unwrap().token;
+    acme.grant("echo", "beta").await.unwrap();
+
+    let node = node.restart().await;
+    let acme = cella_client::Client::new(&node.url, Some(created.token));
+    let beta = cella_client::Client::new(&node.url, Some(beta_token));
+    let after = acme.function("echo").await.unwrap();
+    assert_eq!(after, before.clone_with_access(&after));
+    assert_eq!(acme.functions().await.unwrap().len(), 2);
+    assert_eq!(
+        &beta
+            .invoke("echo", b"again".to_vec(), &[])
+            .await
+            .unwrap()
+            .output[..],
+        b"again"
+    );
+    let (status, _, _) = acme
+        .http(cella_client::Method::GET, "hello", "/", vec![])
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(
+        node.admin.tenants().await.unwrap().len(),
+        2,
+        "admin token still works"
+    );
+}
+
+trait WithAccess {
+    fn clone_with_access(&self, other: &Self) -> Self;
+}
+
+impl WithAccess for cella_core::FunctionRecord {
+    /// The record as it should read after the grant made before the restart.
+    fn clone_with_access(&self, other: &Self) -> Self {
+        let mut record = self.clone();
+        record.access = other.access.clone();
+        record.updated_at = other.updated_at.clone();
+        record
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_changed_in_the_blob_store_is_never_run() {
+    let node = Node::start().await;
+    let token = node.admin.create_tenant("acme").await.unwrap().token;
+    let acme = cella_client::Client::new(&node.url, Some(token.clone()));
+    let record = acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    // The untrusted storage host swaps the bytes for another valid program.
+    node.platform
+        .blobs()
+        .overwrite_unchecked(&record.hash, Bytes::from(guest("capabilities.wasm")))
+        .await
+        .unwrap();
+    // A restart empties the compiled-code cache, so the next invocation loads from storage.
+    let node = node.restart().await;
+    let acme = cella_client::Client::new(&node.url, Some(token));
+    let msg = assert_api_error(
+        acme.invoke("echo", b"x".to_vec(), &[]).await,
+        500,
+        "integrity_error",
+    );
+    assert!(msg.contains("changed in the blob store"), "{msg}");
+    let metrics = node.platform.metrics().encode();
+    assert!(
+        metrics.contains("cella_blob_integrity_failures_total 1"),
+        "{metrics}"
+    );
+    // Redeploying the right bytes repairs it.
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    assert_eq!(
+        &acme
+            .invoke("echo", b"ok".to_vec(), &[])
+            .await
+            .unwrap()
+            .output[..],
+        b"ok"
+    );
+}

@@ -1,0 +1,153 @@
+//! Every limit, crossed: the invocation gets a clear error and nobody else notices.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Node, Options, assert_api_error, guest};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_infinite_loop_hits_its_deadline_while_others_run() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    acme.deploy(
+        "spin",
+        guest("loop-forever.wasm"),
+        &["timeout=800ms".into()],
+    )
+    .await
+    .unwrap();
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+
+    let spinner = {
+        let acme = acme.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = acme.invoke("spin", vec![], &[]).await;
+            (result, started.elapsed())
+        })
+    };
+    // While the loop spins, other invocations complete promptly.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let out = acme
+            .invoke("echo", b"still here".to_vec(), &[])
+            .await
+            .unwrap();
+        assert_eq!(&out.output[..], b"still here");
+        assert!(
+            started.elapsed() < Duration::from_millis(700),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let (result, took) = spinner.await.unwrap();
+    let msg = assert_api_error(result, 504, "timeout");
+    assert!(msg.contains("800 ms"), "{msg}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "stopped at its limit, took {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_hits_its_memory_limit() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("bomb", guest("memory-bomb.wasm"), &["memory=32MiB".into()])
+        .await
+        .unwrap();
+    let msg = assert_api_error(acme.invoke("bomb", vec![], &[]).await, 507, "memory_limit");
+    assert!(msg.contains(&(32u64 << 20).to_string()), "{msg}");
+    // The platform is fine afterwards.
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    assert!(acme.invoke("echo", vec![1], &[]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_bomb_is_capped_with_an_error() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("flood", guest("output-bomb.wasm"), &["output=1MiB".into()])
+        .await
+        .unwrap();
+    let msg = assert_api_error(acme.invoke("flood", vec![], &[]).await, 507, "output_limit");
+    assert!(msg.contains("1048576"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_above_the_platform_maximum_are_refused_at_deploy() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    let msg = assert_api_error(
+        acme.deploy("echo", guest("echo.wasm"), &["timeout=1h".into()])
+            .await,
+        400,
+        "invalid_limits",
+    );
+    assert!(msg.contains("maximum"), "{msg}");
+    assert_api_error(
+        acme.deploy("echo", guest("echo.wasm"), &["colour=blue".into()])
+            .await,
+        400,
+        "invalid_limits",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_concurrency_limit_gets_429_and_others_do_not() {
+    let node = Node::start_with(Options {
+        tenant_concurrency: 1,
+        ..Options::default()
+    })
+    .await;
+    let acme = node.tenant("acme").await;
+    let beta = node.tenant("beta").await;
+    acme.deploy("spin", guest("loop-forever.wasm"), &["timeout=1s".into()])
+        .await
+        .unwrap();
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    acme.set_public("echo", true).await.unwrap();
+
+    let busy = {
+        let acme = acme.clone();
+        tokio::spawn(async move { acme.invoke("spin", vec![], &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let msg = assert_api_error(
+        acme.invoke("echo", vec![], &[]).await,
+        429,
+        "too_many_requests",
+    );
+    assert!(msg.contains("at once"), "{msg}");
+    // Another tenant is not held back by acme's load.
+    assert!(beta.invoke("echo", vec![], &[]).await.is_ok());
+    assert_api_error(busy.await.unwrap(), 504, "timeout");
+    // The slot is free again.
+    assert!(acme.invoke("echo", vec![], &[]).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_are_refused_with_413() {
+    let node = Node::start_with(Options {
+        gateway: cella_gateway::GatewayConfig {
+            max_body_bytes: 64 * 1024,
+            max_upload_bytes: 8 * 1024 * 1024,
+        },
+        ..Options::default()
+    })
+    .await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    let msg = assert_api_error(
+        acme.invoke("echo", vec![0; 64 * 1024 + 1], &[]).await,
+        413,
+        "payload_too_large",
+    );
+    assert!(msg.contains("65536"), "{msg}");
+    assert!(acme.invoke("echo", vec![0; 64 * 1024], &[]).await.is_ok());
+    assert_api_error(
+        acme.deploy("big", vec![0; 8 * 1024 * 1024 + 1], &[]).await,
+        413,
+        "payload_too_large",
+    );
+}

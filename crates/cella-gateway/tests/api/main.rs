@@ -1,0 +1,11 @@
+//! End-to-end tests of the HTTP API: a real server on a random loopback port, real guests
+//! built from `guests/` (by `./scripts/test`), and the Rust client.
+
+mod harness;
+
+mod access;
+mod functions;
+mod http_passthrough;
+mod invariants;
+mod limits;
+mod validation;

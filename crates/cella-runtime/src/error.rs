@@ -1,0 +1,130 @@
+//! Errors of the pipeline, each with a stable machine-readable [`ErrorCode`] that front ends
+//! map to their protocol (the gateway maps them to HTTP statuses).
+
+use cella_core::{FunctionKind, FunctionName, LimitError, NameError};
+use cella_sandbox::{CompileError, RunError};
+use cella_store::{BlobError, RegistryError};
+
+/// Stable error codes: part of the API, documented in the README. Never rename one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    InvalidName,
+    InvalidLimits,
+    InvalidRequest,
+    InvalidWasm,
+    WrongKind,
+    Conflict,
+    PayloadTooLarge,
+    TooManyRequests,
+    Timeout,
+    MemoryLimit,
+    OutputLimit,
+    FunctionFailed,
+    IntegrityError,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::InvalidLimits => "invalid_limits",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidWasm => "invalid_wasm",
+            ErrorCode::WrongKind => "wrong_kind",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TooManyRequests => "too_many_requests",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::MemoryLimit => "memory_limit",
+            ErrorCode::OutputLimit => "output_limit",
+            ErrorCode::FunctionFailed => "function_failed",
+            ErrorCode::IntegrityError => "integrity_error",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("function `{0}` does not exist; list yours with `cella functions`")]
+    NoSuchFunction(FunctionName),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+    #[error("cannot deploy: {0}")]
+    Compile(#[from] CompileError),
+    #[error("function `{name}` is a {kind} function; {hint}")]
+    WrongKind {
+        name: FunctionName,
+        kind: FunctionKind,
+        hint: &'static str,
+    },
+    #[error(
+        "{who} already runs {limit} invocations at once, the most allowed; retry when one \
+         finishes (the operator sets `tenant_concurrency` in cella.toml)"
+    )]
+    Busy { who: String, limit: usize },
+    #[error("function `{name}`: {source}")]
+    Run {
+        name: FunctionName,
+        source: RunError,
+    },
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl RuntimeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RuntimeError::Forbidden(_) => ErrorCode::Forbidden,
+            RuntimeError::NoSuchFunction(_) => ErrorCode::NotFound,
+            RuntimeError::Name(_) => ErrorCode::InvalidName,
+            RuntimeError::Limits(_) => ErrorCode::InvalidLimits,
+            RuntimeError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
+            RuntimeError::Compile(_) => ErrorCode::InvalidWasm,
+            RuntimeError::WrongKind { .. } => ErrorCode::WrongKind,
+            RuntimeError::Busy { .. } => ErrorCode::TooManyRequests,
+            RuntimeError::Run { source, .. } => match source {
+                RunError::Timeout { .. } => ErrorCode::Timeout,
+                RunError::MemoryLimit { .. } => ErrorCode::MemoryLimit,
+                RunError::OutputLimit { .. } => ErrorCode::OutputLimit,
+                RunError::Exit { .. } | RunError::Trap { .. } | RunError::NoResponse { .. } => {
+                    ErrorCode::FunctionFailed
+                }
+            },
+            RuntimeError::Blob(BlobError::Tampered { .. } | BlobError::Missing(_)) => {
+                ErrorCode::IntegrityError
+            }
+            RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
+            RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,
+            RuntimeError::Registry(RegistryError::NoSuchFunction(_)) => ErrorCode::NotFound,
+            RuntimeError::Blob(_) | RuntimeError::Registry(_) | RuntimeError::Internal(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    /// The tail of the guest's stderr, when the error came from running a guest.
+    pub fn log(&self) -> Option<String> {
+        match self {
+            RuntimeError::Run { source, .. } if !source.log().bytes.is_empty() => {
+                Some(source.log().to_text())
+            }
+            _ => None,
+        }
+    }
+}

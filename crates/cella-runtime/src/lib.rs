@@ -1,0 +1,20 @@
+//! The invocation pipeline: the part of cella that decides who may do what and runs it.
+//!
+//! A [`Platform`] owns the sandbox, the registry, the blob store and the compiled-code cache.
+//! Every operation takes the authenticated [`Principal`](cella_store::Principal) that asked
+//! for it and authorizes it here, so the HTTP gateway (or any other front end) cannot forget a
+//! check: authenticate → authorize → load and verify → instantiate → run under limits →
+//! account.
+#![forbid(unsafe_code)]
+
+mod code_cache;
+mod concurrency;
+mod error;
+mod logs;
+mod metrics;
+mod platform;
+
+pub use error::{ErrorCode, RuntimeError};
+pub use logs::InvocationLog;
+pub use metrics::Metrics;
+pub use platform::{AccessChange, HttpOutput, InvokeOutput, Platform, PlatformConfig};

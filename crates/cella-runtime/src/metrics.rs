@@ -1,0 +1,148 @@
+//! Prometheus metrics. Labels carry function kinds and outcomes, never function or tenant
+//! names: metrics are read by the operator, who is outside the trust boundary.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use cella_core::FunctionKind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::ErrorCode;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    invocations: Family<Outcome, Counter>,
+    latency: Family<Kind, Histogram, fn() -> Histogram>,
+    instances: Gauge<i64, std::sync::atomic::AtomicI64>,
+    compilations: Counter<u64, AtomicU64>,
+    deployments: Counter<u64, AtomicU64>,
+    integrity_failures: Counter<u64, AtomicU64>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs … ~52 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cella");
+        let invocations = Family::<Outcome, Counter>::default();
+        let latency: Family<Kind, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let instances = Gauge::default();
+        let compilations = Counter::default();
+        let deployments = Counter::default();
+        let integrity_failures = Counter::default();
+        registry.register(
+            "invocations",
+            "Invocations by function kind and outcome (`ok` or an error code)",
+            invocations.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Wall time of invocations, from authorization to response",
+            latency.clone(),
+        );
+        registry.register(
+            "instances_active",
+            "Guest instances running right now",
+            instances.clone(),
+        );
+        registry.register(
+            "compilations",
+            "Modules and components compiled to native code",
+            compilations.clone(),
+        );
+        registry.register("deployments", "Successful deployments", deployments.clone());
+        registry.register(
+            "blob_integrity_failures",
+            "Blobs refused because their bytes did not match their hash",
+            integrity_failures.clone(),
+        );
+        Metrics {
+            registry,
+            invocations,
+            latency,
+            instances,
+            compilations,
+            deployments,
+            integrity_failures,
+        }
+    }
+}
+
+/// Counts a running instance for as long as it lives.
+pub(crate) struct InstanceGuard<'a>(&'a Metrics);
+
+impl Drop for InstanceGuard<'_> {
+    fn drop(&mut self) {
+        self.0.instances.dec();
+    }
+}
+
+impl Metrics {
+    pub(crate) fn instance(&self) -> InstanceGuard<'_> {
+        self.instances.inc();
+        InstanceGuard(self)
+    }
+
+    pub(crate) fn invoked(
+        &self,
+        kind: FunctionKind,
+        outcome: Result<(), ErrorCode>,
+        took: Duration,
+    ) {
+        let outcome = match outcome {
+            Ok(()) => "ok",
+            Err(code) => code.as_str(),
+        };
+        self.invocations
+            .get_or_create(&Outcome {
+                kind: kind.as_str(),
+                outcome,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Kind {
+                kind: kind.as_str(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn compiled(&self) {
+        self.compilations.inc();
+    }
+
+    pub(crate) fn deployed(&self) {
+        self.deployments.inc();
+    }
+
+    pub(crate) fn integrity_failure(&self) {
+        self.integrity_failures.inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,473 @@
+//! [`Platform`]: every operation a front end can ask for, each authorized against the caller.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cella_core::FunctionRecord;
+use cella_core::{ContentHash, FunctionKind, FunctionName, Limits, LimitsOverride, TenantName};
+use cella_sandbox::{CommandInput, Compiled, LogTail, Sandbox, SandboxConfig};
+use cella_store::{BlobError, BlobStore, Principal, Registry, RegistryError, Tenant, Token};
+
+use crate::code_cache::CodeCache;
+use crate::concurrency::ConcurrencyLimits;
+use crate::logs::{InvocationLog, InvocationLogs, invocation_id};
+use crate::{Metrics, RuntimeError};
+
+/// Settings of one platform (one `cella up` process).
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// Holds `registry.redb` and the `blobs/` directory.
+    pub data_dir: PathBuf,
+    /// Limits of functions deployed without their own.
+    pub default_limits: Limits,
+    /// The most any function may ask for.
+    pub max_limits: Limits,
+    /// Invocations one caller may have running at once.
+    pub tenant_concurrency: usize,
+    pub sandbox: SandboxConfig,
+}
+
+impl PlatformConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        PlatformConfig {
+            data_dir: data_dir.into(),
+            default_limits: Limits::default(),
+            max_limits: Limits::default_maximum(),
+            tenant_concurrency: 64,
+            sandbox: SandboxConfig::default(),
+        }
+    }
+}
+
+/// What a successful command invocation returns.
+#[derive(Debug, Clone)]
+pub struct InvokeOutput {
+    pub invocation_id: String,
+    pub output: Bytes,
+    pub log: LogTail,
+    pub function: FunctionRecord,
+    pub duration: Duration,
+}
+
+/// What a successful HTTP invocation returns.
+#[derive(Debug)]
+pub struct HttpOutput {
+    pub invocation_id: String,
+    pub response: http::Response<Bytes>,
+}
+
+/// A change to who may invoke a function.
+#[derive(Debug, Clone)]
+pub enum AccessChange {
+    Grant(TenantName),
+    Revoke(TenantName),
+    Public(bool),
+}
+
+pub struct Platform {
+    sandbox: Arc<Sandbox>,
+    registry: Arc<Registry>,
+    blobs: BlobStore,
+    code: CodeCache,
+    logs: InvocationLogs,
+    concurrency: ConcurrencyLimits,
+    metrics: Metrics,
+    config: PlatformConfig,
+}
+
+/// Runs blocking registry work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("background task failed: {e}")))?
+}
+
+fn tenant_of(caller: &Principal) -> Result<&TenantName, RuntimeError> {
+    match caller {
+        Principal::Tenant(name) => Ok(name),
+        Principal::Admin => Err(RuntimeError::Forbidden(
+            "the admin token manages tenants and owns no functions; use a tenant's token \
+             (create one with `cella tenant create NAME`)"
+                .into(),
+        )),
+    }
+}
+
+fn require_admin(caller: &Principal) -> Result<(), RuntimeError> {
+    match caller {
+        Principal::Admin => Ok(()),
+        Principal::Tenant(_) => Err(RuntimeError::Forbidden(
+            "only the platform's admin token may manage tenants".into(),
+        )),
+    }
+}
+
+impl Platform {
+    /// Opens the platform's stores under `config.data_dir`, creating them on first start.
+    pub fn open(config: PlatformConfig) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            RuntimeError::Internal(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let registry = Registry::open(&config.data_dir.join("registry.redb"))?;
+        let blobs = BlobStore::local(&config.data_dir.join("blobs"))?;
+        let sandbox = Sandbox::new(config.sandbox.clone())?;
+        Ok(Platform {
+            sandbox: Arc::new(sandbox),
+            registry: Arc::new(registry),
+            blobs,
+            code: CodeCache::default(),
+            logs: InvocationLogs::default(),
+            concurrency: ConcurrencyLimits::new(config.tenant_concurrency),
+            metrics: Metrics::default(),
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &PlatformConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The blob store (operators' tools and tests that play a hostile storage host use it).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    /// Creates the admin token on first start; `Some` only then (show it once).
+    pub async fn ensure_admin_token(&self) -> Result<Option<Token>, RuntimeError> {
+        let registry = self.registry.clone();
+        blocking(move || Ok(registry.ensure_admin_token()?)).await
+    }
+
+    /// Who holds the bearer token `secret`.
+    pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>, RuntimeError> {
+        Ok(self.registry.authenticate(secret)?)
+    }
+
+    pub async fn create_tenant(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> Result<(Tenant, Token), RuntimeError> {
+        require_admin(caller)?;
+        let name = TenantName::new(name)?;
+        let registry = self.registry.clone();
+        blocking(move || Ok(registry.create_tenant(&name)?)).await
+    }
+
+    /// Issues a fresh token for tenant `name`, retiring the old one (admin only).
+    pub async fn rotate_tenant_token(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> Result<Token, RuntimeError> {
+        require_admin(caller)?;
+        let name = TenantName::new(name)?;
+        let registry = self.registry.clone();
+        blocking(move || Ok(registry.rotate_tenant_token(&name)?)).await
+    }
+
+    pub fn tenants(&self, caller: &Principal) -> Result<Vec<Tenant>, RuntimeError> {
+        require_admin(caller)?;
+        Ok(self.registry.tenants()?)
+    }
+
+    /// Compiles, stores and registers a function for its owner. Compilation happens here, not
+    /// on the first invocation.
+    pub async fn deploy(
+        &self,
+        caller: &Principal,
+        name: &str,
+        wasm: Bytes,
+        limits: &LimitsOverride,
+    ) -> Result<FunctionRecord, RuntimeError> {
+        let owner = tenant_of(caller)?.clone();
+        let name = FunctionName::new(name)?;
+        let limits = Limits::resolve(&self.config.default_limits, limits, &self.config.max_limits)?;
+        if let Some(existing) = self.registry.function(&name)? {
+            if existing.owner != owner {
+                return Err(taken(&name));
+            }
+        }
+        let hash = ContentHash::of(&wasm);
+        let compiled = self.compile(wasm.clone()).await?;
+        self.blobs.put(wasm.clone()).await?;
+        let record = FunctionRecord::new(
+            name.clone(),
+            owner.clone(),
+            hash,
+            compiled.kind(),
+            wasm.len() as u64,
+            limits,
+        );
+        let registry = self.registry.clone();
+        let record = blocking(move || {
+            // Checked again inside the write transaction: a concurrent deploy by another
+            // tenant cannot slip in between.
+            registry.put_function(record, |existing| match existing {
+                Some(e) if e.owner != owner => Err(taken(&e.name)),
+                _ => Ok(()),
+            })?
+        })
+        .await?;
+        self.code.insert(&hash, compiled);
+        self.metrics.deployed();
+        tracing::info!(function = %record.name, hash = %record.hash, kind = %record.kind, "deployed");
+        Ok(record)
+    }
+
+    /// A function's record, for its owner.
+    pub fn function(&self, caller: &Principal, name: &str) -> Result<FunctionRecord, RuntimeError> {
+        let record = self.lookup(name)?;
+        self.require_owner(caller, &record)?;
+        Ok(record)
+    }
+
+    /// The functions the caller owns.
+    pub fn functions(&self, caller: &Principal) -> Result<Vec<FunctionRecord>, RuntimeError> {
+        Ok(self.registry.functions_owned_by(tenant_of(caller)?)?)
+    }
+
+    pub async fn delete(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> Result<FunctionRecord, RuntimeError> {
+        let record = self.lookup(name)?;
+        self.require_owner(caller, &record)?;
+        let registry = self.registry.clone();
+        let function = record.name.clone();
+        let hash = record.hash;
+        let still_used = blocking(move || {
+            registry.delete_function(&function)?;
+            Ok(registry.blob_in_use(&hash)?)
+        })
+        .await?;
+        self.logs.forget(&record.name);
+        if !still_used {
+            self.code.remove(&hash);
+            self.blobs.delete(&hash).await?;
+        }
+        Ok(record)
+    }
+
+    pub async fn change_access(
+        &self,
+        caller: &Principal,
+        name: &str,
+        change: AccessChange,
+    ) -> Result<FunctionRecord, RuntimeError> {
+        let record = self.lookup(name)?;
+        self.require_owner(caller, &record)?;
+        if let AccessChange::Grant(tenant) = &change {
+            if self.registry.tenant(tenant)?.is_none() {
+                return Err(RegistryError::NoSuchTenant(tenant.clone()).into());
+            }
+        }
+        let registry = self.registry.clone();
+        blocking(move || {
+            Ok(registry.update_access(&record.name, |access| match change {
+                AccessChange::Grant(t) => {
+                    access.tenants.insert(t);
+                }
+                AccessChange::Revoke(t) => {
+                    access.tenants.remove(&t);
+                }
+                AccessChange::Public(public) => access.public = public,
+            })?)
+        })
+        .await
+    }
+
+    /// Runs a WASI command function once: `input.stdin` in, stdout out.
+    pub async fn invoke(
+        &self,
+        caller: &Principal,
+        name: &str,
+        input: CommandInput,
+    ) -> Result<InvokeOutput, RuntimeError> {
+        let started = Instant::now();
+        let record = self.authorize_invoke(caller, name)?;
+        let result = async {
+            let _slot = self.concurrency.acquire(caller)?;
+            match self.load(&record).await? {
+                Compiled::Command(pre) => {
+                    let _instance = self.metrics.instance();
+                    self.sandbox
+                        .run_command(&pre, record.name.as_str(), input, &record.limits)
+                        .await
+                        .map_err(|source| RuntimeError::Run {
+                            name: record.name.clone(),
+                            source,
+                        })
+                }
+                Compiled::Http(_) => Err(RuntimeError::WrongKind {
+                    name: record.name.clone(),
+                    kind: FunctionKind::WasiHttp,
+                    hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
+                }),
+            }
+        }
+        .await;
+        let id = invocation_id();
+        self.account(&record, &id, result.as_ref().map(|o| &o.log), started);
+        let output = result?;
+        Ok(InvokeOutput {
+            invocation_id: id,
+            output: output.stdout,
+            log: output.log,
+            function: record,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Serves one HTTP request with a `wasi:http` component function.
+    pub async fn serve_http(
+        &self,
+        caller: &Principal,
+        name: &str,
+        request: http::Request<Bytes>,
+    ) -> Result<HttpOutput, RuntimeError> {
+        let started = Instant::now();
+        let record = self.authorize_invoke(caller, name)?;
+        let result = async {
+            let _slot = self.concurrency.acquire(caller)?;
+            match self.load(&record).await? {
+                Compiled::Http(pre) => {
+                    let _instance = self.metrics.instance();
+                    self.sandbox
+                        .serve_http(&pre, request, &record.limits)
+                        .await
+                        .map_err(|source| RuntimeError::Run {
+                            name: record.name.clone(),
+                            source,
+                        })
+                }
+                Compiled::Command(_) => Err(RuntimeError::WrongKind {
+                    name: record.name.clone(),
+                    kind: FunctionKind::WasiCommand,
+                    hint: "invoke it with POST /v1/functions/NAME/invoke",
+                }),
+            }
+        }
+        .await;
+        let id = invocation_id();
+        self.account(&record, &id, result.as_ref().map(|r| &r.log), started);
+        Ok(HttpOutput {
+            invocation_id: id,
+            response: result?.response,
+        })
+    }
+
+    /// Counts an invocation in the metrics and keeps its log for the function's owner.
+    fn account(
+        &self,
+        record: &FunctionRecord,
+        id: &str,
+        result: Result<&LogTail, &RuntimeError>,
+        started: Instant,
+    ) {
+        let took = started.elapsed();
+        let (outcome, log) = match result {
+            Ok(log) => ("ok", log.to_text()),
+            Err(e) => (e.code().as_str(), e.log().unwrap_or_else(|| e.to_string())),
+        };
+        self.metrics.invoked(
+            record.kind,
+            result.map(|_| ()).map_err(RuntimeError::code),
+            took,
+        );
+        self.logs
+            .record(&record.name, id.to_owned(), outcome, took, log);
+    }
+
+    /// The most recent invocations of a function and what they logged (owner only).
+    pub fn logs(&self, caller: &Principal, name: &str) -> Result<Vec<InvocationLog>, RuntimeError> {
+        let record = self.lookup(name)?;
+        self.require_owner(caller, &record)?;
+        Ok(self.logs.recent(&record.name))
+    }
+
+    fn lookup(&self, name: &str) -> Result<FunctionRecord, RuntimeError> {
+        let name = FunctionName::new(name)?;
+        self.registry
+            .function(&name)?
+            .ok_or(RuntimeError::NoSuchFunction(name))
+    }
+
+    fn require_owner(
+        &self,
+        caller: &Principal,
+        record: &FunctionRecord,
+    ) -> Result<(), RuntimeError> {
+        if tenant_of(caller)? == &record.owner {
+            Ok(())
+        } else {
+            Err(RuntimeError::Forbidden(format!(
+                "function `{}` belongs to another tenant; only its owner may read or change it",
+                record.name
+            )))
+        }
+    }
+
+    fn authorize_invoke(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> Result<FunctionRecord, RuntimeError> {
+        let record = self.lookup(name)?;
+        let tenant = tenant_of(caller)?;
+        if *tenant == record.owner || record.access.allows(tenant) {
+            Ok(record)
+        } else {
+            Err(RuntimeError::Forbidden(format!(
+                "tenant `{tenant}` may not invoke function `{}`; its owner can grant access with \
+                 `cella grant {} {tenant}`",
+                record.name, record.name
+            )))
+        }
+    }
+
+    /// The compiled code of `record`: from the cache, or loaded from the untrusted blob store,
+    /// checked against the registry's hash, and compiled.
+    async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
+        self.code
+            .get_or_load(&record.hash, async {
+                let wasm = match self.blobs.get_verified(&record.hash).await {
+                    Ok(wasm) => wasm,
+                    Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
+                        self.metrics.integrity_failure();
+                        tracing::error!(function = %record.name, "refusing to run: {e}");
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                self.compile(wasm).await
+            })
+            .await
+    }
+
+    async fn compile(&self, wasm: Bytes) -> Result<Compiled, RuntimeError> {
+        let sandbox = self.sandbox.clone();
+        let compiled = blocking(move || Ok(sandbox.compile(&wasm)?)).await?;
+        self.metrics.compiled();
+        Ok(compiled)
+    }
+}
+
+fn taken(name: &FunctionName) -> RuntimeError {
+    RuntimeError::Forbidden(format!(
+        "function name `{name}` belongs to another tenant (names are global on a platform); \
+         choose another name"
+    ))
+}

@@ -1,0 +1,105 @@
+//! Running a WASI preview 1 command: the request body is its stdin, its stdout is the response
+//! body, its stderr is the invocation's log, and exit status ≠ 0 is an error.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cella_core::Limits;
+use wasmtime::{Engine, InstancePre, Linker, Store};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+
+use crate::engine::Sandbox;
+use crate::error::RunError;
+use crate::limits::{MemoryLimiter, Tripwires, arm_deadline};
+use crate::pipes::{LogPipe, LogTail, OutputPipe};
+
+/// The per-invocation world of a command (the `T` of its `Store<T>`).
+pub struct CommandState {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+}
+
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<CommandState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CommandState| &mut s.wasi)?;
+    Ok(linker)
+}
+
+/// What a command gets: stdin and arguments (argv[1..]; argv[0] is the function's name).
+#[derive(Debug, Clone, Default)]
+pub struct CommandInput {
+    pub stdin: Bytes,
+    pub args: Vec<String>,
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone)]
+pub struct CommandOutput {
+    pub stdout: Bytes,
+    pub log: LogTail,
+}
+
+impl Sandbox {
+    /// Runs `pre` once in a fresh store under `limits`. Nothing of the store survives the call.
+    pub async fn run_command(
+        &self,
+        pre: &InstancePre<CommandState>,
+        program: &str,
+        input: CommandInput,
+        limits: &Limits,
+    ) -> Result<CommandOutput, RunError> {
+        let trip = Arc::new(Tripwires::default());
+        let stdout = OutputPipe::new(limits.output_bytes, trip.clone());
+        let stderr = LogPipe::new(self.config.log_tail_bytes);
+        let mut argv = Vec::with_capacity(input.args.len() + 1);
+        argv.push(program.to_owned());
+        argv.extend(input.args);
+
+        // Nothing is inherited from the host: no env, no preopened directories, no sockets.
+        let wasi = crate::http::deny_network(&mut wasmtime_wasi::WasiCtxBuilder::new())
+            .stdin(MemoryInputPipe::new(input.stdin))
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .args(&argv)
+            .build_p1();
+        let mut store = Store::new(
+            &self.engine,
+            CommandState {
+                wasi,
+                limiter: MemoryLimiter::new(limits, trip.clone()),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        arm_deadline(&mut store, limits, trip.clone());
+
+        let run = async {
+            let instance = pre.instantiate_async(&mut store).await?;
+            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+            start.call_async(&mut store, ()).await
+        };
+        let result = tokio::time::timeout(limits.timeout() + crate::limits::GRACE, run).await;
+        let log = stderr.tail();
+        let status = match result {
+            Err(_elapsed) => {
+                return Err(RunError::Timeout {
+                    limit_ms: limits.timeout_ms,
+                    log,
+                });
+            }
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(e)) => match e.downcast_ref::<I32Exit>() {
+                Some(I32Exit(code)) => Ok(*code),
+                None => Err(e),
+            },
+        };
+        match status {
+            Ok(0) if !trip.output() => Ok(CommandOutput {
+                stdout: stdout.take(),
+                log,
+            }),
+            status => Err(crate::limits::failure(&trip, limits, status, log)),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The process-wide engine, its linkers and the epoch ticker that drives deadlines.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine};
+
+use crate::command::CommandState;
+use crate::error::CompileError;
+use crate::http::HttpState;
+
+/// How often the engine's epoch advances. A running guest is checked against its deadline, and
+/// yields to other invocations on the same thread, once per tick.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings for the shared engine.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Maximum WebAssembly stack per invocation, in bytes.
+    pub max_wasm_stack: usize,
+    /// Bytes of a guest's stderr kept as the invocation's log (the tail is kept).
+    pub log_tail_bytes: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_wasm_stack: 512 * 1024,
+            log_tail_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// One per process: the shared engine and the linkers for each kind of function.
+pub struct Sandbox {
+    pub(crate) engine: Engine,
+    pub(crate) command_linker: wasmtime::Linker<CommandState>,
+    pub(crate) http_linker: wasmtime::component::Linker<HttpState>,
+    pub(crate) config: SandboxConfig,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self, CompileError> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .wasm_component_model(true)
+            .max_wasm_stack(config.max_wasm_stack)
+            .parallel_compilation(true);
+        let engine = Engine::new(&wasm).map_err(CompileError::engine)?;
+        let command_linker = crate::command::linker(&engine).map_err(CompileError::engine)?;
+        let http_linker = crate::http::linker(&engine).map_err(CompileError::engine)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Sandbox {
+            engine,
+            command_linker,
+            http_linker,
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, stopped on drop.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("cella-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! Serving one HTTP request with a `wasi:http/proxy` component, exactly as `wasmtime serve`
+//! would, but in a fresh store under the function's limits and with outgoing requests refused.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cella_core::Limits;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::sync::oneshot;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::{
+    RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
+};
+
+use crate::engine::Sandbox;
+use crate::error::RunError;
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline};
+use crate::pipes::{LogPipe, LogTail};
+
+/// The per-request world of a `wasi:http` component (the `T` of its `Store<T>`).
+pub struct HttpState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: DenyOutgoing,
+    limiter: MemoryLimiter,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP is a capability no function has by default: every request is refused with
+/// `HTTP-request-denied`, which the guest sees as an ordinary error.
+struct DenyOutgoing;
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for DenyOutgoing {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        tracing::debug!(uri = %request.uri(), "outgoing request denied");
+        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
+    }
+}
+
+/// Removes every network capability from a WASI context (they are off by default in wasmtime;
+/// cella says so explicitly so that a change of default cannot open them).
+pub(crate) fn deny_network(builder: &mut WasiCtxBuilder) -> &mut WasiCtxBuilder {
+    builder
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }))
+}
+
+pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HttpState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// A complete response from a component, and what it logged.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub response: http::Response<Bytes>,
+    pub log: LogTail,
+}
+
+/// Aborts the guest's task when the request is abandoned (deadline, client gone).
+struct AbortOnDrop(tokio::task::JoinHandle<wasmtime::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum Failure {
+    Timeout,
+    Guest(wasmtime::Error),
+    NoResponse(String),
+}
+
+impl Sandbox {
+    /// Serves `request` with a fresh instance of `pre` and returns the whole response (its body
+    /// capped at the output limit).
+    pub async fn serve_http(
+        &self,
+        pre: &ProxyPre<HttpState>,
+        request: http::Request<Bytes>,
+        limits: &Limits,
+    ) -> Result<HttpResponse, RunError> {
+        let trip = Arc::new(Tripwires::default());
+        let log = LogPipe::new(self.config.log_tail_bytes);
+        let wasi = deny_network(&mut WasiCtxBuilder::new())
+            .stdout(log.clone())
+            .stderr(log.clone())
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HttpState {
+                wasi,
+                http: WasiHttpCtx::new(),
+                table: ResourceTable::new(),
+                hooks: DenyOutgoing,
+                limiter: MemoryLimiter::new(limits, trip.clone()),
+            },
+        );
+        store.limiter(|s| &mut s.limiter);
+        arm_deadline(&mut store, limits, trip.clone());
+
+        let (sender, receiver) = oneshot::channel();
+        let request = request.map(Full::new);
+        let setup = (|| -> wasmtime::Result<_> {
+            let req = store
+                .data_mut()
+                .http()
+                .new_incoming_request(Scheme::Http, request)?;
+            let out = store.data_mut().http().new_response_outparam(sender)?;
+            Ok((req, out))
+        })();
+        let (req, out) = setup.map_err(|e| RunError::NoResponse {
+            message: format!("the request could not be passed to the function: {e}"),
+            log: LogTail::default(),
+        })?;
+        let pre = pre.clone();
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        }));
+
+        let output_limit = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+        let exchange = async {
+            let response = match receiver.await {
+                Ok(Ok(response)) => response,
+                Ok(Err(code)) => {
+                    return Err(Failure::NoResponse(format!(
+                        "it responded with error {code:?}"
+                    )));
+                }
+                // The guest ended without setting a response: its task says why.
+                Err(_) => {
+                    return Err(match (&mut task.0).await {
+                        Ok(Err(e)) => Failure::Guest(e),
+                        _ => Failure::NoResponse("it returned without setting one".into()),
+                    });
+                }
+            };
+            let (parts, body) = response.into_parts();
+            let body = match Limited::new(body, output_limit).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    if e.downcast_ref::<LengthLimitError>().is_some() {
+                        trip.trip_output();
+                    }
+                    // A guest that failed while streaming its body: report the guest's failure.
+                    return Err(match (&mut task.0).await {
+                        Ok(Err(guest)) => Failure::Guest(guest),
+                        _ => Failure::NoResponse(format!("its response body failed: {e}")),
+                    });
+                }
+            };
+            match (&mut task.0).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Failure::Guest(e)),
+                Err(e) => return Err(Failure::NoResponse(format!("its task failed: {e}"))),
+            }
+            Ok(http::Response::from_parts(parts, body))
+        };
+        let result = match tokio::time::timeout(limits.timeout() + GRACE, exchange).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Failure::Timeout),
+        };
+        drop(task);
+        let log = log.tail();
+        match result {
+            Ok(response) if !trip.output() => Ok(HttpResponse { response, log }),
+            Ok(_) => Err(crate::limits::failure(&trip, limits, Ok(0), log)),
+            Err(Failure::Timeout) => Err(RunError::Timeout {
+                limit_ms: limits.timeout_ms,
+                log,
+            }),
+            Err(Failure::Guest(e)) => Err(crate::limits::failure(&trip, limits, Err(e), log)),
+            Err(Failure::NoResponse(message))
+                if !(trip.deadline() || trip.output() || trip.memory()) =>
+            {
+                Err(RunError::NoResponse { message, log })
+            }
+            Err(Failure::NoResponse(message)) => Err(crate::limits::failure(
+                &trip,
+                limits,
+                Err(wasmtime::Error::msg(message)),
+                log,
+            )),
+        }
+    }
+}

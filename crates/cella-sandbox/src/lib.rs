@@ -1,0 +1,27 @@
+//! The WebAssembly sandbox: the half of cella's two-way sandbox that protects the platform and
+//! other tenants from tenant code.
+//!
+//! The vocabulary follows wasmtime's: one [`Sandbox`] per process holds the shared `Engine`
+//! (configuration and compiled code, like T-FaaS's shared interpreter) and the linkers that say
+//! what a guest may import; [`Sandbox::compile`] turns bytes into a [`Compiled`] function whose
+//! imports are already resolved; every invocation then gets a fresh `Store` (an isolated world
+//! that is dropped afterwards) armed with the function's [`Limits`](cella_core::Limits).
+//!
+//! Nothing is granted by default: no files, no sockets, no environment variables, and outgoing
+//! HTTP requests from `wasi:http` components are refused.
+#![forbid(unsafe_code)]
+
+mod command;
+mod compile;
+mod engine;
+mod error;
+mod http;
+mod limits;
+mod pipes;
+
+pub use command::{CommandInput, CommandOutput};
+pub use compile::Compiled;
+pub use engine::{Sandbox, SandboxConfig};
+pub use error::{CompileError, RunError};
+pub use http::HttpResponse;
+pub use pipes::LogTail;

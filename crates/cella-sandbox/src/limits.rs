@@ -1,0 +1,146 @@
+//! Enforcing one invocation's limits on its store: the memory limiter, the epoch deadline, and
+//! the tripwires that record which limit stopped a guest so the error can say so.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use cella_core::Limits;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+
+/// Set by the enforcement points when a limit is crossed. Shared between the store's data and
+/// the caller, which reads them after the guest stops (the store may be gone by then).
+#[derive(Debug, Default)]
+pub(crate) struct Tripwires {
+    deadline: AtomicBool,
+    memory: AtomicBool,
+    output: AtomicBool,
+}
+
+impl Tripwires {
+    pub(crate) fn trip_output(&self) {
+        self.output.store(true, Ordering::Relaxed);
+    }
+    pub(crate) fn deadline(&self) -> bool {
+        self.deadline.load(Ordering::Relaxed)
+    }
+    pub(crate) fn memory(&self) -> bool {
+        self.memory.load(Ordering::Relaxed)
+    }
+    pub(crate) fn output(&self) -> bool {
+        self.output.load(Ordering::Relaxed)
+    }
+}
+
+/// Caps the total linear memory of one store. Growth beyond the cap fails (the guest sees
+/// `memory.grow` return -1, as on a real out-of-memory) and the tripwire records it.
+pub(crate) struct MemoryLimiter {
+    limit: usize,
+    used: usize,
+    trip: Arc<Tripwires>,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(limits: &Limits, trip: Arc<Tripwires>) -> Self {
+        MemoryLimiter {
+            limit: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            used: 0,
+            trip,
+        }
+    }
+}
+
+/// Tables are bounded too, so a guest cannot exhaust host memory through `table.grow`.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.limit {
+            self.trip.memory.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.trip.memory.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// Arms the wall-clock deadline: at every epoch tick the guest yields (so a busy guest cannot
+/// starve other invocations on its thread) and is stopped once the deadline has passed.
+pub(crate) fn arm_deadline<T: Send>(store: &mut Store<T>, limits: &Limits, trip: Arc<Tripwires>) {
+    let deadline = Instant::now() + limits.timeout();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            trip.deadline.store(true, Ordering::Relaxed);
+            wasmtime::bail!("deadline exceeded");
+        }
+        Ok(UpdateDeadline::Yield(1))
+    });
+}
+
+/// Slack given to the host-side timer beyond the guest's deadline: the epoch callback stops a
+/// running guest on time; the timer only catches a guest blocked in a host call.
+pub(crate) const GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Names the reason a guest stopped without success: a crossed limit wins over the symptom it
+/// caused (an allocation failure looks like a trap to the guest, but the cause is the limit).
+pub(crate) fn failure(
+    trip: &Tripwires,
+    limits: &Limits,
+    status: Result<i32, wasmtime::Error>,
+    log: crate::LogTail,
+) -> crate::RunError {
+    use crate::RunError;
+    if trip.deadline() {
+        RunError::Timeout {
+            limit_ms: limits.timeout_ms,
+            log,
+        }
+    } else if trip.output() {
+        RunError::OutputLimit {
+            limit_bytes: limits.output_bytes,
+            log,
+        }
+    } else if trip.memory() {
+        RunError::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+            log,
+        }
+    } else {
+        match status {
+            Ok(code) => RunError::Exit { code, log },
+            Err(e) => RunError::Trap {
+                message: trap_message(&e),
+                log,
+            },
+        }
+    }
+}
+
+/// One line saying why the guest stopped (the wasm backtrace stays in the server's debug log).
+pub(crate) fn trap_message(e: &wasmtime::Error) -> String {
+    tracing::debug!("guest failed: {e:?}");
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.to_string(),
+    }
+}

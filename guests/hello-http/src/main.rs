@@ -1,0 +1,30 @@
+//! A `wasi:http/proxy` component: answers every request with a greeting that echoes the method
+//! and path, and echoes the request body back under `/echo`. The same .wasm runs under
+//! `wasmtime serve` and under cella's HTTP pass-through.
+
+use wstd::http::body::Body;
+use wstd::http::{Error, Request, Response, StatusCode};
+
+#[wstd::http_server]
+async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
+    let path = request.uri().path().to_owned();
+    match path.as_str() {
+        "/echo" => {
+            let body = request.body_mut().contents().await?.to_vec();
+            Ok(Response::new(body.into()))
+        }
+        "/teapot" => Ok(Response::builder()
+            .status(StatusCode::IM_A_TEAPOT)
+            .header("x-hello", "short and stout")
+            .body("I'm a teapot\n".into())?),
+        _ => Ok(Response::builder()
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(
+                format!(
+                    "Hello from wasi:http/proxy! method={} path={path}\n",
+                    request.method()
+                )
+                .into(),
+            )?),
+    }
+}

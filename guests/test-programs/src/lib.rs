@@ -1,0 +1,1 @@
+//! Guests for cella's tests live in `src/bin/`, one per behaviour.
