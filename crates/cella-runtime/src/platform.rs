@@ -194,10 +194,10 @@ impl Platform {
         let owner = tenant_of(caller)?.clone();
         let name = FunctionName::new(name)?;
         let limits = Limits::resolve(&self.config.default_limits, limits, &self.config.max_limits)?;
-        if let Some(existing) = self.registry.function(&name)? {
-            if existing.owner != owner {
-                return Err(taken(&name));
-            }
+        if let Some(existing) = self.registry.function(&name)?
+            && existing.owner != owner
+        {
+            return Err(taken(&name));
         }
         let hash = ContentHash::of(&wasm);
         let compiled = self.compile(wasm.clone()).await?;
@@ -269,10 +269,10 @@ impl Platform {
     ) -> Result<FunctionRecord, RuntimeError> {
         let record = self.lookup(name)?;
         self.require_owner(caller, &record)?;
-        if let AccessChange::Grant(tenant) = &change {
-            if self.registry.tenant(tenant)?.is_none() {
-                return Err(RegistryError::NoSuchTenant(tenant.clone()).into());
-            }
+        if let AccessChange::Grant(tenant) = &change
+            && self.registry.tenant(tenant)?.is_none()
+        {
+            return Err(RegistryError::NoSuchTenant(tenant.clone()).into());
         }
         let registry = self.registry.clone();
         blocking(move || {

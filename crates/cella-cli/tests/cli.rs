@@ -1,0 +1,299 @@
+//! End-to-end tests of the `cella` binary: a real `cella up` process and the CLI commands a
+//! user types, checked by their output and exit status.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const CELLA: &str = env!("CARGO_BIN_EXE_cella");
+
+fn guests_dir() -> PathBuf {
+    std::env::var_os("CELLA_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/dist"))
+}
+
+/// A running `cella up`, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    lines: mpsc::Receiver<String>,
+    banner: Vec<String>,
+}
+
+impl Server {
+    /// Starts `cella up` on a free port and waits until its output contains `ready`.
+    fn start(data_dir: &Path, extra: &[&str], ready: &str) -> Server {
+        let mut child = Command::new(CELLA)
+            .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env_remove("CELLA_CONFIG")
+            .env("CELLA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cella starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            url: String::new(),
+            lines,
+            banner: Vec::new(),
+        };
+        loop {
+            let line = server
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("cella up did not print {ready:?}: {:?}", server.banner)
+                });
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                server.url = rest.split_whitespace().next().unwrap().to_owned();
+            }
+            let done = line.contains(ready);
+            server.banner.push(line);
+            if done {
+                return server;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cella(server: &Server, data_dir: &Path, token: Option<&str>, args: &[&str]) -> Output {
+    let mut command = Command::new(CELLA);
+    command
+        .args(args)
+        .env("CELLA_URL", &server.url)
+        .env("CELLA_DATA_DIR", data_dir)
+        .env_remove("CELLA_TOKEN");
+    if let Some(token) = token {
+        command.env("CELLA_TOKEN", token);
+    }
+    command.output().expect("cella runs")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[], "listening on");
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("admin token (shown once"))
+    );
+    let token_file = data.path().join("admin.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the admin token file is private");
+    }
+
+    // The admin token is read from the data directory.
+    let created: serde_json::Value = serde_json::from_str(&ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["tenant", "create", "acme", "--format", "json"],
+    )))
+    .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("cella_"));
+
+    let echo = guests_dir().join("echo.wasm");
+    let deployed = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &[
+            "deploy",
+            "echo",
+            echo.to_str().unwrap(),
+            "--limit",
+            "timeout=2s",
+        ],
+    ));
+    assert!(
+        deployed.starts_with("deployed `echo` (wasi-command"),
+        "{deployed}"
+    );
+
+    let out = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &[
+            "invoke",
+            "echo",
+            "--data",
+            "hello from the CLI",
+            "--arg",
+            "x",
+        ],
+    ));
+    assert_eq!(out, "hello from the CLI");
+
+    let input = data.path().join("in.bin");
+    let output = data.path().join("out.bin");
+    std::fs::write(&input, [0u8, 1, 2, 255]).unwrap();
+    ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &[
+            "invoke",
+            "echo",
+            "--data",
+            &format!("@{}", input.display()),
+            "-o",
+            output.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(std::fs::read(&output).unwrap(), [0u8, 1, 2, 255]);
+
+    let listed: serde_json::Value = serde_json::from_str(&ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["functions", "--format", "json"],
+    )))
+    .unwrap();
+    assert_eq!(listed[0]["name"], "echo");
+    assert_eq!(listed[0]["limits"]["timeout_ms"], 2000);
+    let table = ok(cella(&server, data.path(), Some(&token), &["functions"]));
+    assert!(
+        table.lines().nth(1).unwrap().starts_with("echo "),
+        "{table}"
+    );
+
+    let logs = ok(cella(&server, data.path(), Some(&token), &["logs", "echo"]));
+    assert!(logs.contains(r#"args=["echo", "x"]"#), "{logs}");
+
+    // Errors: a message that says what to do, and a failing exit status.
+    let missing = cella(&server, data.path(), Some(&token), &["invoke", "nope"]);
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("function `nope` does not exist"),
+        "{stderr}"
+    );
+
+    let bad = cella(&server, data.path(), Some("cella_wrong"), &["functions"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("CELLA_TOKEN"));
+}
+
+#[test]
+fn up_demo_deploys_and_invokes_the_examples() {
+    let data = tempfile::tempdir().unwrap();
+    let guests = guests_dir();
+    let server = Server::start(
+        data.path(),
+        &["--demo", "--guests", guests.to_str().unwrap()],
+        "Press Ctrl-C",
+    );
+    let banner = server.banner.join("\n");
+    for example in ["brotli", "thumbnail", "hello-http"] {
+        assert!(banner.contains(&format!("deployed {example}")), "{banner}");
+        assert!(banner.contains(&format!("✔ {example}")), "{banner}");
+    }
+    let export = server
+        .banner
+        .iter()
+        .find(|l| l.contains("export CELLA_URL="))
+        .expect("ready-to-paste commands");
+    let token = export.split("CELLA_TOKEN=").nth(1).unwrap().trim();
+    let compressed = cella(
+        &server,
+        data.path(),
+        Some(token),
+        &["invoke", "brotli", "--data", "hello hello hello hello"],
+    );
+    assert!(compressed.status.success());
+    assert!(!compressed.stdout.is_empty());
+}
+
+#[test]
+fn config_comes_from_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cella.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9001\"\ndata_dir = \"/srv/cella\"\n\
+         [limits.default]\ntimeout_ms = 1500\n[gateway]\ntenant_concurrency = 7\n",
+    )
+    .unwrap();
+    let show = |env: &[(&str, &str)], flags: &[&str]| {
+        let mut command = Command::new(CELLA);
+        command
+            .args(["config", "show", "--config"])
+            .arg(&file)
+            .args(flags)
+            .env_remove("CELLA_LISTEN")
+            .env_remove("CELLA_DATA_DIR");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        ok(command.output().unwrap())
+    };
+    let from_file = show(&[], &[]);
+    assert!(
+        from_file.contains("listen = \"127.0.0.1:9001\""),
+        "{from_file}"
+    );
+    assert!(from_file.contains("data_dir = \"/srv/cella\""));
+    assert!(from_file.contains("timeout_ms = 1500"));
+    assert!(from_file.contains("tenant_concurrency = 7"));
+    let from_env = show(&[("CELLA_LISTEN", "127.0.0.1:9002")], &[]);
+    assert!(
+        from_env.contains("listen = \"127.0.0.1:9002\""),
+        "{from_env}"
+    );
+    let from_flag = show(
+        &[("CELLA_LISTEN", "127.0.0.1:9002")],
+        &["--listen", "127.0.0.1:9003"],
+    );
+    assert!(
+        from_flag.contains("listen = \"127.0.0.1:9003\""),
+        "{from_flag}"
+    );
+
+    std::fs::write(&file, "listen = \"127.0.0.1:9001\"\nlisten_port = 3\n").unwrap();
+    let bad = Command::new(CELLA)
+        .args(["config", "show", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("listen_port"), "{stderr}");
+}
