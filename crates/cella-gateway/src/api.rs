@@ -37,12 +37,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/functions/{name}/logs", get(logs))
         .route(
             "/v1/functions/{name}/grants/{tenant}",
-            put(grant).delete(revoke),
+            put(grant).delete(grant),
         )
-        .route(
-            "/v1/functions/{name}/public",
-            put(make_public).delete(make_private),
-        )
+        .route("/v1/functions/{name}/public", put(public).delete(public))
         .route("/v1/functions/{name}/http", any(passthrough::root))
         .route("/v1/functions/{name}/http/", any(passthrough::root))
         .route("/v1/functions/{name}/http/{*path}", any(passthrough::path))
@@ -204,63 +201,39 @@ async fn logs(
     Ok(Json(json!({ "invocations": invocations })))
 }
 
-async fn change_access(
-    state: &AppState,
-    caller: &cella_store::Principal,
-    name: &str,
-    change: AccessChange,
-) -> ApiResult<Json<FunctionRecord>> {
-    Ok(Json(
-        state.platform.change_access(caller, name, change).await?,
-    ))
-}
-
 fn tenant_param(tenant: &str) -> ApiResult<TenantName> {
     TenantName::new(tenant).map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))
 }
 
+/// `PUT` grants `tenant` the right to invoke; `DELETE` takes it back.
 async fn grant(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    method: Method,
     Path((name, tenant)): Path<(String, String)>,
 ) -> ApiResult<Json<FunctionRecord>> {
-    change_access(
-        &state,
-        &caller,
-        &name,
-        AccessChange::Grant(tenant_param(&tenant)?),
-    )
-    .await
+    let tenant = tenant_param(&tenant)?;
+    let change = if method == Method::PUT {
+        AccessChange::Grant(tenant)
+    } else {
+        AccessChange::Revoke(tenant)
+    };
+    Ok(Json(
+        state.platform.change_access(&caller, &name, change).await?,
+    ))
 }
 
-async fn revoke(
+/// `PUT` lets every tenant invoke; `DELETE` takes that back.
+async fn public(
     State(state): State<AppState>,
     Caller(caller): Caller,
-    Path((name, tenant)): Path<(String, String)>,
-) -> ApiResult<Json<FunctionRecord>> {
-    change_access(
-        &state,
-        &caller,
-        &name,
-        AccessChange::Revoke(tenant_param(&tenant)?),
-    )
-    .await
-}
-
-async fn make_public(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
+    method: Method,
     Path(name): Path<String>,
 ) -> ApiResult<Json<FunctionRecord>> {
-    change_access(&state, &caller, &name, AccessChange::Public(true)).await
-}
-
-async fn make_private(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-    Path(name): Path<String>,
-) -> ApiResult<Json<FunctionRecord>> {
-    change_access(&state, &caller, &name, AccessChange::Public(false)).await
+    let change = AccessChange::Public(method == Method::PUT);
+    Ok(Json(
+        state.platform.change_access(&caller, &name, change).await?,
+    ))
 }
 
 async fn invoke(

@@ -61,6 +61,17 @@ async fn forward(
     let request = http::Request::from_parts(parts, bytes);
     let output = state.platform.serve_http(&caller, &name, request).await?;
     let (mut parts, body) = output.response.into_parts();
+    // `cella-*` headers are the platform's word (`cella-error` marks a platform error): a
+    // function may not forge them.
+    let forged: Vec<_> = parts
+        .headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("cella-"))
+        .cloned()
+        .collect();
+    for name in forged {
+        parts.headers.remove(name);
+    }
     invocation_headers(&mut parts.headers, &output.invocation_id);
     Ok(Response::from_parts(parts, Body::from(body)).into_response())
 }

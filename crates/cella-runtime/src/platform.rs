@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cella_core::FunctionRecord;
 use cella_core::{ContentHash, FunctionKind, FunctionName, Limits, LimitsOverride, TenantName};
-use cella_sandbox::{CommandInput, Compiled, LogTail, Sandbox, SandboxConfig};
+use cella_sandbox::{
+    CommandInput, CommandOutput, Compiled, HttpResponse, LogTail, Sandbox, SandboxConfig,
+};
 use cella_store::{BlobError, BlobStore, Principal, Registry, RegistryError, Tenant, Token};
 
 use crate::code_cache::CodeCache;
@@ -297,36 +299,33 @@ impl Platform {
         input: CommandInput,
     ) -> Result<InvokeOutput, RuntimeError> {
         let started = Instant::now();
-        let record = self.authorize_invoke(caller, name)?;
-        let result = async {
-            let _slot = self.concurrency.acquire(caller)?;
-            match self.load(&record).await? {
-                Compiled::Command(pre) => {
-                    let _instance = self.metrics.instance();
-                    self.sandbox
+        let (invocation_id, function, output) = self
+            .invocation(
+                caller,
+                name,
+                |o: &CommandOutput| &o.log,
+                async |record, compiled| match compiled {
+                    Compiled::Command(pre) => self
+                        .sandbox
                         .run_command(&pre, record.name.as_str(), input, &record.limits)
                         .await
                         .map_err(|source| RuntimeError::Run {
                             name: record.name.clone(),
                             source,
-                        })
-                }
-                Compiled::Http(_) => Err(RuntimeError::WrongKind {
-                    name: record.name.clone(),
-                    kind: FunctionKind::WasiHttp,
-                    hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
-                }),
-            }
-        }
-        .await;
-        let id = invocation_id();
-        self.account(&record, &id, result.as_ref().map(|o| &o.log), started);
-        let output = result?;
+                        }),
+                    Compiled::Http(_) => Err(RuntimeError::WrongKind {
+                        name: record.name.clone(),
+                        kind: FunctionKind::WasiHttp,
+                        hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
+                    }),
+                },
+            )
+            .await?;
         Ok(InvokeOutput {
-            invocation_id: id,
+            invocation_id,
             output: output.stdout,
             log: output.log,
-            function: record,
+            function,
             duration: started.elapsed(),
         })
     }
@@ -338,35 +337,55 @@ impl Platform {
         name: &str,
         request: http::Request<Bytes>,
     ) -> Result<HttpOutput, RuntimeError> {
-        let started = Instant::now();
-        let record = self.authorize_invoke(caller, name)?;
-        let result = async {
-            let _slot = self.concurrency.acquire(caller)?;
-            match self.load(&record).await? {
-                Compiled::Http(pre) => {
-                    let _instance = self.metrics.instance();
-                    self.sandbox
+        let (invocation_id, _, output) = self
+            .invocation(
+                caller,
+                name,
+                |r: &HttpResponse| &r.log,
+                async |record, compiled| match compiled {
+                    Compiled::Http(pre) => self
+                        .sandbox
                         .serve_http(&pre, request, &record.limits)
                         .await
                         .map_err(|source| RuntimeError::Run {
                             name: record.name.clone(),
                             source,
-                        })
-                }
-                Compiled::Command(_) => Err(RuntimeError::WrongKind {
-                    name: record.name.clone(),
-                    kind: FunctionKind::WasiCommand,
-                    hint: "invoke it with POST /v1/functions/NAME/invoke",
-                }),
-            }
+                        }),
+                    Compiled::Command(_) => Err(RuntimeError::WrongKind {
+                        name: record.name.clone(),
+                        kind: FunctionKind::WasiCommand,
+                        hint: "invoke it with POST /v1/functions/NAME/invoke",
+                    }),
+                },
+            )
+            .await?;
+        Ok(HttpOutput {
+            invocation_id,
+            response: output.response,
+        })
+    }
+
+    /// The steps every invocation shares: authorize, take a concurrency slot, load the code,
+    /// `run` it, and account for the outcome (metrics and the owner's log).
+    async fn invocation<T>(
+        &self,
+        caller: &Principal,
+        name: &str,
+        log_of: fn(&T) -> &LogTail,
+        run: impl AsyncFnOnce(&FunctionRecord, Compiled) -> Result<T, RuntimeError>,
+    ) -> Result<(String, FunctionRecord, T), RuntimeError> {
+        let started = Instant::now();
+        let record = self.authorize_invoke(caller, name)?;
+        let result = async {
+            let _slot = self.concurrency.acquire(caller)?;
+            let compiled = self.load(&record).await?;
+            let _instance = self.metrics.instance();
+            run(&record, compiled).await
         }
         .await;
         let id = invocation_id();
-        self.account(&record, &id, result.as_ref().map(|r| &r.log), started);
-        Ok(HttpOutput {
-            invocation_id: id,
-            response: result?.response,
-        })
+        self.account(&record, &id, result.as_ref().map(log_of), started);
+        Ok((id, record, result?))
     }
 
     /// Counts an invocation in the metrics and keeps its log for the function's owner.

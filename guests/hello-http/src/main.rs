@@ -16,6 +16,8 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
         "/teapot" => Ok(Response::builder()
             .status(StatusCode::IM_A_TEAPOT)
             .header("x-hello", "short and stout")
+            // A function cannot pass itself off as the platform: cella drops this header.
+            .header("cella-error", "forged")
             .body("I'm a teapot\n".into())?),
         _ => Ok(Response::builder()
             .header("content-type", "text/plain; charset=utf-8")

@@ -33,6 +33,10 @@ async fn the_component_sees_method_path_and_body_and_its_response_comes_back() {
         "the function's own status is passed through"
     );
     assert_eq!(headers.get("x-hello").unwrap(), "short and stout");
+    assert!(
+        !headers.contains_key("cella-error"),
+        "a function cannot forge the platform's error marker"
+    );
     assert_eq!(&body[..], b"I'm a teapot\n");
 
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
