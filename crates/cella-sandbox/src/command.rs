@@ -12,7 +12,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 use crate::engine::Sandbox;
 use crate::error::RunError;
-use crate::limits::{MemoryLimiter, Tripwires, arm_deadline};
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, trap_message};
 use crate::pipes::{LogPipe, LogTail, OutputPipe};
 
 /// The per-invocation world of a command (the `T` of its `Store<T>`).
@@ -79,7 +79,7 @@ impl Sandbox {
             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
             start.call_async(&mut store, ()).await
         };
-        let result = tokio::time::timeout(limits.timeout() + crate::limits::GRACE, run).await;
+        let result = tokio::time::timeout(limits.timeout() + GRACE, run).await;
         let log = stderr.tail();
         let status = match result {
             Err(_elapsed) => {
@@ -94,12 +94,21 @@ impl Sandbox {
                 None => Err(e),
             },
         };
-        match status {
-            Ok(0) if !trip.output() => Ok(CommandOutput {
+        if let Ok(0) = status
+            && !trip.output()
+        {
+            return Ok(CommandOutput {
                 stdout: stdout.take(),
                 log,
-            }),
-            status => Err(crate::limits::failure(&trip, limits, status, log)),
+            });
         }
+        let log = crossed_limit(&trip, limits, log)?;
+        Err(match status {
+            Ok(code) => RunError::Exit { code, log },
+            Err(e) => RunError::Trap {
+                message: trap_message(&e),
+                log,
+            },
+        })
     }
 }

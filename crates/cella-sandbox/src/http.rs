@@ -18,7 +18,7 @@ use wasmtime_wasi_http::{
 
 use crate::engine::Sandbox;
 use crate::error::RunError;
-use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline};
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, trap_message};
 use crate::pipes::{LogPipe, LogTail};
 
 /// The per-request world of a `wasi:http` component (the `T` of its `Store<T>`).
@@ -209,24 +209,25 @@ impl Sandbox {
         drop(task);
         let log = log.tail();
         match result {
-            Ok(response) if !trip.output() => Ok(HttpResponse { response, log }),
-            Ok(_) => Err(crate::limits::failure(&trip, limits, Ok(0), log)),
             Err(Failure::Timeout) => Err(RunError::Timeout {
                 limit_ms: limits.timeout_ms,
                 log,
             }),
-            Err(Failure::Guest(e)) => Err(crate::limits::failure(&trip, limits, Err(e), log)),
-            Err(Failure::NoResponse(message))
-                if !(trip.deadline() || trip.output() || trip.memory()) =>
-            {
+            Ok(response) => {
+                let log = crossed_limit(&trip, limits, log)?;
+                Ok(HttpResponse { response, log })
+            }
+            Err(Failure::Guest(e)) => {
+                let log = crossed_limit(&trip, limits, log)?;
+                Err(RunError::Trap {
+                    message: trap_message(&e),
+                    log,
+                })
+            }
+            Err(Failure::NoResponse(message)) => {
+                let log = crossed_limit(&trip, limits, log)?;
                 Err(RunError::NoResponse { message, log })
             }
-            Err(Failure::NoResponse(message)) => Err(crate::limits::failure(
-                &trip,
-                limits,
-                Err(wasmtime::Error::msg(message)),
-                log,
-            )),
         }
     }
 }

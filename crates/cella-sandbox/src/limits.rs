@@ -101,38 +101,32 @@ pub(crate) fn arm_deadline<T: Send>(store: &mut Store<T>, limits: &Limits, trip:
 /// running guest on time; the timer only catches a guest blocked in a host call.
 pub(crate) const GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
-/// Names the reason a guest stopped without success: a crossed limit wins over the symptom it
-/// caused (an allocation failure looks like a trap to the guest, but the cause is the limit).
-pub(crate) fn failure(
+/// The limit a guest crossed, if any, as its error; otherwise the log is handed back. A
+/// crossed limit wins over the symptom it caused (an allocation failure looks like a trap to
+/// the guest, but the cause is the limit).
+pub(crate) fn crossed_limit(
     trip: &Tripwires,
     limits: &Limits,
-    status: Result<i32, wasmtime::Error>,
     log: crate::LogTail,
-) -> crate::RunError {
+) -> Result<crate::LogTail, crate::RunError> {
     use crate::RunError;
     if trip.deadline() {
-        RunError::Timeout {
+        Err(RunError::Timeout {
             limit_ms: limits.timeout_ms,
             log,
-        }
+        })
     } else if trip.output() {
-        RunError::OutputLimit {
+        Err(RunError::OutputLimit {
             limit_bytes: limits.output_bytes,
             log,
-        }
+        })
     } else if trip.memory() {
-        RunError::MemoryLimit {
+        Err(RunError::MemoryLimit {
             limit_bytes: limits.memory_bytes,
             log,
-        }
+        })
     } else {
-        match status {
-            Ok(code) => RunError::Exit { code, log },
-            Err(e) => RunError::Trap {
-                message: trap_message(&e),
-                log,
-            },
-        }
+        Ok(log)
     }
 }
 
