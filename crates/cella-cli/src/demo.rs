@@ -74,12 +74,21 @@ pub(crate) async fn run(
 
     let url = format!("http://{addr}");
     let client = Client::new(&url, Some(token.secret().to_owned()));
+    verify_first(platform, &client).await?;
     smoke_test(&client, guests).await?;
 
     let png = guests.join("sample.png");
     println!();
     println!("Try it (tenant `demo`; this token replaces any earlier demo token):");
     println!("  export CELLA_URL={url} CELLA_TOKEN={}", token.secret());
+    println!(
+        "  cella verify --allow-simulated --measurement {} --sim-anchor @{}",
+        platform.tee().1,
+        platform
+            .sim_anchor_file()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    );
     println!("  echo 'hello hello hello hello' | cella invoke brotli --data - -o /tmp/hello.br");
     println!("  cella invoke brotli --data @/tmp/hello.br --arg decompress");
     println!(
@@ -95,6 +104,41 @@ pub(crate) async fn run(
         png.display()
     );
     println!("Press Ctrl-C to stop.");
+    Ok(())
+}
+
+/// Checks the node's evidence the way a client should before it sends anything: this build's
+/// measurement pinned, the simulated platform's anchor trusted, simulated evidence allowed.
+async fn verify_first(platform: &Platform, client: &Client) -> anyhow::Result<()> {
+    let (tee, measurement) = platform.tee();
+    let anchor = match platform.sim_anchor_file() {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?,
+        None => String::new(),
+    };
+    let policy = cella_tee::Policy {
+        measurements: vec![measurement],
+        allow_simulated: tee == cella_tee::TeeType::Sim,
+        sim_anchors: vec![anchor.trim().to_owned()],
+        ..cella_tee::Policy::default()
+    };
+    let result = client.verify_node(&policy).await?;
+    if !result.passed() {
+        bail!(
+            "the node's own evidence did not verify: {:?}",
+            result.verification.checks
+        );
+    }
+    println!(
+        "✔ attestation {} evidence for measurement {}… bound to a fresh nonce{}",
+        tee,
+        &measurement.to_hex()[..16],
+        if tee == cella_tee::TeeType::Sim {
+            " (SIMULATED)"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }
 

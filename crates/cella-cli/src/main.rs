@@ -4,6 +4,7 @@
 mod client_cmds;
 mod config;
 mod demo;
+mod tee_cmds;
 mod up;
 
 use std::path::PathBuf;
@@ -59,6 +60,26 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Verify a node before trusting it: ✔/✗ per check against a policy; exits non-zero on ✗.
+    Verify {
+        #[command(flatten)]
+        policy: tee_cmds::PolicyArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Print a node's attestation evidence and claims (unverified).
+    Attest {
+        /// Hex nonce to bind into the evidence.
+        #[arg(long)]
+        nonce: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Which trusted execution environments this machine offers, and what `cella up` will use.
+    Doctor {
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
     },
     /// Manage tenants (needs the admin token).
     Tenant {
@@ -176,6 +197,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Show(args),
         } => config::show(&args),
+        Command::Verify { policy, remote } => tee_cmds::verify(&remote, &policy).await,
+        Command::Attest { nonce, remote } => tee_cmds::attest(&remote, nonce.as_deref()).await,
+        Command::Doctor { format } => tee_cmds::doctor(format),
         Command::Tenant { command, remote } => match command {
             TenantCommand::Create { name } => c::tenant_create(&remote, &name).await,
             TenantCommand::List => c::tenant_list(&remote).await,

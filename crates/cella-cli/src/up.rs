@@ -88,14 +88,28 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             max_upload_bytes: config.gateway.max_upload_bytes,
         },
     );
+    let (tee, measurement) = platform.tee();
+    if tee == cella_tee::TeeType::Sim {
+        println!(
+            "TEE: SIMULATED — {}; evidence is signed by the simulated platform key (trust \
+             anchor: {}) and proves nothing about hardware",
+            match platform.unused_hardware() {
+                Some(found) => format!("{found} found but not yet supported by this build"),
+                None => "no hardware TEE found".to_owned(),
+            },
+            platform
+                .sim_anchor_file()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    } else {
+        println!("TEE: {tee}");
+    }
+    println!("measurement: {measurement}");
     println!(
         "cella {} listening on http://{addr} (data: {})",
         env!("CARGO_PKG_VERSION"),
         config.data_dir.display()
-    );
-    println!(
-        "TEE: none (this build runs functions in the WebAssembly sandbox only; it offers no \
-         attestation yet)"
     );
     let server = tokio::spawn(cella_gateway::serve(listener, router, shutdown_signal()));
     if args.demo {

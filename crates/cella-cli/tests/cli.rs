@@ -207,6 +207,49 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
         "{stderr}"
     );
 
+    // Verification before trust: simulated evidence needs --allow-simulated and a pinned
+    // measurement; the failing line says how to pin it.
+    let unpinned = cella(&server, data.path(), None, &["verify", "--allow-simulated"]);
+    assert!(!unpinned.status.success());
+    let text = String::from_utf8_lossy(&unpinned.stdout);
+    assert!(text.contains("SIMULATED"), "{text}");
+    assert!(text.contains("✗ measurement"), "{text}");
+    assert!(
+        text.contains("fix: if you trust this build, pin it"),
+        "{text}"
+    );
+    let measurement = server
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("measurement: "))
+        .expect("cella up prints its measurement")
+        .to_owned();
+    let pinned = ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["verify", "--allow-simulated", "--measurement", &measurement],
+    ));
+    assert!(pinned.contains("✔ report data"), "{pinned}");
+    assert!(pinned.contains("verified"), "{pinned}");
+    let strict = cella(
+        &server,
+        data.path(),
+        None,
+        &["verify", "--measurement", &measurement],
+    );
+    assert!(
+        !strict.status.success(),
+        "simulated evidence is refused by default"
+    );
+    assert!(String::from_utf8_lossy(&strict.stdout).contains("✗ hardware"));
+
+    let doctor = ok(cella(&server, data.path(), None, &["doctor"]));
+    assert!(
+        doctor.contains("`cella up` will use: SIMULATED"),
+        "{doctor}"
+    );
+
     let bad = cella(&server, data.path(), Some("cella_wrong"), &["functions"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("CELLA_TOKEN"));

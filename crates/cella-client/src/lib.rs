@@ -12,6 +12,8 @@
 
 use bytes::Bytes;
 use cella_core::FunctionRecord;
+use cella_tee::sim::SimVerifier;
+use cella_tee::{Evidence, Measurement, Policy, TeeType, Verification, Verifier, report_data_for};
 pub use reqwest::{Method, StatusCode};
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -66,6 +68,32 @@ pub struct Invocation {
     pub invocation_id: Option<String>,
     pub function_hash: Option<String>,
     pub duration_ms: Option<u64>,
+}
+
+/// Evidence about a node, as `GET /v1/attestation` returns it. Unverified until checked with
+/// [`verify_node`] (or `cella_tee::Policy::verify`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestationReport {
+    pub tee: TeeType,
+    pub simulated: bool,
+    pub measurement: Measurement,
+    pub identity_key: String,
+    pub nonce: String,
+    pub evidence: Evidence,
+}
+
+/// A verdict on a node, and the report it was based on.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeVerification {
+    pub report: AttestationReport,
+    #[serde(flatten)]
+    pub verification: Verification,
+}
+
+impl NodeVerification {
+    pub fn passed(&self) -> bool {
+        self.verification.passed()
+    }
 }
 
 /// A tenant as listed by `GET /v1/tenants`.
@@ -171,6 +199,44 @@ impl Client {
         response.json().await.map_err(|e| ClientError::Protocol {
             url: self.base.clone(),
             detail: e.to_string(),
+        })
+    }
+
+    /// Fetches evidence about the node bound to `nonce` (unverified).
+    pub async fn attestation(&self, nonce: &[u8]) -> Result<AttestationReport, ClientError> {
+        let builder = self
+            .request(Method::GET, "/v1/attestation")
+            .query(&[("nonce", hex::encode(nonce))]);
+        self.json(builder).await
+    }
+
+    /// Verifies the node before anything secret is sent to it: fetches evidence for a fresh
+    /// random nonce and checks it against `policy` — the evidence's signature, TEE type,
+    /// simulated or not, measurement, security version, and that the report data binds the
+    /// node's identity key to this nonce.
+    pub async fn verify_node(&self, policy: &Policy) -> Result<NodeVerification, ClientError> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).expect("the operating system's random generator");
+        let report = self.attestation(&nonce).await?;
+        let identity = hex::decode(&report.identity_key).map_err(|_| ClientError::Protocol {
+            url: self.base.clone(),
+            detail: "the identity key is not hex".into(),
+        })?;
+        let expected = report_data_for(&identity, &nonce);
+        let sim = SimVerifier::new(&policy.sim_anchors).map_err(|e| ClientError::Protocol {
+            url: self.base.clone(),
+            detail: format!("in the policy: {e}"),
+        })?;
+        let verifiers: [&dyn Verifier; 1] = [&sim];
+        let verification = policy.verify(
+            &report.evidence,
+            &verifiers,
+            Some(&expected),
+            std::time::SystemTime::now(),
+        );
+        Ok(NodeVerification {
+            report,
+            verification,
         })
     }
 

@@ -26,6 +26,7 @@ pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/attestation", get(attestation))
         .route("/v1/tenants", post(create_tenant).get(list_tenants))
         .route("/v1/tenants/{name}/token", post(rotate_token))
         .route("/v1/functions", get(list_functions))
@@ -59,6 +60,34 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.platform.metrics().encode(),
     )
+}
+
+/// Evidence about this node bound to its identity key and `?nonce=HEX`. No token needed: a
+/// client verifies the node before it sends anything secret.
+async fn attestation(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<cella_runtime::AttestationReport>> {
+    let mut nonce = Vec::new();
+    for (key, value) in query_pairs(&query) {
+        match key.as_str() {
+            "nonce" => {
+                nonce = hex::decode(value.trim()).map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "`nonce` must be hex (at most 64 bytes, i.e. 128 hex digits)",
+                    )
+                })?;
+            }
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("unknown query parameter `{other}`; the only one is `nonce=HEX`"),
+                ));
+            }
+        }
+    }
+    Ok(Json(state.platform.attest(&nonce)?))
 }
 
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {

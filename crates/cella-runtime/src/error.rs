@@ -83,6 +83,8 @@ pub enum RuntimeError {
     Blob(#[from] BlobError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Invalid(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,6 +96,7 @@ impl RuntimeError {
             RuntimeError::NoSuchFunction(_) => ErrorCode::NotFound,
             RuntimeError::Name(_) => ErrorCode::InvalidName,
             RuntimeError::Limits(_) => ErrorCode::InvalidLimits,
+            RuntimeError::Invalid(_) => ErrorCode::InvalidRequest,
             RuntimeError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
             RuntimeError::Compile(_) => ErrorCode::InvalidWasm,
             RuntimeError::WrongKind { .. } => ErrorCode::WrongKind,

@@ -7,6 +7,7 @@
 //! account.
 #![forbid(unsafe_code)]
 
+mod attestation;
 mod code_cache;
 mod concurrency;
 mod error;
@@ -14,6 +15,7 @@ mod logs;
 mod metrics;
 mod platform;
 
+pub use attestation::{AttestationReport, MAX_NONCE_BYTES};
 pub use error::{ErrorCode, RuntimeError};
 pub use logs::InvocationLog;
 pub use metrics::Metrics;

@@ -11,7 +11,9 @@ use cella_sandbox::{
     CommandInput, CommandOutput, Compiled, HttpResponse, LogTail, Sandbox, SandboxConfig,
 };
 use cella_store::{BlobError, BlobStore, Principal, Registry, RegistryError, Tenant, Token};
+use cella_tee::{Measurement, TeeType};
 
+use crate::attestation::{AttestationReport, Identity, MAX_NONCE_BYTES};
 use crate::code_cache::CodeCache;
 use crate::concurrency::ConcurrencyLimits;
 use crate::logs::{InvocationLog, InvocationLogs, invocation_id};
@@ -29,6 +31,8 @@ pub struct PlatformConfig {
     /// Invocations one caller may have running at once.
     pub tenant_concurrency: usize,
     pub sandbox: SandboxConfig,
+    /// The platform build the TEE measures (the running executable by default).
+    pub executable: Option<PathBuf>,
 }
 
 impl PlatformConfig {
@@ -39,6 +43,7 @@ impl PlatformConfig {
             max_limits: Limits::default_maximum(),
             tenant_concurrency: 64,
             sandbox: SandboxConfig::default(),
+            executable: None,
         }
     }
 }
@@ -76,6 +81,7 @@ pub struct Platform {
     logs: InvocationLogs,
     concurrency: ConcurrencyLimits,
     metrics: Metrics,
+    identity: Identity,
     config: PlatformConfig,
 }
 
@@ -120,6 +126,7 @@ impl Platform {
         let registry = Registry::open(&config.data_dir.join("registry.redb"))?;
         let blobs = BlobStore::local(&config.data_dir.join("blobs"))?;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
+        let identity = Identity::open(&config.data_dir, config.executable.as_deref())?;
         Ok(Platform {
             sandbox: Arc::new(sandbox),
             registry: Arc::new(registry),
@@ -128,6 +135,7 @@ impl Platform {
             logs: InvocationLogs::default(),
             concurrency: ConcurrencyLimits::new(config.tenant_concurrency),
             metrics: Metrics::default(),
+            identity,
             config,
         })
     }
@@ -138,6 +146,34 @@ impl Platform {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Which TEE vouches for this node (`sim` when none is usable) and the measurement of this
+    /// build.
+    pub fn tee(&self) -> (TeeType, Measurement) {
+        (self.identity.tee(), self.identity.measurement())
+    }
+
+    /// A hardware TEE found on this machine but not used (this build has no attester for it).
+    pub fn unused_hardware(&self) -> Option<TeeType> {
+        self.identity.hardware_found
+    }
+
+    /// Where clients find the simulated platform's trust anchor, when simulated.
+    pub fn sim_anchor_file(&self) -> Option<&std::path::Path> {
+        self.identity.sim_anchor_file.as_deref()
+    }
+
+    /// Evidence about this node bound to its identity key and the client's `nonce`. Anyone may
+    /// ask: clients verify a node before they send it a token or data.
+    pub fn attest(&self, nonce: &[u8]) -> Result<AttestationReport, RuntimeError> {
+        if nonce.len() > MAX_NONCE_BYTES {
+            return Err(RuntimeError::Invalid(format!(
+                "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",
+                nonce.len()
+            )));
+        }
+        self.identity.attest(nonce)
     }
 
     /// The blob store (operators' tools and tests that play a hostile storage host use it).

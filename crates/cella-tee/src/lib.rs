@@ -24,6 +24,7 @@ pub use evidence::{
 };
 pub use policy::{Check, Policy, Verification};
 pub use sealing::{SealingKeys, derive_sealing_key};
+pub use sim::SimPlatformFiles;
 
 /// Produces evidence about the platform this process runs on.
 pub trait Attester: Send + Sync {

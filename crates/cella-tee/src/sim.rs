@@ -42,9 +42,19 @@ pub enum SimError {
     Damaged(PathBuf),
 }
 
+/// The files a simulated platform keeps in its directory.
+pub struct SimPlatformFiles;
+
+impl SimPlatformFiles {
+    /// The secret platform key (mode 0600).
+    pub const KEY: &'static str = "sim-platform.key";
+    /// The public key: the trust anchor clients need.
+    pub const ANCHOR: &'static str = "sim-platform.pub";
+}
+
 impl SimPlatform {
-    pub const KEY_FILE: &'static str = "sim-platform.key";
-    pub const ANCHOR_FILE: &'static str = "sim-platform.pub";
+    pub const KEY_FILE: &'static str = SimPlatformFiles::KEY;
+    pub const ANCHOR_FILE: &'static str = SimPlatformFiles::ANCHOR;
 
     /// Loads the platform from `dir`, creating it (0600 key file, public anchor file) the
     /// first time.
@@ -277,7 +287,9 @@ mod tests {
         assert_eq!(claims.security_version, 3);
 
         let other = tempfile::tempdir().unwrap();
-        let stranger = SimPlatform::load_or_create(other.path()).unwrap().anchor_hex();
+        let stranger = SimPlatform::load_or_create(other.path())
+            .unwrap()
+            .anchor_hex();
         assert_eq!(
             SimVerifier::new(&[stranger])
                 .unwrap()

@@ -110,6 +110,10 @@ impl Node {
         }
     }
 
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
     pub fn admin_secret(&self) -> String {
         self.admin_token.clone()
     }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod access;
+mod attestation;
 mod functions;
 mod http_passthrough;
 mod invariants;

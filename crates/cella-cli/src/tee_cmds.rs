@@ -1,0 +1,187 @@
+//! `cella attest`, `cella verify` and `cella doctor`: what a client checks before it trusts a
+//! node, and what a machine offers.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cella_client::NodeVerification;
+use cella_tee::{Measurement, Policy, SimPlatformFiles};
+use clap::Args;
+
+use crate::{Format, Remote};
+
+#[derive(Args)]
+pub(crate) struct PolicyArgs {
+    /// Verification policy (TOML: allowed_tee, measurements, min_security_version,
+    /// allow_simulated, sim_anchors).
+    #[arg(long, env = "CELLA_POLICY")]
+    policy: Option<PathBuf>,
+    /// Accept evidence from the simulated TEE (for testing: it proves nothing about hardware).
+    #[arg(long)]
+    allow_simulated: bool,
+    /// A measurement (96 hex digits) of a platform build you trust (repeatable).
+    #[arg(long = "measurement", value_name = "HEX")]
+    measurements: Vec<Measurement>,
+    /// Public key of a simulated platform to trust, as hex or @FILE (repeatable). Defaults to
+    /// the local node's `sim-platform.pub` when the policy names none.
+    #[arg(long = "sim-anchor", value_name = "HEX|@FILE")]
+    sim_anchors: Vec<String>,
+}
+
+impl PolicyArgs {
+    /// The policy in force: the file, then the flags; and where a default anchor came from.
+    fn resolve(&self, remote: &Remote) -> anyhow::Result<(Policy, Option<PathBuf>)> {
+        let mut policy = match &self.policy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read policy {}", path.display()))?;
+                toml::from_str::<Policy>(&text)
+                    .with_context(|| format!("policy {} is not valid", path.display()))?
+            }
+            None => Policy::default(),
+        };
+        policy.allow_simulated |= self.allow_simulated;
+        policy
+            .measurements
+            .extend(self.measurements.iter().copied());
+        for anchor in &self.sim_anchors {
+            policy.sim_anchors.push(match anchor.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read trust anchor {path}"))?
+                    .trim()
+                    .to_owned(),
+                None => anchor.clone(),
+            });
+        }
+        let mut anchor_from = None;
+        if policy.sim_anchors.is_empty() {
+            let path = remote
+                .data_dir
+                .clone()
+                .unwrap_or_else(crate::config::default_data_dir)
+                .join(SimPlatformFiles::ANCHOR);
+            if let Ok(anchor) = std::fs::read_to_string(&path) {
+                policy.sim_anchors.push(anchor.trim().to_owned());
+                anchor_from = Some(path);
+            }
+        }
+        Ok((policy, anchor_from))
+    }
+}
+
+fn short(text: &str) -> String {
+    if text.len() > 40 {
+        format!("{}…", &text[..32])
+    } else {
+        text.to_owned()
+    }
+}
+
+fn print_verification(url: &str, result: &NodeVerification, anchor_from: Option<&Path>) {
+    let report = &result.report;
+    let label = if report.simulated {
+        "SIMULATED TEE (no hardware protection is proven)".to_owned()
+    } else {
+        format!("{} TEE", report.tee)
+    };
+    println!("node {url}: {label}");
+    if let Some(path) = anchor_from {
+        println!(
+            "  (trusting the simulated platform key in {})",
+            path.display()
+        );
+    }
+    for check in &result.verification.checks {
+        let mark = if check.ok { "✔" } else { "✗" };
+        println!(
+            "{mark} {:<17} expected {}, got {}",
+            check.name,
+            short(&check.expected),
+            short(&check.actual)
+        );
+        if let Some(fix) = check.fix.as_ref().filter(|_| !check.ok) {
+            println!("    fix: {fix}");
+        }
+    }
+}
+
+pub(crate) async fn verify(remote: &Remote, args: &PolicyArgs) -> anyhow::Result<()> {
+    let (policy, anchor_from) = args.resolve(remote)?;
+    let client = cella_client::Client::new(&remote.url, None);
+    let result = client.verify_node(&policy).await?;
+    match remote.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&result)?),
+        Format::Text => print_verification(&remote.url, &result, anchor_from.as_deref()),
+    }
+    if result.passed() {
+        if remote.format == Format::Text {
+            println!("verified: this node may be trusted under the policy");
+        }
+        Ok(())
+    } else {
+        anyhow::bail!("the node did not pass verification; nothing was sent to it")
+    }
+}
+
+pub(crate) async fn attest(remote: &Remote, nonce: Option<&str>) -> anyhow::Result<()> {
+    let nonce = match nonce {
+        Some(hex_nonce) => hex::decode(hex_nonce).context("--nonce must be hex")?,
+        None => Vec::new(),
+    };
+    let report = cella_client::Client::new(&remote.url, None)
+        .attestation(&nonce)
+        .await?;
+    match remote.format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Text => {
+            println!(
+                "tee:          {}{}",
+                report.tee,
+                if report.simulated { " (SIMULATED)" } else { "" }
+            );
+            println!("measurement:  {}", report.measurement);
+            println!("identity key: {}", report.identity_key);
+            println!("nonce:        {}", report.nonce);
+            println!("evidence:     {} bytes", report.evidence.quote.len());
+            println!("unverified: run `cella verify` to check it against a policy");
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
+    let probes = cella_tee::detect::probe(Path::new("/"));
+    let hardware = cella_tee::detect::hardware(&probes);
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "probes": probes,
+                "hardware": hardware,
+                "up_uses": "sim",
+            }))?
+        ),
+        Format::Text => {
+            for p in &probes {
+                let mark = if p.found { "✔" } else { "✗" };
+                println!(
+                    "{mark} {:<8} {:<46} {}",
+                    p.tee.as_str(),
+                    p.interface,
+                    p.detail
+                );
+            }
+            match hardware {
+                Some(tee) => println!(
+                    "`cella up` will use: SIMULATED ({tee} was found, but this build has no \
+                     {tee} attester yet)"
+                ),
+                None => println!(
+                    "`cella up` will use: SIMULATED (no hardware TEE found; simulated evidence \
+                     proves nothing about hardware)"
+                ),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! A client can check, before it sends anything, what will see its data.
+
+use cella_tee::{Measurement, Policy, SimPlatformFiles, report_data_for};
+
+use crate::harness::{Node, assert_api_error};
+
+fn anchor(node: &Node) -> String {
+    std::fs::read_to_string(node.data_dir().join(SimPlatformFiles::ANCHOR))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_binds_the_identity_key_and_nonce_and_needs_no_token() {
+    let node = Node::start().await;
+    let client = node.anonymous();
+    let report = client.attestation(b"fresh nonce").await.unwrap();
+    assert!(report.simulated, "no hardware here: the evidence says so");
+    assert_eq!(report.nonce, hex::encode(b"fresh nonce"));
+    let exe = std::env::current_exe().unwrap();
+    assert_eq!(
+        report.measurement,
+        cella_tee::sim::measure_file(&exe).unwrap(),
+        "the measurement is the SHA-384 of the running build"
+    );
+
+    let sim = cella_tee::sim::SimVerifier::new(&[anchor(&node)]).unwrap();
+    let claims =
+        cella_tee::Verifier::verify(&sim, &report.evidence, std::time::SystemTime::now()).unwrap();
+    let key = hex::decode(&report.identity_key).unwrap();
+    assert_eq!(claims.report_data, report_data_for(&key, b"fresh nonce").0);
+    assert_eq!(claims.measurement, report.measurement);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_node_passes_only_under_a_policy_that_accepts_this_node() {
+    let node = Node::start().await;
+    let client = node.anonymous();
+    let measurement = client.attestation(b"").await.unwrap().measurement;
+    let policy = Policy {
+        measurements: vec![measurement],
+        allow_simulated: true,
+        sim_anchors: vec![anchor(&node)],
+        ..Policy::default()
+    };
+    let ok = client.verify_node(&policy).await.unwrap();
+    assert!(ok.passed(), "{:#?}", ok.verification.checks);
+    let names: Vec<&str> = ok.verification.checks.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "evidence",
+            "TEE type",
+            "hardware",
+            "measurement",
+            "security version",
+            "report data"
+        ]
+    );
+
+    let refused = |policy: Policy| {
+        let client = client.clone();
+        async move {
+            let v = client.verify_node(&policy).await.unwrap();
+            assert!(!v.passed());
+            v.verification
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        refused(Policy {
+            allow_simulated: false,
+            ..policy.clone()
+        })
+        .await,
+        ["TEE type", "hardware"],
+        "simulated evidence is never accepted silently"
+    );
+    assert_eq!(
+        refused(Policy {
+            measurements: vec![Measurement([0; 48])],
+            ..policy.clone()
+        })
+        .await,
+        ["measurement"]
+    );
+    let stranger = tempfile::tempdir().unwrap();
+    let other = cella_tee::sim::SimPlatform::load_or_create(stranger.path()).unwrap();
+    assert_eq!(
+        refused(Policy {
+            sim_anchors: vec![other.anchor_hex()],
+            ..policy.clone()
+        })
+        .await,
+        ["evidence"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_nonces_are_refused() {
+    let node = Node::start().await;
+    let http = reqwest::Client::new();
+    for query in [
+        "nonce=zz",
+        "nonce=00&x=1",
+        &format!("nonce={}", "ab".repeat(65)),
+    ] {
+        let response = http
+            .get(format!("{}/v1/attestation?{query}", node.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{query}");
+        assert_eq!(response.headers()["cella-error"], "invalid_request");
+    }
+    assert_api_error(
+        node.anonymous().attestation(&[0; 65]).await,
+        400,
+        "invalid_request",
+    );
+}
