@@ -80,6 +80,9 @@ pub(crate) async fn run(
     let png = guests.join("sample.png");
     println!();
     println!("Try it (tenant `demo`; this token replaces any earlier demo token):");
+    if let Ok(exe) = std::env::current_exe() {
+        println!("  alias cella={}", exe.display());
+    }
     println!("  export CELLA_URL={url} CELLA_TOKEN={}", token.secret());
     println!(
         "  cella verify --allow-simulated --measurement {} --sim-anchor @{}",

@@ -69,8 +69,10 @@ impl PolicyArgs {
     }
 }
 
+/// Long hex values are cut to their first 32 digits (enough to compare by eye; `--format json`
+/// has them whole); text stays whole.
 fn short(text: &str) -> String {
-    if text.len() > 40 {
+    if text.len() > 40 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
         format!("{}…", &text[..32])
     } else {
         text.to_owned()
