@@ -34,7 +34,16 @@ struct FileConfig {
     #[serde(default)]
     gateway: GatewayFile,
     #[serde(default)]
+    sandbox: SandboxFile,
+    #[serde(default)]
     limits: LimitsFile,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct SandboxFile {
+    instances: Option<u32>,
+    keep_resident_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -60,6 +69,7 @@ pub(crate) struct ServerConfig {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub gateway: GatewaySettings,
+    pub sandbox: SandboxSettings,
     pub limits: LimitSettings,
     #[serde(skip)]
     pub file: Option<PathBuf>,
@@ -70,6 +80,13 @@ pub(crate) struct GatewaySettings {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub tenant_concurrency: usize,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct SandboxSettings {
+    /// Instance slots: how many invocations the node runs at once.
+    pub instances: u32,
+    pub keep_resident_bytes: usize,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -106,6 +123,7 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
         None => (FileConfig::default(), None),
     };
     let defaults = cella_gateway::GatewayConfig::default();
+    let sandbox = cella_sandbox::SandboxConfig::default();
     let unbounded = Limits {
         timeout_ms: u64::MAX,
         memory_bytes: u64::MAX,
@@ -135,6 +153,13 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
                 .max_upload_bytes
                 .unwrap_or(defaults.max_upload_bytes),
             tenant_concurrency: file.gateway.tenant_concurrency.unwrap_or(64),
+        },
+        sandbox: SandboxSettings {
+            instances: file.sandbox.instances.unwrap_or(sandbox.instances),
+            keep_resident_bytes: file
+                .sandbox
+                .keep_resident_bytes
+                .unwrap_or(sandbox.keep_resident_bytes),
         },
         limits: LimitSettings { default, maximum },
         file: source,

@@ -61,6 +61,8 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     platform_config.default_limits = config.limits.default;
     platform_config.max_limits = config.limits.maximum;
     platform_config.tenant_concurrency = config.gateway.tenant_concurrency;
+    platform_config.sandbox.instances = config.sandbox.instances;
+    platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
     let platform =
         Arc::new(Platform::open(platform_config).with_context(|| {
             format!("cannot open the platform in {}", config.data_dir.display())

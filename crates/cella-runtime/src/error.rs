@@ -18,6 +18,7 @@ pub enum ErrorCode {
     WrongKind,
     Conflict,
     PayloadTooLarge,
+    Overloaded,
     TooManyRequests,
     Timeout,
     MemoryLimit,
@@ -40,6 +41,7 @@ impl ErrorCode {
             ErrorCode::WrongKind => "wrong_kind",
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Overloaded => "overloaded",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Timeout => "timeout",
             ErrorCode::MemoryLimit => "memory_limit",
@@ -74,6 +76,8 @@ pub enum RuntimeError {
          finishes (the operator sets `tenant_concurrency` in cella.toml)"
     )]
     Busy { who: String, limit: usize },
+    #[error("{0}")]
+    Overloaded(String),
     #[error("function `{name}`: {source}")]
     Run {
         name: FunctionName,
@@ -101,10 +105,12 @@ impl RuntimeError {
             RuntimeError::Compile(_) => ErrorCode::InvalidWasm,
             RuntimeError::WrongKind { .. } => ErrorCode::WrongKind,
             RuntimeError::Busy { .. } => ErrorCode::TooManyRequests,
+            RuntimeError::Overloaded(_) => ErrorCode::Overloaded,
             RuntimeError::Run { source, .. } => match source {
                 RunError::Timeout { .. } => ErrorCode::Timeout,
                 RunError::MemoryLimit { .. } => ErrorCode::MemoryLimit,
                 RunError::OutputLimit { .. } => ErrorCode::OutputLimit,
+                RunError::PoolExhausted { .. } => ErrorCode::Overloaded,
                 RunError::Exit { .. } | RunError::Trap { .. } | RunError::NoResponse { .. } => {
                     ErrorCode::FunctionFailed
                 }

@@ -125,6 +125,9 @@ impl Platform {
         })?;
         let registry = Registry::open(&config.data_dir.join("registry.redb"))?;
         let blobs = BlobStore::local(&config.data_dir.join("blobs"))?;
+        // The instance pool must fit the largest memory any function may ask for.
+        let mut config = config;
+        config.sandbox.max_memory_bytes = config.max_limits.memory_bytes;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
         let identity = Identity::open(&config.data_dir, config.executable.as_deref())?;
         Ok(Platform {
@@ -133,7 +136,10 @@ impl Platform {
             blobs,
             code: CodeCache::default(),
             logs: InvocationLogs::default(),
-            concurrency: ConcurrencyLimits::new(config.tenant_concurrency),
+            concurrency: ConcurrencyLimits::new(
+                config.tenant_concurrency,
+                config.sandbox.instances as usize,
+            ),
             metrics: Metrics::default(),
             identity,
             config,

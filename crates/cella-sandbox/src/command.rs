@@ -12,7 +12,7 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 use crate::engine::Sandbox;
 use crate::error::RunError;
-use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, trap_message};
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
 use crate::pipes::{LogPipe, LogTail, OutputPipe};
 
 /// The per-invocation world of a command (the `T` of its `Store<T>`).
@@ -105,10 +105,7 @@ impl Sandbox {
         let log = crossed_limit(&trip, limits, log)?;
         Err(match status {
             Ok(code) => RunError::Exit { code, log },
-            Err(e) => RunError::Trap {
-                message: trap_message(&e),
-                log,
-            },
+            Err(e) => guest_failure(e, log),
         })
     }
 }

@@ -22,6 +22,15 @@ pub struct SandboxConfig {
     pub max_wasm_stack: usize,
     /// Bytes of a guest's stderr kept as the invocation's log (the tail is kept).
     pub log_tail_bytes: usize,
+    /// Instances that may exist at once: the size of the instance pool, and so the node's
+    /// concurrency limit.
+    pub instances: u32,
+    /// The largest linear memory any function may have (the platform's memory maximum).
+    pub max_memory_bytes: u64,
+    /// Bytes of each linear memory kept mapped between invocations and zeroed with `memset`
+    /// instead of being unmapped: a guest that touches less than this pays no page faults
+    /// for a fresh instance. Costs up to this much resident memory per warm slot.
+    pub keep_resident_bytes: usize,
 }
 
 impl Default for SandboxConfig {
@@ -29,8 +38,34 @@ impl Default for SandboxConfig {
         SandboxConfig {
             max_wasm_stack: 512 * 1024,
             log_tail_bytes: 16 * 1024,
+            instances: 128,
+            max_memory_bytes: 1 << 30,
+            keep_resident_bytes: 64 << 20,
         }
     }
+}
+
+/// A pooling allocator sized by `config`: instances reuse pre-reserved slots, memory images
+/// are mapped copy-on-write, and slots are reset (zeroed) between invocations, so every
+/// invocation still starts from a clean state (invariant 4) without fresh mappings.
+fn pooling(config: &SandboxConfig) -> wasmtime::PoolingAllocationConfig {
+    let n = config.instances.max(1);
+    let mut pool = wasmtime::PoolingAllocationConfig::default();
+    // A component instance holds several core instances (the guest, the WASI adapter, shims).
+    pool.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(4))
+        .total_stacks(n)
+        .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
+        .linear_memory_keep_resident(config.keep_resident_bytes)
+        .table_keep_resident(64 * 1024)
+        .async_stack_keep_resident(64 * 1024)
+        // Unmapping in batches takes fewer TLB shootdowns across cores.
+        .decommit_batch_size(16)
+        // Bounds the resident memory kept by warm, unused slots.
+        .max_unused_warm_slots(n.min(32));
+    pool
 }
 
 /// One per process: the shared engine and the linkers for each kind of function.
@@ -48,7 +83,10 @@ impl Sandbox {
         wasm.epoch_interruption(true)
             .wasm_component_model(true)
             .max_wasm_stack(config.max_wasm_stack)
-            .parallel_compilation(true);
+            .parallel_compilation(true)
+            .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling(
+                &config,
+            )));
         let engine = Engine::new(&wasm).map_err(CompileError::engine)?;
         let command_linker = crate::command::linker(&engine).map_err(CompileError::engine)?;
         let http_linker = crate::http::linker(&engine).map_err(CompileError::engine)?;

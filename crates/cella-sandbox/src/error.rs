@@ -54,6 +54,8 @@ pub enum RunError {
         "the function wrote more than its output limit of {limit_bytes} bytes; the output was discarded"
     )]
     OutputLimit { limit_bytes: u64, log: LogTail },
+    #[error("the node's instance pool is exhausted; retry shortly")]
+    PoolExhausted { log: LogTail },
     #[error("the function exited with status {code}")]
     Exit { code: i32, log: LogTail },
     #[error("the function trapped: {message}")]
@@ -68,6 +70,7 @@ impl RunError {
             RunError::Timeout { log, .. }
             | RunError::MemoryLimit { log, .. }
             | RunError::OutputLimit { log, .. }
+            | RunError::PoolExhausted { log }
             | RunError::Exit { log, .. }
             | RunError::Trap { log, .. }
             | RunError::NoResponse { log, .. } => log,

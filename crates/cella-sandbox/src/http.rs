@@ -18,7 +18,7 @@ use wasmtime_wasi_http::{
 
 use crate::engine::Sandbox;
 use crate::error::RunError;
-use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, trap_message};
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
 use crate::pipes::{LogPipe, LogTail};
 
 /// The per-request world of a `wasi:http` component (the `T` of its `Store<T>`).
@@ -219,10 +219,7 @@ impl Sandbox {
             }
             Err(Failure::Guest(e)) => {
                 let log = crossed_limit(&trip, limits, log)?;
-                Err(RunError::Trap {
-                    message: trap_message(&e),
-                    log,
-                })
+                Err(guest_failure(e, log))
             }
             Err(Failure::NoResponse(message)) => {
                 let log = crossed_limit(&trip, limits, log)?;

@@ -130,6 +130,17 @@ pub(crate) fn crossed_limit(
     }
 }
 
+/// A trap, or the pool running out of slots at instantiation (not the guest's fault).
+pub(crate) fn guest_failure(e: wasmtime::Error, log: crate::LogTail) -> crate::RunError {
+    if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+        return crate::RunError::PoolExhausted { log };
+    }
+    crate::RunError::Trap {
+        message: trap_message(&e),
+        log,
+    }
+}
+
 /// One line saying why the guest stopped (the wasm backtrace stays in the server's debug log).
 pub(crate) fn trap_message(e: &wasmtime::Error) -> String {
     tracing::debug!("guest failed: {e:?}");

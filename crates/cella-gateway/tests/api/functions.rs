@@ -163,7 +163,7 @@ async fn functions_are_listed_shown_redeployed_and_deleted() {
     let out = acme.invoke("echo", Vec::new(), &[]).await.unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.output).trim(),
-        "count=1 heap=1"
+        "count=1 heap=1 dirty=0"
     );
 
     acme.delete("echo").await.unwrap();

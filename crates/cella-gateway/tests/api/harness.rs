@@ -37,6 +37,7 @@ pub struct Node {
 
 pub struct Options {
     pub tenant_concurrency: usize,
+    pub instances: u32,
     pub gateway: GatewayConfig,
 }
 
@@ -44,6 +45,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             tenant_concurrency: 64,
+            instances: 32,
             gateway: GatewayConfig::default(),
         }
     }
@@ -62,6 +64,7 @@ impl Node {
     async fn boot(dir: Arc<TempDir>, admin_token: Option<String>, options: Options) -> Node {
         let mut config = PlatformConfig::new(dir.path());
         config.tenant_concurrency = options.tenant_concurrency;
+        config.sandbox.instances = options.instances;
         let platform = Arc::new(Platform::open(config).expect("platform opens"));
         let created = platform.ensure_admin_token().await.unwrap();
         let admin_token = match (created, admin_token) {

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use crate::harness::{Node, assert_api_error, guest};
+use crate::harness::{Node, Options, assert_api_error, guest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invocation_starts_from_fresh_state() {
@@ -22,10 +22,37 @@ async fn every_invocation_starts_from_fresh_state() {
     }
     for handle in handles {
         let out = handle.await.unwrap().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.output), "count=1 heap=1\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.output),
+            "count=1 heap=1 dirty=0\n"
+        );
     }
     let out = acme.invoke("counter", vec![], &[]).await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.output), "count=1 heap=1\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.output),
+        "count=1 heap=1 dirty=0\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_instance_slot_is_clean() {
+    // One slot: every invocation reuses the memory the previous one dirtied.
+    let node = Node::start_with(Options {
+        instances: 1,
+        ..Options::default()
+    })
+    .await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("counter", guest("counter.wasm"), &[])
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        let out = acme.invoke("counter", vec![], &[]).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.output),
+            "count=1 heap=1 dirty=0\n"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

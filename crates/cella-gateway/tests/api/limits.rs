@@ -151,3 +151,32 @@ async fn oversized_bodies_are_refused_with_413() {
         "payload_too_large",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_answers_503_and_recovers() {
+    let node = Node::start_with(Options {
+        instances: 1,
+        ..Options::default()
+    })
+    .await;
+    let acme = node.tenant("acme").await;
+    let beta = node.tenant("beta").await;
+    acme.deploy("spin", guest("loop-forever.wasm"), &["timeout=1s".into()])
+        .await
+        .unwrap();
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    acme.set_public("echo", true).await.unwrap();
+
+    let busy = {
+        let acme = acme.clone();
+        tokio::spawn(async move { acme.invoke("spin", vec![], &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let msg = assert_api_error(beta.invoke("echo", vec![], &[]).await, 503, "overloaded");
+    assert!(msg.contains("instance pool"), "{msg}");
+    assert_api_error(busy.await.unwrap(), 504, "timeout");
+    assert!(
+        beta.invoke("echo", vec![], &[]).await.is_ok(),
+        "the slot is free again"
+    );
+}
