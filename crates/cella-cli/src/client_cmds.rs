@@ -10,9 +10,11 @@ use serde_json::json;
 
 use crate::{Format, Remote};
 
-/// A client for `remote`: the token comes from --token / CELLA_TOKEN, else from the admin token
-/// file of a local node's data directory.
-fn client(remote: &Remote) -> anyhow::Result<Client> {
+/// A client for `remote`, once the node has passed verification under the policy: the token
+/// comes from --token / CELLA_TOKEN, else from the admin token file of a local node's data
+/// directory.
+async fn client(remote: &Remote) -> anyhow::Result<Client> {
+    crate::tee_cmds::verify_before_use(remote).await?;
     let token = match &remote.token {
         Some(token) => Some(token.clone()),
         None => {
@@ -52,7 +54,11 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn tenant_create(remote: &Remote, name: &str) -> anyhow::Result<()> {
-    let tenant = client(remote)?.create_tenant(name).await.map_err(explain)?;
+    let tenant = client(remote)
+        .await?
+        .create_tenant(name)
+        .await
+        .map_err(explain)?;
     match remote.format {
         Format::Json => print_json(&json!({ "name": tenant.name, "token": tenant.token })),
         Format::Text => {
@@ -64,7 +70,11 @@ pub(crate) async fn tenant_create(remote: &Remote, name: &str) -> anyhow::Result
 }
 
 pub(crate) async fn tenant_rotate(remote: &Remote, name: &str) -> anyhow::Result<()> {
-    let tenant = client(remote)?.rotate_token(name).await.map_err(explain)?;
+    let tenant = client(remote)
+        .await?
+        .rotate_token(name)
+        .await
+        .map_err(explain)?;
     match remote.format {
         Format::Json => print_json(&json!({ "name": tenant.name, "token": tenant.token })),
         Format::Text => {
@@ -79,7 +89,7 @@ pub(crate) async fn tenant_rotate(remote: &Remote, name: &str) -> anyhow::Result
 }
 
 pub(crate) async fn tenant_list(remote: &Remote) -> anyhow::Result<()> {
-    let tenants = client(remote)?.tenants().await.map_err(explain)?;
+    let tenants = client(remote).await?.tenants().await.map_err(explain)?;
     match remote.format {
         Format::Json => print_json(&tenants),
         Format::Text => {
@@ -99,7 +109,8 @@ pub(crate) async fn deploy(
     limits: &[String],
 ) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let record = client(remote)?
+    let record = client(remote)
+        .await?
         .deploy(name, wasm, limits)
         .await
         .map_err(explain)?;
@@ -140,7 +151,8 @@ pub(crate) async fn invoke(
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
     let input = read_data(data)?;
-    let result = client(remote)?
+    let result = client(remote)
+        .await?
         .invoke(name, input, args)
         .await
         .map_err(explain)?;
@@ -194,7 +206,7 @@ fn print_function(record: &FunctionRecord) {
 }
 
 pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Result<()> {
-    let c = client(remote)?;
+    let c = client(remote).await?;
     if let Some(name) = name {
         let record = c.function(name).await.map_err(explain)?;
         return match remote.format {
@@ -229,7 +241,7 @@ pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Re
 }
 
 pub(crate) async fn delete(remote: &Remote, name: &str) -> anyhow::Result<()> {
-    let record = client(remote)?.delete(name).await.map_err(explain)?;
+    let record = client(remote).await?.delete(name).await.map_err(explain)?;
     match remote.format {
         Format::Json => print_json(&record),
         Format::Text => {
@@ -246,7 +258,7 @@ pub(crate) async fn access(
     public: bool,
     grant: bool,
 ) -> anyhow::Result<()> {
-    let c = client(remote)?;
+    let c = client(remote).await?;
     let record = match (tenant, public) {
         (_, true) => c.set_public(name, grant).await,
         (Some(tenant), false) if grant => c.grant(name, tenant).await,
@@ -264,7 +276,7 @@ pub(crate) async fn access(
 }
 
 pub(crate) async fn logs(remote: &Remote, name: &str) -> anyhow::Result<()> {
-    let entries = client(remote)?.logs(name).await.map_err(explain)?;
+    let entries = client(remote).await?.logs(name).await.map_err(explain)?;
     match remote.format {
         Format::Json => print_json(&entries),
         Format::Text => {

@@ -74,7 +74,11 @@ pub(crate) async fn run(
 
     let url = format!("http://{addr}");
     let client = Client::new(&url, Some(token.secret().to_owned()));
-    verify_first(platform, &client).await?;
+    let policy = demo_policy(platform)?;
+    verify_first(&client, &policy).await?;
+    let policy_file = platform.config().data_dir.join("demo-policy.toml");
+    std::fs::write(&policy_file, toml::to_string_pretty(&policy)?)
+        .with_context(|| format!("cannot write {}", policy_file.display()))?;
     smoke_test(&client, guests).await?;
 
     let png = guests.join("sample.png");
@@ -83,15 +87,12 @@ pub(crate) async fn run(
     if let Ok(exe) = std::env::current_exe() {
         println!("  alias cella={}", exe.display());
     }
-    println!("  export CELLA_URL={url} CELLA_TOKEN={}", token.secret());
     println!(
-        "  cella verify --allow-simulated --measurement {} --sim-anchor @{}",
-        platform.tee().1,
-        platform
-            .sim_anchor_file()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default()
+        "  export CELLA_URL={url} CELLA_TOKEN={} CELLA_POLICY={}",
+        token.secret(),
+        policy_file.display()
     );
+    println!("  cella verify   # every command checks the node against CELLA_POLICY first");
     println!("  echo 'hello hello hello hello' | cella invoke brotli --data - -o /tmp/hello.br");
     println!("  cella invoke brotli --data @/tmp/hello.br --arg decompress");
     println!(
@@ -110,22 +111,32 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Checks the node's evidence the way a client should before it sends anything: this build's
-/// measurement pinned, the simulated platform's anchor trusted, simulated evidence allowed.
-async fn verify_first(platform: &Platform, client: &Client) -> anyhow::Result<()> {
+/// The policy the demo's users verify the node with: this build's measurement pinned and, on
+/// the simulated TEE, its platform key trusted and simulated evidence allowed (it is a demo).
+fn demo_policy(platform: &Platform) -> anyhow::Result<cella_tee::Policy> {
     let (tee, measurement) = platform.tee();
     let anchor = match platform.sim_anchor_file() {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?,
         None => String::new(),
     };
-    let policy = cella_tee::Policy {
+    Ok(cella_tee::Policy {
         measurements: vec![measurement],
         allow_simulated: tee == cella_tee::TeeType::Sim,
         sim_anchors: vec![anchor.trim().to_owned()],
         ..cella_tee::Policy::default()
-    };
-    let result = client.verify_node(&policy).await?;
+    })
+}
+
+/// Checks the node's evidence the way a client should before it sends anything.
+async fn verify_first(client: &Client, policy: &cella_tee::Policy) -> anyhow::Result<()> {
+    let result = client.verify_node(policy).await?;
+    let claims = result
+        .verification
+        .claims
+        .as_ref()
+        .context("no claims in verified evidence")?;
+    let (tee, measurement) = (claims.tee, claims.measurement);
     if !result.passed() {
         bail!(
             "the node's own evidence did not verify: {:?}",

@@ -44,6 +44,9 @@ pub(crate) struct Remote {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text, global = true)]
     format: Format,
+    /// What the node must prove before anything is sent to it.
+    #[command(flatten)]
+    policy: tee_cmds::PolicyArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -63,8 +66,6 @@ enum Command {
     },
     /// Verify a node before trusting it: ✔/✗ per check against a policy; exits non-zero on ✗.
     Verify {
-        #[command(flatten)]
-        policy: tee_cmds::PolicyArgs,
         #[command(flatten)]
         remote: Remote,
     },
@@ -197,7 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config {
             command: ConfigCommand::Show(args),
         } => config::show(&args),
-        Command::Verify { policy, remote } => tee_cmds::verify(&remote, &policy).await,
+        Command::Verify { remote } => tee_cmds::verify(&remote).await,
         Command::Attest { nonce, remote } => tee_cmds::attest(&remote, nonce.as_deref()).await,
         Command::Doctor { format } => tee_cmds::doctor(format),
         Command::Tenant { command, remote } => match command {

@@ -10,21 +10,21 @@ use clap::Args;
 
 use crate::{Format, Remote};
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct PolicyArgs {
     /// Verification policy (TOML: allowed_tee, measurements, min_security_version,
     /// allow_simulated, sim_anchors).
-    #[arg(long, env = "CELLA_POLICY")]
+    #[arg(long, env = "CELLA_POLICY", global = true)]
     policy: Option<PathBuf>,
     /// Accept evidence from the simulated TEE (for testing: it proves nothing about hardware).
-    #[arg(long)]
+    #[arg(long, global = true)]
     allow_simulated: bool,
     /// A measurement (96 hex digits) of a platform build you trust (repeatable).
-    #[arg(long = "measurement", value_name = "HEX")]
+    #[arg(long = "measurement", value_name = "HEX", global = true)]
     measurements: Vec<Measurement>,
     /// Public key of a simulated platform to trust, as hex or @FILE (repeatable). Defaults to
     /// the local node's `sim-platform.pub` when the policy names none.
-    #[arg(long = "sim-anchor", value_name = "HEX|@FILE")]
+    #[arg(long = "sim-anchor", value_name = "HEX|@FILE", global = true)]
     sim_anchors: Vec<String>,
 }
 
@@ -80,35 +80,64 @@ fn short(text: &str) -> String {
 }
 
 fn print_verification(url: &str, result: &NodeVerification, anchor_from: Option<&Path>) {
+    print!("{}", verification_text(url, result, anchor_from));
+}
+
+fn verification_text(url: &str, result: &NodeVerification, anchor_from: Option<&Path>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let report = &result.report;
     let label = if report.simulated {
         "SIMULATED TEE (no hardware protection is proven)".to_owned()
     } else {
         format!("{} TEE", report.tee)
     };
-    println!("node {url}: {label}");
+    let _ = writeln!(out, "node {url}: {label}");
     if let Some(path) = anchor_from {
-        println!(
+        let _ = writeln!(
+            out,
             "  (trusting the simulated platform key in {})",
             path.display()
         );
     }
     for check in &result.verification.checks {
         let mark = if check.ok { "✔" } else { "✗" };
-        println!(
+        let _ = writeln!(
+            out,
             "{mark} {:<17} expected {}, got {}",
             check.name,
             short(&check.expected),
             short(&check.actual)
         );
         if let Some(fix) = check.fix.as_ref().filter(|_| !check.ok) {
-            println!("    fix: {fix}");
+            let _ = writeln!(out, "    fix: {fix}");
         }
     }
+    out
 }
 
-pub(crate) async fn verify(remote: &Remote, args: &PolicyArgs) -> anyhow::Result<()> {
-    let (policy, anchor_from) = args.resolve(remote)?;
+/// Verifies the node under the policy before a command sends it anything (a token, a
+/// function, data). On failure, nothing is sent and the failing checks say what to do.
+pub(crate) async fn verify_before_use(remote: &Remote) -> anyhow::Result<()> {
+    let (policy, anchor_from) = remote.policy.resolve(remote)?;
+    let result = cella_client::Client::new(&remote.url, None)
+        .verify_node(&policy)
+        .await?;
+    if result.passed() {
+        return Ok(());
+    }
+    eprint!(
+        "{}",
+        verification_text(&remote.url, &result, anchor_from.as_deref())
+    );
+    anyhow::bail!(
+        "the node did not pass verification, so nothing was sent to it; pin what you trust with \
+         --measurement/--sim-anchor/--allow-simulated or a policy file (--policy, CELLA_POLICY)"
+    )
+}
+
+pub(crate) async fn verify(remote: &Remote) -> anyhow::Result<()> {
+    let (policy, anchor_from) = remote.policy.resolve(remote)?;
     let client = cella_client::Client::new(&remote.url, None);
     let result = client.verify_node(&policy).await?;
     match remote.format {

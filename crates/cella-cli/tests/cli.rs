@@ -19,6 +19,8 @@ fn guests_dir() -> PathBuf {
 struct Server {
     child: Child,
     url: String,
+    /// A policy that trusts this node: its measurement, its simulated platform key.
+    policy: PathBuf,
     lines: mpsc::Receiver<String>,
     banner: Vec<String>,
 }
@@ -48,6 +50,7 @@ impl Server {
         let mut server = Server {
             child,
             url: String::new(),
+            policy: data_dir.join("test-policy.toml"),
             lines,
             banner: Vec::new(),
         };
@@ -60,6 +63,18 @@ impl Server {
                 });
             if let Some(rest) = line.split("listening on ").nth(1) {
                 server.url = rest.split_whitespace().next().unwrap().to_owned();
+            }
+            if let Some(measurement) = line.strip_prefix("measurement: ") {
+                let anchor = std::fs::read_to_string(data_dir.join("sim-platform.pub")).unwrap();
+                std::fs::write(
+                    &server.policy,
+                    format!(
+                        "allow_simulated = true\nmeasurements = [\"{measurement}\"]\n\
+                         sim_anchors = [\"{}\"]\n",
+                        anchor.trim()
+                    ),
+                )
+                .unwrap();
             }
             let done = line.contains(ready);
             server.banner.push(line);
@@ -77,13 +92,28 @@ impl Drop for Server {
     }
 }
 
+/// Runs the CLI against `server`, trusting it through its test policy.
 fn cella(server: &Server, data_dir: &Path, token: Option<&str>, args: &[&str]) -> Output {
+    cella_with_policy(server, data_dir, token, args, Some(&server.policy))
+}
+
+fn cella_with_policy(
+    server: &Server,
+    data_dir: &Path,
+    token: Option<&str>,
+    args: &[&str],
+    policy: Option<&Path>,
+) -> Output {
     let mut command = Command::new(CELLA);
     command
         .args(args)
         .env("CELLA_URL", &server.url)
         .env("CELLA_DATA_DIR", data_dir)
+        .env_remove("CELLA_POLICY")
         .env_remove("CELLA_TOKEN");
+    if let Some(policy) = policy {
+        command.env("CELLA_POLICY", policy);
+    }
     if let Some(token) = token {
         command.env("CELLA_TOKEN", token);
     }
@@ -209,7 +239,13 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
 
     // Verification before trust: simulated evidence needs --allow-simulated and a pinned
     // measurement; the failing line says how to pin it.
-    let unpinned = cella(&server, data.path(), None, &["verify", "--allow-simulated"]);
+    let unpinned = cella_with_policy(
+        &server,
+        data.path(),
+        None,
+        &["verify", "--allow-simulated"],
+        None,
+    );
     assert!(!unpinned.status.success());
     let text = String::from_utf8_lossy(&unpinned.stdout);
     assert!(text.contains("SIMULATED"), "{text}");
@@ -224,25 +260,34 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
         .find_map(|l| l.strip_prefix("measurement: "))
         .expect("cella up prints its measurement")
         .to_owned();
-    let pinned = ok(cella(
+    let pinned = ok(cella_with_policy(
         &server,
         data.path(),
         None,
         &["verify", "--allow-simulated", "--measurement", &measurement],
+        None,
     ));
     assert!(pinned.contains("✔ report data"), "{pinned}");
     assert!(pinned.contains("verified"), "{pinned}");
-    let strict = cella(
+    let strict = cella_with_policy(
         &server,
         data.path(),
         None,
         &["verify", "--measurement", &measurement],
+        None,
     );
     assert!(
         !strict.status.success(),
         "simulated evidence is refused by default"
     );
     assert!(String::from_utf8_lossy(&strict.stdout).contains("✗ hardware"));
+
+    // Every command verifies first: without a policy that trusts the node, nothing is sent.
+    let refused = cella_with_policy(&server, data.path(), Some(&token), &["functions"], None);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("nothing was sent to it"), "{stderr}");
+    assert!(stderr.contains("✗ hardware"), "{stderr}");
 
     let doctor = ok(cella(&server, data.path(), None, &["doctor"]));
     assert!(
@@ -274,14 +319,36 @@ fn up_demo_deploys_and_invokes_the_examples() {
         .iter()
         .find(|l| l.contains("export CELLA_URL="))
         .expect("ready-to-paste commands");
-    let token = export.split("CELLA_TOKEN=").nth(1).unwrap().trim();
-    let compressed = cella(
+    let value = |key: &str| {
+        export
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix(key))
+            .unwrap_or_else(|| panic!("{key} missing in {export}"))
+            .to_owned()
+    };
+    let token = value("CELLA_TOKEN=");
+    // The policy the demo printed is enough to trust the node.
+    let policy = PathBuf::from(value("CELLA_POLICY="));
+    let verified = ok(cella_with_policy(
         &server,
         data.path(),
-        Some(token),
+        None,
+        &["verify"],
+        Some(&policy),
+    ));
+    assert!(verified.contains("verified"), "{verified}");
+    let compressed = cella_with_policy(
+        &server,
+        data.path(),
+        Some(&token),
         &["invoke", "brotli", "--data", "hello hello hello hello"],
+        Some(&policy),
     );
-    assert!(compressed.status.success());
+    assert!(
+        compressed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&compressed.stderr)
+    );
     assert!(!compressed.stdout.is_empty());
 }
 
