@@ -12,8 +12,9 @@
 
 use bytes::Bytes;
 use cella_core::FunctionRecord;
+pub use cella_tee::AttestationReport;
 use cella_tee::sim::SimVerifier;
-use cella_tee::{Evidence, Measurement, Policy, TeeType, Verification, Verifier, report_data_for};
+use cella_tee::{Policy, Verification, Verifier, report_data_for};
 pub use reqwest::{Method, StatusCode};
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -68,18 +69,6 @@ pub struct Invocation {
     pub invocation_id: Option<String>,
     pub function_hash: Option<String>,
     pub duration_ms: Option<u64>,
-}
-
-/// Evidence about a node, as `GET /v1/attestation` returns it. Unverified until checked with
-/// [`verify_node`] (or `cella_tee::Policy::verify`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AttestationReport {
-    pub tee: TeeType,
-    pub simulated: bool,
-    pub measurement: Measurement,
-    pub identity_key: String,
-    pub nonce: String,
-    pub evidence: Evidence,
 }
 
 /// A verdict on a node, and the report it was based on.

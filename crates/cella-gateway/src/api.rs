@@ -67,7 +67,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 async fn attestation(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<cella_runtime::AttestationReport>> {
+) -> ApiResult<Json<cella_tee::AttestationReport>> {
     let mut nonce = Vec::new();
     for (key, value) in query_pairs(&query) {
         match key.as_str() {

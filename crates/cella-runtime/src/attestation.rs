@@ -6,27 +6,13 @@
 use std::path::Path;
 
 use cella_tee::sim::{SimAttester, SimPlatform, measure_file};
-use cella_tee::{Attester, Evidence, Measurement, TeeType, report_data_for};
+use cella_tee::{AttestationReport, Attester, Measurement, TeeType, report_data_for};
 use ed25519_dalek::SigningKey;
-use serde::Serialize;
 
 use crate::RuntimeError;
 
 /// Longest nonce a client may send (bytes).
 pub const MAX_NONCE_BYTES: usize = 64;
-
-/// Evidence about this node, bound to a client's nonce.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttestationReport {
-    pub tee: TeeType,
-    pub simulated: bool,
-    pub measurement: Measurement,
-    /// Hex ed25519 public key of this process; report data = SHA-512(tag ‖ key ‖ nonce).
-    pub identity_key: String,
-    /// Hex of the nonce the evidence is bound to.
-    pub nonce: String,
-    pub evidence: Evidence,
-}
 
 pub(crate) struct Identity {
     attester: Box<dyn Attester>,

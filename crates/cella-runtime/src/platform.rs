@@ -11,9 +11,9 @@ use cella_sandbox::{
     CommandInput, CommandOutput, Compiled, HttpResponse, LogTail, Sandbox, SandboxConfig,
 };
 use cella_store::{BlobError, BlobStore, Principal, Registry, RegistryError, Tenant, Token};
-use cella_tee::{Measurement, TeeType};
+use cella_tee::{AttestationReport, Measurement, TeeType};
 
-use crate::attestation::{AttestationReport, Identity, MAX_NONCE_BYTES};
+use crate::attestation::{Identity, MAX_NONCE_BYTES};
 use crate::code_cache::CodeCache;
 use crate::concurrency::ConcurrencyLimits;
 use crate::logs::{InvocationLog, InvocationLogs, invocation_id};

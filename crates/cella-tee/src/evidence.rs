@@ -180,3 +180,17 @@ pub enum VerifyError {
     #[error("no verifier for {0} evidence is configured")]
     NoVerifier(TeeType),
 }
+
+/// Evidence about a node as the API returns it (`GET /v1/attestation`): unverified until a
+/// client checks it against a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationReport {
+    pub tee: TeeType,
+    pub simulated: bool,
+    pub measurement: Measurement,
+    /// Hex public key of the node; report data = [`report_data_for`]`(key, nonce)`.
+    pub identity_key: String,
+    /// Hex of the nonce the evidence is bound to.
+    pub nonce: String,
+    pub evidence: Evidence,
+}

@@ -20,7 +20,8 @@ mod sealing;
 pub mod sim;
 
 pub use evidence::{
-    Claims, Evidence, Measurement, ReportData, TeeType, VerifyError, report_data_for,
+    AttestationReport, Claims, Evidence, Measurement, ReportData, TeeType, VerifyError,
+    report_data_for,
 };
 pub use policy::{Check, Policy, Verification};
 pub use sealing::{SealingKeys, derive_sealing_key};

@@ -93,13 +93,14 @@ async fn limits_above_the_platform_maximum_are_refused_at_deploy() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_over_its_concurrency_limit_gets_429_and_others_do_not() {
-    let node = Node::start_with(Options {
-        tenant_concurrency: 1,
-        ..Options::default()
-    })
-    .await;
+/// Tenants `acme` and `beta`, a public `echo` of acme's, and acme's `spin` running for 1 s.
+async fn occupy_one_slot(
+    node: &Node,
+) -> (
+    cella_client::Client,
+    cella_client::Client,
+    tokio::task::JoinHandle<Result<cella_client::Invocation, cella_client::ClientError>>,
+) {
     let acme = node.tenant("acme").await;
     let beta = node.tenant("beta").await;
     acme.deploy("spin", guest("loop-forever.wasm"), &["timeout=1s".into()])
@@ -107,12 +108,22 @@ async fn a_tenant_over_its_concurrency_limit_gets_429_and_others_do_not() {
         .unwrap();
     acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
     acme.set_public("echo", true).await.unwrap();
-
     let busy = {
         let acme = acme.clone();
         tokio::spawn(async move { acme.invoke("spin", vec![], &[]).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
+    (acme, beta, busy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_concurrency_limit_gets_429_and_others_do_not() {
+    let node = Node::start_with(Options {
+        tenant_concurrency: 1,
+        ..Options::default()
+    })
+    .await;
+    let (acme, beta, busy) = occupy_one_slot(&node).await;
     let msg = assert_api_error(
         acme.invoke("echo", vec![], &[]).await,
         429,
@@ -159,19 +170,7 @@ async fn a_full_node_answers_503_and_recovers() {
         ..Options::default()
     })
     .await;
-    let acme = node.tenant("acme").await;
-    let beta = node.tenant("beta").await;
-    acme.deploy("spin", guest("loop-forever.wasm"), &["timeout=1s".into()])
-        .await
-        .unwrap();
-    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
-    acme.set_public("echo", true).await.unwrap();
-
-    let busy = {
-        let acme = acme.clone();
-        tokio::spawn(async move { acme.invoke("spin", vec![], &[]).await })
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_acme, beta, busy) = occupy_one_slot(&node).await;
     let msg = assert_api_error(beta.invoke("echo", vec![], &[]).await, 503, "overloaded");
     assert!(msg.contains("instance pool"), "{msg}");
     assert_api_error(busy.await.unwrap(), 504, "timeout");
