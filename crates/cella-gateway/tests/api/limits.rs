@@ -93,7 +93,7 @@ async fn limits_above_the_platform_maximum_are_refused_at_deploy() {
     );
 }
 
-/// Tenants `acme` and `beta`, a public `echo` of acme's, and acme's `spin` running for 1 s.
+/// Tenants `acme` and `beta`, a public `echo` of acme's, and acme's `spin` running for 2 s.
 async fn occupy_one_slot(
     node: &Node,
 ) -> (
@@ -103,7 +103,7 @@ async fn occupy_one_slot(
 ) {
     let acme = node.tenant("acme").await;
     let beta = node.tenant("beta").await;
-    acme.deploy("spin", guest("loop-forever.wasm"), &["timeout=1s".into()])
+    acme.deploy("spin", guest("loop-forever.wasm"), &["timeout=2s".into()])
         .await
         .unwrap();
     acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
@@ -112,8 +112,22 @@ async fn occupy_one_slot(
         let acme = acme.clone();
         tokio::spawn(async move { acme.invoke("spin", vec![], &[]).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_running_instances(node, 1).await;
     (acme, beta, busy)
+}
+
+/// Waits until the node reports `n` running instances (from its metrics), so tests do not
+/// guess how long start-up takes on a loaded machine.
+async fn wait_for_running_instances(node: &Node, n: usize) {
+    let line = format!("cella_instances_active {n}\n");
+    let started = Instant::now();
+    while !node.platform.metrics().encode().contains(&line) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{n} instances never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
