@@ -14,7 +14,6 @@ use crate::{Format, Remote};
 /// comes from --token / CELLA_TOKEN, else from the admin token file of a local node's data
 /// directory.
 async fn client(remote: &Remote) -> anyhow::Result<Client> {
-    crate::tee_cmds::verify_before_use(remote).await?;
     let token = match &remote.token {
         Some(token) => Some(token.clone()),
         None => {
@@ -28,7 +27,7 @@ async fn client(remote: &Remote) -> anyhow::Result<Client> {
                 .map(|t| t.trim().to_owned())
         }
     };
-    Ok(Client::new(&remote.url, token))
+    crate::tee_cmds::verified_client(remote, token).await
 }
 
 /// Turns API errors into one readable line plus the function's log, if any.

@@ -1,7 +1,6 @@
 //! `cella up --demo`: deploy the example functions under tenant `demo`, invoke each once
 //! through the real HTTP API, and print commands to try.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Instant;
 
@@ -33,11 +32,7 @@ const EXAMPLES: [Example; 3] = [
     },
 ];
 
-pub(crate) async fn run(
-    platform: &Platform,
-    guests: &Path,
-    addr: SocketAddr,
-) -> anyhow::Result<()> {
+pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow::Result<()> {
     let token = match platform.create_tenant(&Principal::Admin, TENANT).await {
         Ok((_, token)) => token,
         // A demo tenant from an earlier run: its token was shown then; issue a new one.
@@ -72,9 +67,8 @@ pub(crate) async fn run(
         );
     }
 
-    let url = format!("http://{addr}");
-    let client = Client::new(&url, Some(token.secret().to_owned()));
     let policy = demo_policy(platform)?;
+    let client = Client::with_policy(url, Some(token.secret().to_owned()), &policy)?;
     verify_first(&client, &policy).await?;
     let policy_file = platform.config().data_dir.join("demo-policy.toml");
     std::fs::write(&policy_file, toml::to_string_pretty(&policy)?)
@@ -101,10 +95,13 @@ pub(crate) async fn run(
     );
     println!("  cella functions");
     println!(
-        "  curl -sS -H \"Authorization: Bearer $CELLA_TOKEN\" {url}/v1/functions/hello-http/http/hello"
+        "  # curl cannot check RA-TLS evidence (hence -k); the cella CLI checks it on every connection"
     );
     println!(
-        "  curl -sS -H \"Authorization: Bearer $CELLA_TOKEN\" --data-binary @{} '{url}/v1/functions/thumbnail/invoke?arg=96' -o /tmp/thumb96.png",
+        "  curl -sSk -H \"Authorization: Bearer $CELLA_TOKEN\" {url}/v1/functions/hello-http/http/hello"
+    );
+    println!(
+        "  curl -sSk -H \"Authorization: Bearer $CELLA_TOKEN\" --data-binary @{} '{url}/v1/functions/thumbnail/invoke?arg=96' -o /tmp/thumb96.png",
         png.display()
     );
     println!("Press Ctrl-C to stop.");

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use cella_client::NodeVerification;
-use cella_tee::{Measurement, Policy, SimPlatformFiles};
+use cella_client::{Client, NodeVerification};
+use cella_tee::{Measurement, Policy, SimPlatformFiles, Verification};
 use clap::Args;
 
 use crate::{Format, Remote};
@@ -79,18 +79,15 @@ fn short(text: &str) -> String {
     }
 }
 
-fn print_verification(url: &str, result: &NodeVerification, anchor_from: Option<&Path>) {
-    print!("{}", verification_text(url, result, anchor_from));
-}
-
-fn verification_text(url: &str, result: &NodeVerification, anchor_from: Option<&Path>) -> String {
+fn verification_text(url: &str, verification: &Verification, anchor_from: Option<&Path>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let report = &result.report;
-    let label = if report.simulated {
-        "SIMULATED TEE (no hardware protection is proven)".to_owned()
-    } else {
-        format!("{} TEE", report.tee)
+    let label = match &verification.claims {
+        Some(claims) if claims.simulated => {
+            "SIMULATED TEE (no hardware protection is proven)".to_owned()
+        }
+        Some(claims) => format!("{} TEE", claims.tee),
+        None => "evidence not verified".to_owned(),
     };
     let _ = writeln!(out, "node {url}: {label}");
     if let Some(path) = anchor_from {
@@ -100,7 +97,7 @@ fn verification_text(url: &str, result: &NodeVerification, anchor_from: Option<&
             path.display()
         );
     }
-    for check in &result.verification.checks {
+    for check in &verification.checks {
         let mark = if check.ok { "✔" } else { "✗" };
         let _ = writeln!(
             out,
@@ -116,35 +113,65 @@ fn verification_text(url: &str, result: &NodeVerification, anchor_from: Option<&
     out
 }
 
-/// Verifies the node under the policy before a command sends it anything (a token, a
-/// function, data). On failure, nothing is sent and the failing checks say what to do.
-pub(crate) async fn verify_before_use(remote: &Remote) -> anyhow::Result<()> {
-    let (policy, anchor_from) = remote.policy.resolve(remote)?;
-    let result = cella_client::Client::new(&remote.url, None)
-        .verify_node(&policy)
-        .await?;
-    if result.passed() {
-        return Ok(());
+/// The node's verdict under the remote's policy: over HTTPS the RA-TLS handshake checks the
+/// certificate's evidence first (a refused handshake is reported with its checks), then a
+/// fresh-nonce attestation over that connection.
+async fn check_node(remote: &Remote) -> anyhow::Result<(Verification, Option<NodeVerification>)> {
+    let (policy, _) = remote.policy.resolve(remote)?;
+    let client = Client::with_policy(&remote.url, None, &policy)?;
+    match client.verify_node(&policy).await {
+        Ok(result) => Ok((result.verification.clone(), Some(result))),
+        Err(e) => match client.tls_verification() {
+            Some(tls) if !tls.passed() => Ok((tls, None)),
+            _ => Err(e.into()),
+        },
     }
-    eprint!(
-        "{}",
-        verification_text(&remote.url, &result, anchor_from.as_deref())
-    );
-    anyhow::bail!(
-        "the node did not pass verification, so nothing was sent to it; pin what you trust with \
-         --measurement/--sim-anchor/--allow-simulated or a policy file (--policy, CELLA_POLICY)"
-    )
+}
+
+fn anchor_note(remote: &Remote) -> Option<PathBuf> {
+    remote
+        .policy
+        .resolve(remote)
+        .ok()
+        .and_then(|(_, from)| from)
+}
+
+/// A client for the node once it has passed verification under the policy: over HTTPS every
+/// connection it makes is checked again by RA-TLS. On failure nothing is sent (not even the
+/// token) and the failing checks say what to do.
+pub(crate) async fn verified_client(
+    remote: &Remote,
+    token: Option<String>,
+) -> anyhow::Result<Client> {
+    let (verification, _) = check_node(remote).await?;
+    if !verification.passed() {
+        eprint!(
+            "{}",
+            verification_text(&remote.url, &verification, anchor_note(remote).as_deref())
+        );
+        anyhow::bail!(
+            "the node did not pass verification, so nothing was sent to it; pin what you trust \
+             with --measurement/--sim-anchor/--allow-simulated or a policy file (--policy, \
+             CELLA_POLICY)"
+        );
+    }
+    let (policy, _) = remote.policy.resolve(remote)?;
+    Ok(Client::with_policy(&remote.url, token, &policy)?)
 }
 
 pub(crate) async fn verify(remote: &Remote) -> anyhow::Result<()> {
-    let (policy, anchor_from) = remote.policy.resolve(remote)?;
-    let client = cella_client::Client::new(&remote.url, None);
-    let result = client.verify_node(&policy).await?;
+    let (verification, result) = check_node(remote).await?;
     match remote.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&result)?),
-        Format::Text => print_verification(&remote.url, &result, anchor_from.as_deref()),
+        Format::Json => match &result {
+            Some(result) => println!("{}", serde_json::to_string_pretty(result)?),
+            None => println!("{}", serde_json::to_string_pretty(&verification)?),
+        },
+        Format::Text => print!(
+            "{}",
+            verification_text(&remote.url, &verification, anchor_note(remote).as_deref())
+        ),
     }
-    if result.passed() {
+    if verification.passed() {
         if remote.format == Format::Text {
             println!("verified: this node may be trusted under the policy");
         }
@@ -159,9 +186,8 @@ pub(crate) async fn attest(remote: &Remote, nonce: Option<&str>) -> anyhow::Resu
         Some(hex_nonce) => hex::decode(hex_nonce).context("--nonce must be hex")?,
         None => Vec::new(),
     };
-    let report = cella_client::Client::new(&remote.url, None)
-        .attestation(&nonce)
-        .await?;
+    // Evidence is printed, not trusted: the connection is not verified either.
+    let report = Client::new(&remote.url, None).attestation(&nonce).await?;
     match remote.format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Text => {

@@ -20,6 +20,10 @@ pub(crate) struct UpArgs {
     /// to try.
     #[arg(long)]
     demo: bool,
+    /// Serve plain HTTP instead of RA-TLS, for local debugging only: clients then cannot bind
+    /// the node's evidence to their connection.
+    #[arg(long)]
+    insecure_http: bool,
     /// Where the built example functions are (for --demo).
     #[arg(long, env = "CELLA_GUESTS_DIR", default_value = "guests/dist")]
     guests: PathBuf,
@@ -109,14 +113,29 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("TEE: {tee}");
     }
     println!("measurement: {measurement}");
+    let scheme = if args.insecure_http { "http" } else { "https" };
     println!(
-        "cella {} listening on http://{addr} (data: {})",
+        "cella {} listening on {scheme}://{addr} (data: {})",
         env!("CARGO_PKG_VERSION"),
         config.data_dir.display()
     );
-    let server = tokio::spawn(cella_gateway::serve(listener, router, shutdown_signal()));
+    let server = if args.insecure_http {
+        println!(
+            "WARNING: plain HTTP (--insecure-http): tokens and data cross the network in clear \
+             and evidence is not bound to connections"
+        );
+        tokio::spawn(cella_gateway::serve(listener, router, shutdown_signal()))
+    } else {
+        let tls = platform.tls_config()?;
+        tokio::spawn(cella_gateway::serve_tls(
+            listener,
+            router,
+            tls,
+            shutdown_signal(),
+        ))
+    };
     if args.demo {
-        crate::demo::run(&platform, &args.guests, addr).await?;
+        crate::demo::run(&platform, &args.guests, &format!("{scheme}://{addr}")).await?;
     }
     server
         .await

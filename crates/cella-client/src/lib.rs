@@ -14,7 +14,10 @@ use bytes::Bytes;
 use cella_core::FunctionRecord;
 pub use cella_tee::AttestationReport;
 use cella_tee::sim::SimVerifier;
-use cella_tee::{Policy, Verification, Verifier, report_data_for};
+use std::sync::Arc;
+
+use cella_ratls::RaTlsVerifier;
+use cella_tee::{Check, Policy, Verification, Verifier, report_data_for};
 pub use reqwest::{Method, StatusCode};
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -107,6 +110,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// For `https://` nodes: the RA-TLS verifier every connection goes through.
+    ratls: Option<Arc<RaTlsVerifier>>,
 }
 
 #[derive(Deserialize)]
@@ -128,13 +133,57 @@ fn segment(s: &str) -> String {
         .replace('+', "%20")
 }
 
+fn ensure_crypto_provider() {
+    // reqwest is built without a default TLS provider; cella uses ring everywhere.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl Client {
+    /// A client for a plain-HTTP node (local debugging: `cella up --insecure-http`), or for
+    /// reaching an `https://` node without checking it — use [`Client::with_policy`] for those.
     pub fn new(base_url: &str, token: Option<String>) -> Self {
+        ensure_crypto_provider();
         Client {
             http: reqwest::Client::new(),
             base: base_url.trim_end_matches('/').to_owned(),
             token,
+            ratls: None,
         }
+    }
+
+    /// A client that trusts the node only as far as `policy` allows: for `https://` URLs every
+    /// TLS connection is accepted only if the certificate's evidence passes the policy and
+    /// binds the certificate's key (RA-TLS); for `http://` URLs it is [`Client::new`].
+    pub fn with_policy(
+        base_url: &str,
+        token: Option<String>,
+        policy: &Policy,
+    ) -> Result<Self, ClientError> {
+        let mut client = Client::new(base_url, token);
+        if !client.base.starts_with("https://") {
+            return Ok(client);
+        }
+        let verifier = RaTlsVerifier::new(policy.clone());
+        let tls = verifier
+            .client_config()
+            .map_err(|e| ClientError::Protocol {
+                url: client.base.clone(),
+                detail: e.to_string(),
+            })?;
+        client.http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .build()
+            .map_err(|e| ClientError::Protocol {
+                url: client.base.clone(),
+                detail: format!("TLS set-up: {e}"),
+            })?;
+        client.ratls = Some(verifier);
+        Ok(client)
+    }
+
+    /// The RA-TLS verdict on the node's certificate, after a connection was attempted.
+    pub fn tls_verification(&self) -> Option<Verification> {
+        self.ratls.as_ref().and_then(|v| v.last_verification())
     }
 
     pub fn base_url(&self) -> &str {
@@ -211,18 +260,36 @@ impl Client {
             url: self.base.clone(),
             detail: "the identity key is not hex".into(),
         })?;
+        // Over RA-TLS the evidence must speak of the key this connection was made with.
+        let tls_key = self.ratls.as_ref().and_then(|v| v.last_public_key());
         let expected = report_data_for(&identity, &nonce);
         let sim = SimVerifier::new(&policy.sim_anchors).map_err(|e| ClientError::Protocol {
             url: self.base.clone(),
             detail: format!("in the policy: {e}"),
         })?;
         let verifiers: [&dyn Verifier; 1] = [&sim];
-        let verification = policy.verify(
+        let mut verification = policy.verify(
             &report.evidence,
             &verifiers,
             Some(&expected),
             std::time::SystemTime::now(),
         );
+        verification.checks.push(match tls_key {
+            Some(key) => Check {
+                name: "TLS key",
+                ok: key == identity,
+                expected: hex::encode(&key),
+                actual: report.identity_key.clone(),
+                fix: None,
+            },
+            None => Check {
+                name: "TLS key",
+                ok: true,
+                expected: "none (plain HTTP)".into(),
+                actual: "not bound: the evidence is not tied to this connection".into(),
+                fix: None,
+            },
+        });
         Ok(NodeVerification {
             report,
             verification,

@@ -115,6 +115,7 @@ pub struct RaTlsVerifier {
     policy: Policy,
     provider: Arc<CryptoProvider>,
     last: Mutex<Option<Verification>>,
+    last_key: Mutex<Option<Vec<u8>>>,
 }
 
 impl RaTlsVerifier {
@@ -123,12 +124,21 @@ impl RaTlsVerifier {
             policy,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             last: Mutex::new(None),
+            last_key: Mutex::new(None),
         })
     }
 
     /// The verdict on the last certificate seen.
     pub fn last_verification(&self) -> Option<Verification> {
         self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The public key of the last certificate that passed (the node's identity key).
+    pub fn last_public_key(&self) -> Option<Vec<u8>> {
+        self.last_key
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -161,6 +171,7 @@ impl RaTlsVerifier {
             .collect();
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(verification);
         if failed.is_empty() {
+            *self.last_key.lock().unwrap_or_else(PoisonError::into_inner) = Some(cert.public_key);
             Ok(())
         } else {
             Err(format!("RA-TLS verification failed: {}", failed.join("; ")))

@@ -1,13 +1,14 @@
 //! The node's attested identity: which TEE vouches for this process, the measurement of the
-//! running build, and an identity key created fresh at start-up whose public half is bound
-//! into every piece of evidence (with the client's nonce), so a client knows the evidence
-//! speaks of the process it is talking to, now.
+//! running build, and the TLS key created fresh at start-up inside this process. Its public
+//! half is bound into the RA-TLS certificate's evidence and into every evidence a client asks
+//! for (with the client's nonce), so a client knows the evidence speaks of the process at the
+//! other end of its TLS connection, now.
 
 use std::path::Path;
 
+use cella_ratls::AttestedCert;
 use cella_tee::sim::{SimAttester, SimPlatform, measure_file};
 use cella_tee::{AttestationReport, Attester, Measurement, TeeType, report_data_for};
-use ed25519_dalek::SigningKey;
 
 use crate::RuntimeError;
 
@@ -16,7 +17,7 @@ pub const MAX_NONCE_BYTES: usize = 64;
 
 pub(crate) struct Identity {
     attester: Box<dyn Attester>,
-    key: SigningKey,
+    cert: AttestedCert,
     /// Where the simulated platform's public key (the trust anchor) is, when simulated.
     pub(crate) sim_anchor_file: Option<std::path::PathBuf>,
     pub(crate) hardware_found: Option<TeeType>,
@@ -42,14 +43,26 @@ impl Identity {
         };
         let platform =
             SimPlatform::load_or_create(data_dir).map_err(|e| internal(e.to_string()))?;
-        let mut seed = [0u8; 32];
-        getrandom::fill(&mut seed).expect("the operating system's random generator");
+        let attester: Box<dyn Attester> =
+            Box::new(SimAttester::new(platform, measurement, SECURITY_VERSION));
+        let cert = AttestedCert::issue(
+            attester.as_ref(),
+            vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+        )
+        .map_err(|e| internal(e.to_string()))?;
         Ok(Identity {
-            attester: Box::new(SimAttester::new(platform, measurement, SECURITY_VERSION)),
-            key: SigningKey::from_bytes(&seed),
+            attester,
+            cert,
             sim_anchor_file: Some(data_dir.join(SimPlatform::ANCHOR_FILE)),
             hardware_found,
         })
+    }
+
+    /// The rustls configuration that presents the RA-TLS certificate.
+    pub(crate) fn tls_config(&self) -> Result<rustls::ServerConfig, RuntimeError> {
+        self.cert
+            .server_config()
+            .map_err(|e| RuntimeError::Internal(e.to_string()))
     }
 
     pub(crate) fn tee(&self) -> TeeType {
@@ -61,8 +74,7 @@ impl Identity {
     }
 
     pub(crate) fn attest(&self, nonce: &[u8]) -> Result<AttestationReport, RuntimeError> {
-        let identity = self.key.verifying_key();
-        let report_data = report_data_for(identity.as_bytes(), nonce);
+        let report_data = report_data_for(&self.cert.public_key, nonce);
         let evidence = self
             .attester
             .attest(&report_data)
@@ -71,7 +83,7 @@ impl Identity {
             tee: self.tee(),
             simulated: self.tee() == TeeType::Sim,
             measurement: self.measurement(),
-            identity_key: hex::encode(identity.as_bytes()),
+            identity_key: hex::encode(&self.cert.public_key),
             nonce: hex::encode(nonce),
             evidence,
         })

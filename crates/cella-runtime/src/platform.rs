@@ -170,6 +170,12 @@ impl Platform {
         self.identity.sim_anchor_file.as_deref()
     }
 
+    /// The TLS configuration of this node: its RA-TLS certificate, whose key never leaves the
+    /// process.
+    pub fn tls_config(&self) -> Result<rustls::ServerConfig, RuntimeError> {
+        self.identity.tls_config()
+    }
+
     /// Evidence about this node bound to its identity key and the client's `nonce`. Anyone may
     /// ask: clients verify a node before they send it a token or data.
     pub fn attest(&self, nonce: &[u8]) -> Result<AttestationReport, RuntimeError> {

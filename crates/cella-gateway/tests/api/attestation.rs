@@ -2,7 +2,7 @@
 
 use cella_tee::{Measurement, Policy, SimPlatformFiles, report_data_for};
 
-use crate::harness::{Node, assert_api_error};
+use crate::harness::{Node, Options, assert_api_error};
 
 fn anchor(node: &Node) -> String {
     std::fs::read_to_string(node.data_dir().join(SimPlatformFiles::ANCHOR))
@@ -55,7 +55,8 @@ async fn verify_node_passes_only_under_a_policy_that_accepts_this_node() {
             "hardware",
             "measurement",
             "security version",
-            "report data"
+            "report data",
+            "TLS key"
         ]
     );
 
@@ -122,5 +123,62 @@ async fn bad_nonces_are_refused() {
         node.anonymous().attestation(&[0; 65]).await,
         400,
         "invalid_request",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_ra_tls_the_evidence_is_bound_to_the_connection() {
+    let node = Node::start_with(Options {
+        tls: true,
+        ..Options::default()
+    })
+    .await;
+    assert!(node.url.starts_with("https://"));
+    let measurement = cella_client::Client::new(&node.url, None)
+        .attestation(b"")
+        .await
+        .map(|r| r.measurement);
+    // A client without a policy gets nowhere: the certificate is not from any CA.
+    assert!(
+        measurement.is_err(),
+        "an unverified client must not connect"
+    );
+
+    let exe = std::env::current_exe().unwrap();
+    let policy = Policy {
+        measurements: vec![cella_tee::sim::measure_file(&exe).unwrap()],
+        allow_simulated: true,
+        sim_anchors: vec![anchor(&node)],
+        ..Policy::default()
+    };
+    let client = cella_client::Client::with_policy(&node.url, None, &policy).unwrap();
+    let verified = client.verify_node(&policy).await.unwrap();
+    assert!(verified.passed(), "{:#?}", verified.verification.checks);
+    let tls = verified
+        .verification
+        .checks
+        .iter()
+        .find(|c| c.name == "TLS key")
+        .unwrap();
+    assert_eq!(
+        tls.expected, verified.report.identity_key,
+        "bound to this connection"
+    );
+    assert!(client.tls_verification().unwrap().passed());
+
+    // Another build's policy is refused during the handshake, before any request is sent.
+    let strict = Policy {
+        measurements: vec![Measurement([0; 48])],
+        ..policy.clone()
+    };
+    let refused = cella_client::Client::with_policy(&node.url, None, &strict).unwrap();
+    assert!(refused.health().await.is_err());
+    let verdict = refused.tls_verification().unwrap();
+    assert!(!verdict.passed());
+    assert!(
+        verdict
+            .checks
+            .iter()
+            .any(|c| c.name == "measurement" && !c.ok)
     );
 }

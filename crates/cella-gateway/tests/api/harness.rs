@@ -38,6 +38,8 @@ pub struct Node {
 pub struct Options {
     pub tenant_concurrency: usize,
     pub instances: u32,
+    /// Serve RA-TLS (`https://`) instead of plain HTTP.
+    pub tls: bool,
     pub gateway: GatewayConfig,
 }
 
@@ -46,6 +48,7 @@ impl Default for Options {
         Options {
             tenant_concurrency: 64,
             instances: 32,
+            tls: false,
             gateway: GatewayConfig::default(),
         }
     }
@@ -77,12 +80,19 @@ impl Node {
             ),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if options.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let router = cella_gateway::router(platform.clone(), options.gateway);
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(cella_gateway::serve(listener, router, async {
+        let stopped = async {
             let _ = stopped.await;
-        }));
+        };
+        let server = if options.tls {
+            let tls = platform.tls_config().unwrap();
+            tokio::spawn(cella_gateway::serve_tls(listener, router, tls, stopped))
+        } else {
+            tokio::spawn(cella_gateway::serve(listener, router, stopped))
+        };
         Node {
             admin: Client::new(&url, Some(admin_token.clone())),
             url,
