@@ -116,24 +116,19 @@ fn verification_text(url: &str, verification: &Verification, anchor_from: Option
 /// The node's verdict under the remote's policy: over HTTPS the RA-TLS handshake checks the
 /// certificate's evidence first (a refused handshake is reported with its checks), then a
 /// fresh-nonce attestation over that connection.
-async fn check_node(remote: &Remote) -> anyhow::Result<(Verification, Option<NodeVerification>)> {
-    let (policy, _) = remote.policy.resolve(remote)?;
-    let client = Client::with_policy(&remote.url, None, &policy)?;
-    match client.verify_node(&policy).await {
+async fn check_node(
+    remote: &Remote,
+    policy: &Policy,
+) -> anyhow::Result<(Verification, Option<NodeVerification>)> {
+    // No token on this client: nothing secret goes out before the verdict.
+    let client = Client::with_policy(&remote.url, None, policy)?;
+    match client.verify_node(policy).await {
         Ok(result) => Ok((result.verification.clone(), Some(result))),
         Err(e) => match client.tls_verification() {
             Some(tls) if !tls.passed() => Ok((tls, None)),
             _ => Err(e.into()),
         },
     }
-}
-
-fn anchor_note(remote: &Remote) -> Option<PathBuf> {
-    remote
-        .policy
-        .resolve(remote)
-        .ok()
-        .and_then(|(_, from)| from)
 }
 
 /// A client for the node once it has passed verification under the policy: over HTTPS every
@@ -143,11 +138,12 @@ pub(crate) async fn verified_client(
     remote: &Remote,
     token: Option<String>,
 ) -> anyhow::Result<Client> {
-    let (verification, _) = check_node(remote).await?;
+    let (policy, anchor_from) = remote.policy.resolve(remote)?;
+    let (verification, _) = check_node(remote, &policy).await?;
     if !verification.passed() {
         eprint!(
             "{}",
-            verification_text(&remote.url, &verification, anchor_note(remote).as_deref())
+            verification_text(&remote.url, &verification, anchor_from.as_deref())
         );
         anyhow::bail!(
             "the node did not pass verification, so nothing was sent to it; pin what you trust \
@@ -155,12 +151,12 @@ pub(crate) async fn verified_client(
              CELLA_POLICY)"
         );
     }
-    let (policy, _) = remote.policy.resolve(remote)?;
     Ok(Client::with_policy(&remote.url, token, &policy)?)
 }
 
 pub(crate) async fn verify(remote: &Remote) -> anyhow::Result<()> {
-    let (verification, result) = check_node(remote).await?;
+    let (policy, anchor_from) = remote.policy.resolve(remote)?;
+    let (verification, result) = check_node(remote, &policy).await?;
     match remote.format {
         Format::Json => match &result {
             Some(result) => println!("{}", serde_json::to_string_pretty(result)?),
@@ -168,7 +164,7 @@ pub(crate) async fn verify(remote: &Remote) -> anyhow::Result<()> {
         },
         Format::Text => print!(
             "{}",
-            verification_text(&remote.url, &verification, anchor_note(remote).as_deref())
+            verification_text(&remote.url, &verification, anchor_from.as_deref())
         ),
     }
     if verification.passed() {

@@ -221,7 +221,11 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     assert_eq!(listed[0]["limits"]["timeout_ms"], 2000);
     let table = ok(cella(&server, data.path(), Some(&token), &["functions"]));
     assert!(
-        table.lines().nth(1).unwrap().starts_with("echo "),
+        table
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("{:<20} wasi-command ", "echo")),
         "{table}"
     );
 
