@@ -31,7 +31,7 @@ pub(crate) struct Remote {
     #[arg(
         long,
         env = "CELLA_URL",
-        default_value = "http://127.0.0.1:7070",
+        default_value = "https://127.0.0.1:7070",
         global = true
     )]
     url: String,

@@ -3,7 +3,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cella_client::ClientError> {
-//! let client = cella_client::Client::new("http://127.0.0.1:7070", Some("cella_…".into()));
+//! # let policy = cella_tee::Policy::default();
+//! // Every connection is checked against the policy (RA-TLS) before anything is sent.
+//! let client = cella_client::Client::with_policy("https://127.0.0.1:7070", Some("cella_…".into()), &policy)?;
 //! let out = client.invoke("brotli", b"hello".to_vec(), &[]).await?;
 //! println!("{} bytes", out.output.len());
 //! # Ok(()) }
