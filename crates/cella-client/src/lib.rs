@@ -15,11 +15,10 @@
 use bytes::Bytes;
 use cella_core::FunctionRecord;
 pub use cella_tee::AttestationReport;
-use cella_tee::sim::SimVerifier;
 use std::sync::Arc;
 
 use cella_ratls::RaTlsVerifier;
-use cella_tee::{Check, Policy, Verification, Verifier, report_data_for};
+use cella_tee::{Check, Policy, Verification, report_data_for};
 pub use reqwest::{Method, StatusCode};
 use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -265,17 +264,16 @@ impl Client {
         // Over RA-TLS the evidence must speak of the key this connection was made with.
         let tls_key = self.ratls.as_ref().and_then(|v| v.last_public_key());
         let expected = report_data_for(&identity, &nonce);
-        let sim = SimVerifier::new(&policy.sim_anchors).map_err(|e| ClientError::Protocol {
-            url: self.base.clone(),
-            detail: format!("in the policy: {e}"),
-        })?;
-        let verifiers: [&dyn Verifier; 1] = [&sim];
-        let mut verification = policy.verify(
-            &report.evidence,
-            &verifiers,
-            Some(&expected),
-            std::time::SystemTime::now(),
-        );
+        let mut verification = policy
+            .verify_with_anchors(
+                &report.evidence,
+                Some(&expected),
+                std::time::SystemTime::now(),
+            )
+            .map_err(|e| ClientError::Protocol {
+                url: self.base.clone(),
+                detail: format!("in the policy: {e}"),
+            })?;
         verification.checks.push(match tls_key {
             Some(key) => Check {
                 name: "TLS key",

@@ -12,8 +12,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use cella_tee::sim::SimVerifier;
-use cella_tee::{Attester, Evidence, Policy, Verification, Verifier, report_data_for};
+use cella_tee::{Attester, Evidence, Policy, Verification, report_data_for};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
@@ -157,12 +156,11 @@ impl RaTlsVerifier {
 
     fn judge(&self, der: &[u8], now: SystemTime) -> Result<(), String> {
         let cert = read_cert(der)?;
-        let sim = SimVerifier::new(&self.policy.sim_anchors).map_err(|e| e.to_string())?;
-        let verifiers: [&dyn Verifier; 1] = [&sim];
         let expected = report_data_for(&cert.public_key, b"");
         let verification = self
             .policy
-            .verify(&cert.evidence, &verifiers, Some(&expected), now);
+            .verify_with_anchors(&cert.evidence, Some(&expected), now)
+            .map_err(|e| e.to_string())?;
         let failed: Vec<String> = verification
             .checks
             .iter()

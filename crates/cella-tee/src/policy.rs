@@ -89,6 +89,19 @@ fn check(
 }
 
 impl Policy {
+    /// Verifies `evidence` with every verifier this build has, trusting the anchors the policy
+    /// names (`sim_anchors`), and judges its claims. Fails only if an anchor is malformed.
+    pub fn verify_with_anchors(
+        &self,
+        evidence: &Evidence,
+        expected_report_data: Option<&ReportData>,
+        now: SystemTime,
+    ) -> Result<Verification, crate::VerifyError> {
+        let sim = crate::sim::SimVerifier::new(&self.sim_anchors)?;
+        let verifiers: [&dyn Verifier; 1] = [&sim];
+        Ok(self.verify(evidence, &verifiers, expected_report_data, now))
+    }
+
     /// Verifies `evidence` with the matching verifier and judges its claims. Pure: the time and
     /// the expected report data are arguments.
     pub fn verify(
