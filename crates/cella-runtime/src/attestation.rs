@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use cella_ratls::AttestedCert;
-use cella_tee::sim::{SimAttester, SimPlatform, measure_file};
+use cella_tee::sim::{SimAttester, SimPlatform, SimPlatformFiles, measure_file};
 use cella_tee::{AttestationReport, Attester, Measurement, TeeType, report_data_for};
 
 use crate::RuntimeError;
@@ -53,7 +53,7 @@ impl Identity {
         Ok(Identity {
             attester,
             cert,
-            sim_anchor_file: Some(data_dir.join(SimPlatform::ANCHOR_FILE)),
+            sim_anchor_file: Some(data_dir.join(SimPlatformFiles::ANCHOR)),
             hardware_found,
         })
     }

@@ -53,13 +53,10 @@ impl SimPlatformFiles {
 }
 
 impl SimPlatform {
-    pub const KEY_FILE: &'static str = SimPlatformFiles::KEY;
-    pub const ANCHOR_FILE: &'static str = SimPlatformFiles::ANCHOR;
-
     /// Loads the platform from `dir`, creating it (0600 key file, public anchor file) the
     /// first time.
     pub fn load_or_create(dir: &Path) -> Result<Self, SimError> {
-        let key_path = dir.join(Self::KEY_FILE);
+        let key_path = dir.join(SimPlatformFiles::KEY);
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| SimError::Io { path, source }
@@ -86,7 +83,7 @@ impl SimPlatform {
             }
             Err(e) => return Err(io(&key_path)(e)),
         };
-        let anchor_path = dir.join(Self::ANCHOR_FILE);
+        let anchor_path = dir.join(SimPlatformFiles::ANCHOR);
         std::fs::write(&anchor_path, format!("{}\n", platform.anchor_hex()))
             .map_err(io(&anchor_path))?;
         Ok(platform)
@@ -332,12 +329,12 @@ mod tests {
             .anchor_hex();
         assert_eq!(first, again);
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(SimPlatform::KEY_FILE))
+        let mode = std::fs::metadata(dir.path().join(SimPlatformFiles::KEY))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let anchor = std::fs::read_to_string(dir.path().join(SimPlatform::ANCHOR_FILE)).unwrap();
+        let anchor = std::fs::read_to_string(dir.path().join(SimPlatformFiles::ANCHOR)).unwrap();
         assert_eq!(anchor.trim(), first);
     }
 }
