@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use cella_runtime::{Platform, PlatformConfig};
-use cella_store::Token;
+use cella_runtime::{Platform, PlatformConfig, RuntimeError};
+use cella_store::{RegistryError, Token};
 use clap::Args;
 use tokio::net::TcpListener;
 
@@ -48,6 +48,27 @@ fn save_admin_token(data_dir: &Path, token: &Token) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Renames the registry (and its version file) so a fresh one can be made; returns the new name
+/// of the database.
+fn set_registry_aside(data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut database = None;
+    for name in ["registry.redb", "registry.version"] {
+        let from = data_dir.join(name);
+        if !from.exists() {
+            continue;
+        }
+        let to = data_dir.join(format!("{name}.set-aside-{stamp}"));
+        std::fs::rename(&from, &to)
+            .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))?;
+        database.get_or_insert(to);
+    }
+    database.context("no registry to set aside")
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -67,8 +88,21 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     platform_config.tenant_concurrency = config.gateway.tenant_concurrency;
     platform_config.sandbox.instances = config.sandbox.instances;
     platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
+    let platform = match Platform::open(platform_config.clone()) {
+        Err(RuntimeError::Registry(
+            sealed @ (RegistryError::SealedForAnotherBuild { .. } | RegistryError::Unsealed { .. }),
+        )) if args.demo => {
+            // The demo re-creates everything it needs, so it may start afresh; a real node
+            // never does this on its own.
+            let aside = set_registry_aside(&config.data_dir)?;
+            println!("demo: {sealed}");
+            println!("demo: set that registry aside as {}", aside.display());
+            Platform::open(platform_config)
+        }
+        opened => opened,
+    };
     let platform =
-        Arc::new(Platform::open(platform_config).with_context(|| {
+        Arc::new(platform.with_context(|| {
             format!("cannot open the platform in {}", config.data_dir.display())
         })?);
 

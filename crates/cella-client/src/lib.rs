@@ -16,6 +16,7 @@ use bytes::Bytes;
 use cella_core::FunctionRecord;
 pub use cella_tee::AttestationReport;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cella_ratls::RaTlsVerifier;
 use cella_tee::{Check, Policy, Verification, report_data_for};
@@ -39,6 +40,14 @@ pub enum ClientError {
     Connect { url: String, source: reqwest::Error },
     #[error("unexpected response from cella at {url}: {detail}")]
     Protocol { url: String, detail: String },
+    /// The node answered from an older registry than one this client saw before: its state
+    /// was rolled back (or it is another node behind the same address).
+    #[error(
+        "cella at {url} answered from registry version {now}, older than version {seen} seen \
+         before: the node's state was rolled back, or another node answers at this address; \
+         do not trust it until the operator explains"
+    )]
+    RolledBack { url: String, seen: u64, now: u64 },
 }
 
 impl ClientError {
@@ -113,7 +122,12 @@ pub struct Client {
     token: Option<String>,
     /// For `https://` nodes: the RA-TLS verifier every connection goes through.
     ratls: Option<Arc<RaTlsVerifier>>,
+    /// The highest registry version any response carried (shared by clones).
+    registry_version: Arc<AtomicU64>,
 }
+
+/// The response header naming the registry version a response was served from.
+const REGISTRY_VERSION_HEADER: &str = "cella-registry-version";
 
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -149,7 +163,19 @@ impl Client {
             base: base_url.trim_end_matches('/').to_owned(),
             token,
             ratls: None,
+            registry_version: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The highest registry version the node has answered from so far.
+    pub fn registry_version(&self) -> u64 {
+        self.registry_version.load(Ordering::SeqCst)
+    }
+
+    /// Refuse answers from a registry older than `version` (one seen in an earlier session,
+    /// say): such a node's state was rolled back.
+    pub fn expect_registry_version(&self, version: u64) {
+        self.registry_version.fetch_max(version, Ordering::SeqCst);
     }
 
     /// A client that trusts the node only as far as `policy` allows: for `https://` URLs every
@@ -208,10 +234,29 @@ impl Client {
     }
 
     async fn send_raw(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
-        builder.send().await.map_err(|source| ClientError::Connect {
-            url: self.base.clone(),
-            source,
-        })
+        let response = builder
+            .send()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: self.base.clone(),
+                source,
+            })?;
+        let version = response
+            .headers()
+            .get(REGISTRY_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(now) = version {
+            let seen = self.registry_version.fetch_max(now, Ordering::SeqCst);
+            if now < seen {
+                return Err(ClientError::RolledBack {
+                    url: self.base.clone(),
+                    seen,
+                    now,
+                });
+            }
+        }
+        Ok(response)
     }
 
     async fn api_error(&self, response: Response) -> ClientError {

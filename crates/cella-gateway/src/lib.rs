@@ -43,12 +43,34 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<GatewayConfig>,
 }
 
+/// Every response names the registry version it was served from, so a client that remembers
+/// the highest version it has seen notices a node whose state was rolled back.
+pub const REGISTRY_VERSION_HEADER: &str = "cella-registry-version";
+
 /// The whole API as an axum `Router`.
 pub fn router(platform: Arc<Platform>, config: GatewayConfig) -> Router {
-    api::routes().with_state(AppState {
+    let state = AppState {
         platform,
         config: Arc::new(config),
-    })
+    };
+    api::routes()
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            stamp_registry_version,
+        ))
+        .with_state(state)
+}
+
+async fn stamp_registry_version(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    // Read after the handler ran, so a response to a change names the version it made.
+    let version = state.platform.registry_version();
+    response
+        .headers_mut()
+        .insert(REGISTRY_VERSION_HEADER, http::HeaderValue::from(version));
+    response
 }
 
 /// How long a client may take to complete the TLS handshake.

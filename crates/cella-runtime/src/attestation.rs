@@ -7,8 +7,9 @@
 use std::path::Path;
 
 use cella_ratls::AttestedCert;
+use cella_store::SealingKey;
 use cella_tee::sim::{SimAttester, SimPlatform, SimPlatformFiles, measure_file};
-use cella_tee::{AttestationReport, Attester, Measurement, TeeType, report_data_for};
+use cella_tee::{AttestationReport, Attester, Measurement, SealingKeys, TeeType, report_data_for};
 
 use crate::RuntimeError;
 
@@ -18,6 +19,8 @@ pub const MAX_NONCE_BYTES: usize = 64;
 pub(crate) struct Identity {
     attester: Box<dyn Attester>,
     cert: AttestedCert,
+    /// Seals the registry: derived inside the TEE, bound to its platform and this build.
+    pub(crate) registry_key: SealingKey,
     /// Where the simulated platform's public key (the trust anchor) is, when simulated.
     pub(crate) sim_anchor_file: Option<std::path::PathBuf>,
     pub(crate) hardware_found: Option<TeeType>,
@@ -43,8 +46,12 @@ impl Identity {
         };
         let platform =
             SimPlatform::load_or_create(data_dir).map_err(|e| internal(e.to_string()))?;
-        let attester: Box<dyn Attester> =
-            Box::new(SimAttester::new(platform, measurement, SECURITY_VERSION));
+        let sim = SimAttester::new(platform, measurement, SECURITY_VERSION);
+        let registry_key = SealingKey {
+            key: sim.sealing_key("registry"),
+            bound_to: format!("{} measurement {measurement}", TeeType::Sim),
+        };
+        let attester: Box<dyn Attester> = Box::new(sim);
         let cert = AttestedCert::issue(
             attester.as_ref(),
             vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
@@ -53,6 +60,7 @@ impl Identity {
         Ok(Identity {
             attester,
             cert,
+            registry_key,
             sim_anchor_file: Some(data_dir.join(SimPlatformFiles::ANCHOR)),
             hardware_found,
         })

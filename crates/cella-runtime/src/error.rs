@@ -118,6 +118,9 @@ impl RuntimeError {
             RuntimeError::Blob(BlobError::Tampered { .. } | BlobError::Missing(_)) => {
                 ErrorCode::IntegrityError
             }
+            RuntimeError::Registry(
+                RegistryError::Tampered { .. } | RegistryError::RolledBack { .. },
+            ) => ErrorCode::IntegrityError,
             RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
             RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,
             RuntimeError::Registry(RegistryError::NoSuchFunction(_)) => ErrorCode::NotFound,

@@ -123,13 +123,16 @@ impl Platform {
                 config.data_dir.display()
             ))
         })?;
-        let registry = Registry::open(&config.data_dir.join("registry.redb"))?;
+        let identity = Identity::open(&config.data_dir, config.executable.as_deref())?;
+        let registry = Registry::open(
+            &config.data_dir.join("registry.redb"),
+            &identity.registry_key,
+        )?;
         let blobs = BlobStore::local(&config.data_dir.join("blobs"))?;
         // The instance pool must fit the largest memory any function may ask for.
         let mut config = config;
         config.sandbox.max_memory_bytes = config.max_limits.memory_bytes;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
-        let identity = Identity::open(&config.data_dir, config.executable.as_deref())?;
         Ok(Platform {
             sandbox: Arc::new(sandbox),
             registry: Arc::new(registry),
@@ -186,6 +189,12 @@ impl Platform {
             )));
         }
         self.identity.attest(nonce)
+    }
+
+    /// The registry's version: one more with every change, never back. Responses carry it so
+    /// clients can notice a node whose state was rolled back.
+    pub fn registry_version(&self) -> u64 {
+        self.registry.version()
     }
 
     /// The blob store (operators' tools and tests that play a hostile storage host use it).

@@ -1,13 +1,17 @@
 //! Where cella keeps things: function bytes in a blob store (object_store; a local directory by
 //! default) and metadata — tenants, token hashes, functions, grants — in an embedded registry
-//! (redb). Both live outside the trust boundary: blobs are re-hashed on every read, and the
-//! registry holds only hashes of tokens.
+//! (redb). Both live outside the trust boundary: blobs are re-hashed on every read, and every
+//! registry record is sealed (encrypted and authenticated by the TEE, under a version that only
+//! moves forward).
 #![forbid(unsafe_code)]
 
 mod blobs;
 mod registry;
+mod sealed;
 mod token;
+mod version;
 
 pub use blobs::{BlobError, BlobStore};
 pub use registry::{Registry, RegistryError, Tenant};
+pub use sealed::SealingKey;
 pub use token::{Principal, Token};

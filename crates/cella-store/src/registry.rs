@@ -1,27 +1,42 @@
 //! The metadata registry in an embedded redb database: tenants, token hashes, functions and
 //! who may invoke them. Every write is one ACID transaction, so a crash never leaves a function
-//! half-registered. Calls block (redb syncs to disk on commit): call them from a blocking
-//! thread when on an async runtime.
+//! half-registered. The file lives outside the trust boundary, so every record in it is sealed
+//! ([`crate::sealed`]) and the whole has a version that only moves forward ([`crate::version`]).
+//! Calls block (redb syncs to disk on commit): call them from a blocking thread when on an
+//! async runtime.
 
+use std::convert::Infallible;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use cella_core::{Access, ContentHash, FunctionName, FunctionRecord, TenantName};
-#[cfg(test)]
-use cella_core::{FunctionKind, Limits};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::sealed::{self, RecordSealer, SealingKey};
 use crate::token::{Principal, Token, hash_secret};
+use crate::version::{self, VersionFile};
 
-/// tenant name → JSON [`Tenant`]
-const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
-/// SHA-256 of a token → encoded [`Principal`]
-const TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("tokens");
-/// function name → JSON [`FunctionRecord`]
-const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
-/// settings of the platform itself
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const ADMIN_TOKEN_HASH: &str = "admin_token_sha256";
+type Sealed = TableDefinition<'static, &'static [u8], &'static [u8]>;
+
+/// blinded tenant name → sealed JSON [`Tenant`]
+const TENANTS: Sealed = TableDefinition::new("sealed_tenants");
+/// blinded SHA-256 of a token → sealed encoded [`Principal`]
+const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
+/// blinded function name → sealed JSON [`FunctionRecord`]
+const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
+/// settings of the registry itself; values sealed except the wrapped data key
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
+const DATA_KEY: &str = "data_key";
+const VERSION: &str = "version";
+const ADMIN_TOKEN: &str = "admin_token_sha256";
+/// Tables of registries written before sealing existed.
+const UNSEALED_TABLES: [&str; 4] = ["tenants", "tokens", "functions", "meta"];
+const DATA_KEY_CONTEXT: &[u8] = b"cella registry data key v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -32,9 +47,40 @@ pub enum RegistryError {
     Open { path: String, source: redb::Error },
     #[error("registry database error: {0}")]
     Database(#[from] redb::Error),
-    #[error("registry entry `{key}` is unreadable ({source}); the database may be corrupt")]
+    #[error(
+        "the registry at {path} was written by an earlier cella that did not seal it; move that \
+         data directory away (or start with another --data-dir) and create the tenants again"
+    )]
+    Unsealed { path: String },
+    #[error(
+        "the registry at {path} is sealed for another build of cella ({sealed_for}); this build \
+         ({this}) cannot open it. Start the build that sealed it, or start this build with \
+         another --data-dir"
+    )]
+    SealedForAnotherBuild {
+        path: String,
+        sealed_for: String,
+        this: String,
+    },
+    #[error(
+        "a sealed record in the registry ({what}) failed authentication: it was changed, \
+         truncated or moved on disk, and it is not used; restore the data directory from a backup"
+    )]
+    Tampered { what: String },
+    #[error(
+        "the registry holds version {found}, but this node has already sealed version \
+         {expected}: an older copy of the registry was put back. Refusing to use it; restore the \
+         newest copy of the data directory"
+    )]
+    RolledBack { found: u64, expected: u64 },
+    #[error("the registry's version file {path} cannot be read: {source}")]
+    VersionFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("registry entry in {what} is unreadable ({source}); the database may be corrupt")]
     Corrupt {
-        key: String,
+        what: String,
         source: serde_json::Error,
     },
     #[error("tenant `{0}` already exists; pick another name")]
@@ -49,6 +95,11 @@ fn db(e: impl Into<redb::Error>) -> RegistryError {
     RegistryError::Database(e.into())
 }
 
+fn tampered(what: impl Into<String>) -> impl FnOnce(sealed::Unauthentic) -> RegistryError {
+    let what = what.into();
+    move |_| RegistryError::Tampered { what }
+}
+
 fn now() -> String {
     cella_core::now_rfc3339()
 }
@@ -61,70 +112,299 @@ pub struct Tenant {
     token_sha256: String,
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, RegistryError> {
-    serde_json::from_slice(bytes).map_err(|source| RegistryError::Corrupt {
-        key: key.to_owned(),
-        source,
-    })
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("registry records always serialize")
+/// The data key as stored: wrapped by the TEE's sealing key, with what that key is bound to.
+#[derive(Serialize, Deserialize)]
+struct WrappedDataKey {
+    bound_to: String,
+    wrapped: String,
 }
 
 pub struct Registry {
     db: Database,
+    sealer: RecordSealer,
+    version_file: VersionFile,
+    /// The highest version this node has seen or written; the database must never fall behind.
+    version: AtomicU64,
 }
 
 impl Registry {
-    /// Opens (or creates) the registry at `path`.
-    pub fn open(path: &Path) -> Result<Self, RegistryError> {
+    /// Opens (or creates) the registry at `path`, sealed with a data key that `sealing` wraps.
+    /// Refuses a registry sealed for another build, a tampered one and an older copy.
+    pub fn open(path: &Path, sealing: &SealingKey) -> Result<Self, RegistryError> {
         let open_err = |source: redb::Error| RegistryError::Open {
             path: path.display().to_string(),
             source,
         };
-        let db = Database::create(path).map_err(|e| open_err(e.into()))?;
+        let database = Database::create(path).map_err(|e| open_err(e.into()))?;
+        let tx = database.begin_write().map_err(|e| open_err(e.into()))?;
+        let unsealed = tx
+            .list_tables()
+            .map_err(|e| open_err(e.into()))?
+            .any(|table| UNSEALED_TABLES.contains(&table.name()));
+        if unsealed {
+            return Err(RegistryError::Unsealed {
+                path: path.display().to_string(),
+            });
+        }
+        let data_key = {
+            let mut meta = tx.open_table(META).map_err(|e| open_err(e.into()))?;
+            let stored = meta.get(DATA_KEY).map_err(db)?.map(|v| v.value().to_vec());
+            match stored {
+                Some(stored) => unwrap_data_key(path, &stored, sealing)?,
+                None => {
+                    let data_key = new_data_key();
+                    let wrapped = WrappedDataKey {
+                        bound_to: sealing.bound_to.clone(),
+                        wrapped: hex::encode(sealed::seal(
+                            &sealing.key,
+                            DATA_KEY_CONTEXT,
+                            &data_key,
+                        )),
+                    };
+                    meta.insert(DATA_KEY, encode(&wrapped).as_slice())
+                        .map_err(db)?;
+                    data_key
+                }
+            }
+        };
         // Create every table up front so readers never see a missing table.
-        let tx = db.begin_write().map_err(|e| open_err(e.into()))?;
-        {
-            tx.open_table(TENANTS).map_err(|e| open_err(e.into()))?;
-            tx.open_table(TOKENS).map_err(|e| open_err(e.into()))?;
-            tx.open_table(FUNCTIONS).map_err(|e| open_err(e.into()))?;
-            tx.open_table(META).map_err(|e| open_err(e.into()))?;
+        for table in [TENANTS, TOKENS, FUNCTIONS] {
+            tx.open_table(table).map_err(|e| open_err(e.into()))?;
         }
         tx.commit().map_err(|e| open_err(e.into()))?;
-        Ok(Registry { db })
+
+        let sealer = RecordSealer::new(&data_key);
+        let version_file = VersionFile::beside(path, sealer.blind("version file", b"key"));
+        let registry = Registry {
+            db: database,
+            sealer,
+            version_file,
+            version: AtomicU64::new(0),
+        };
+        registry.check_version_file()?;
+        Ok(registry)
+    }
+
+    /// The registry's version: it grows by one with every change and never goes back.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// Compares the database's version with the sealed copy in the version file.
+    fn check_version_file(&self) -> Result<(), RegistryError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let in_database = self.stored_version(&tx)?;
+        let file_error = |source| RegistryError::VersionFile {
+            path: self.version_file.path().display().to_string(),
+            source,
+        };
+        let in_file = match self.version_file.read().map_err(file_error)? {
+            Some(version) => version.map_err(tampered("the version file"))?,
+            None => {
+                if in_database > 0 {
+                    tracing::warn!(
+                        "the registry's version file {} is missing; writing it again \
+                         (an older copy of the registry restored now would go unnoticed)",
+                        self.version_file.path().display()
+                    );
+                }
+                0
+            }
+        };
+        if in_database < in_file {
+            return Err(RegistryError::RolledBack {
+                found: in_database,
+                expected: in_file,
+            });
+        }
+        // A crash between a commit and the file write leaves the file behind: catch it up.
+        self.version_file.record(in_database).map_err(file_error)?;
+        self.version.store(in_database, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn stored_version(&self, tx: &ReadTransaction) -> Result<u64, RegistryError> {
+        let meta = tx.open_table(META).map_err(db)?;
+        let stored = meta.get(VERSION).map_err(db)?;
+        stored.map_or(Ok(0), |sealed| self.open_version(sealed.value()))
+    }
+
+    /// A read transaction on a database that has not fallen behind what this node has seen.
+    fn read(&self) -> Result<ReadTransaction, RegistryError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let found = self.stored_version(&tx)?;
+        let expected = self.version();
+        if found < expected {
+            return Err(RegistryError::RolledBack { found, expected });
+        }
+        Ok(tx)
+    }
+
+    /// Runs `change` in one write transaction that also moves the version forward.
+    fn write<T>(
+        &self,
+        change: impl FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let refusable = |tx: &WriteTransaction| change(tx).map(Ok::<T, Infallible>);
+        match self.write_unless_refused(refusable)? {
+            Ok(result) => Ok(result),
+        }
+    }
+
+    /// Like [`Registry::write`], but `change` may refuse (`Ok(Err(..))`): then nothing is
+    /// written and the version stays.
+    fn write_unless_refused<T, E>(
+        &self,
+        change: impl FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError>,
+    ) -> Result<Result<T, E>, RegistryError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        let result = match change(&tx)? {
+            Ok(result) => result,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let version = {
+            let mut meta = tx.open_table(META).map_err(db)?;
+            let found = match meta.get(VERSION).map_err(db)? {
+                None => 0,
+                Some(sealed) => self.open_version(sealed.value())?,
+            };
+            let expected = self.version();
+            if found < expected {
+                return Err(RegistryError::RolledBack { found, expected });
+            }
+            let next = found + 1;
+            let sealed = self
+                .sealer
+                .seal(META.name(), VERSION.as_bytes(), &version::encode(next));
+            meta.insert(VERSION, sealed.as_slice()).map_err(db)?;
+            next
+        };
+        tx.commit().map_err(db)?;
+        self.version.fetch_max(version, Ordering::SeqCst);
+        if let Err(e) = self.version_file.record(version) {
+            // The change is committed; only rollback detection at the next start is weaker.
+            tracing::warn!(
+                "could not write the registry's version file {}: {e}",
+                self.version_file.path().display()
+            );
+        }
+        Ok(Ok(result))
+    }
+
+    fn open_version(&self, sealed: &[u8]) -> Result<u64, RegistryError> {
+        let plain = self
+            .sealer
+            .open(META.name(), VERSION.as_bytes(), sealed)
+            .map_err(tampered("the version record"))?;
+        version::decode(&plain).map_err(tampered("the version record"))
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        name: &[u8],
+    ) -> Result<Option<T>, RegistryError> {
+        let key = self.sealer.blind(definition.name(), name);
+        let found = table.get(key.as_slice()).map_err(db)?;
+        found
+            .map(|sealed| self.decode(definition, &key, sealed.value()))
+            .transpose()
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        definition: Sealed,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<T, RegistryError> {
+        let what = || format!("table {}", definition.name());
+        let plain = self
+            .sealer
+            .open(definition.name(), key, sealed)
+            .map_err(tampered(what()))?;
+        serde_json::from_slice(&plain).map_err(|source| RegistryError::Corrupt {
+            what: what(),
+            source,
+        })
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: &mut redb::Table<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        name: &[u8],
+        value: &T,
+    ) -> Result<(), RegistryError> {
+        let key = self.sealer.blind(definition.name(), name);
+        let sealed = self.sealer.seal(definition.name(), &key, &encode(value));
+        table
+            .insert(key.as_slice(), sealed.as_slice())
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn remove<T: DeserializeOwned>(
+        &self,
+        table: &mut redb::Table<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        name: &[u8],
+    ) -> Result<Option<T>, RegistryError> {
+        let key = self.sealer.blind(definition.name(), name);
+        let removed = table.remove(key.as_slice()).map_err(db)?;
+        removed
+            .map(|sealed| self.decode(definition, &key, sealed.value()))
+            .transpose()
+    }
+
+    /// Every record of a table, authenticated.
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+    ) -> Result<Vec<T>, RegistryError> {
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            out.push(self.decode(definition, key.value(), value.value())?);
+        }
+        Ok(out)
     }
 
     /// Creates the admin token on first start. Returns it (to be shown once) only when it was
     /// created now; afterwards only its hash exists.
     pub fn ensure_admin_token(&self) -> Result<Option<Token>, RegistryError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        let created = {
-            let mut meta = tx.open_table(META).map_err(db)?;
-            if meta.get(ADMIN_TOKEN_HASH).map_err(db)?.is_some() {
-                None
-            } else {
-                let token = Token::generate();
-                meta.insert(ADMIN_TOKEN_HASH, &token.hash()[..])
-                    .map_err(db)?;
-                let mut tokens = tx.open_table(TOKENS).map_err(db)?;
-                tokens
-                    .insert(&token.hash()[..], Principal::Admin.encode().as_str())
-                    .map_err(db)?;
-                Some(token)
+        {
+            let tx = self.read()?;
+            let meta = tx.open_table(META).map_err(db)?;
+            if meta.get(ADMIN_TOKEN).map_err(db)?.is_some() {
+                return Ok(None);
             }
-        };
-        tx.commit().map_err(db)?;
-        Ok(created)
+        }
+        let token = Token::generate();
+        self.write(|tx| {
+            let mut meta = tx.open_table(META).map_err(db)?;
+            let sealed = self
+                .sealer
+                .seal(META.name(), ADMIN_TOKEN.as_bytes(), &token.hash());
+            meta.insert(ADMIN_TOKEN, sealed.as_slice()).map_err(db)?;
+            let mut tokens = tx.open_table(TOKENS).map_err(db)?;
+            self.put(
+                &mut tokens,
+                TOKENS,
+                &token.hash(),
+                &Principal::Admin.encode(),
+            )
+        })?;
+        Ok(Some(token))
     }
 
     /// Who holds `secret`, if anyone.
     pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>, RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.read()?;
         let tokens = tx.open_table(TOKENS).map_err(db)?;
-        let found = tokens.get(&hash_secret(secret)[..]).map_err(db)?;
-        Ok(found.and_then(|p| Principal::decode(p.value())))
+        let found: Option<String> = self.get(&tokens, TOKENS, &hash_secret(secret))?;
+        Ok(found.and_then(|p| Principal::decode(&p)))
     }
 
     pub fn create_tenant(&self, name: &TenantName) -> Result<(Tenant, Token), RegistryError> {
@@ -134,75 +414,67 @@ impl Registry {
             created_at: now(),
             token_sha256: hex::encode(token.hash()),
         };
-        let tx = self.db.begin_write().map_err(db)?;
-        {
+        self.write(|tx| {
             let mut tenants = tx.open_table(TENANTS).map_err(db)?;
-            if tenants.get(name.as_str()).map_err(db)?.is_some() {
+            let existing: Option<Tenant> = self.get(&tenants, TENANTS, name.as_str().as_bytes())?;
+            if existing.is_some() {
                 return Err(RegistryError::TenantExists(name.clone()));
             }
-            tenants
-                .insert(name.as_str(), encode(&tenant).as_slice())
-                .map_err(db)?;
+            self.put(&mut tenants, TENANTS, name.as_str().as_bytes(), &tenant)?;
             let mut tokens = tx.open_table(TOKENS).map_err(db)?;
             let principal = Principal::Tenant(name.clone()).encode();
-            tokens
-                .insert(&token.hash()[..], principal.as_str())
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
+            self.put(&mut tokens, TOKENS, &token.hash(), &principal)
+        })?;
         Ok((tenant, token))
     }
 
     /// Issues a new token for `name` and retires the old one.
     pub fn rotate_tenant_token(&self, name: &TenantName) -> Result<Token, RegistryError> {
         let token = Token::generate();
-        let tx = self.db.begin_write().map_err(db)?;
-        {
+        self.write(|tx| {
             let mut tenants = tx.open_table(TENANTS).map_err(db)?;
-            let mut tenant: Tenant = match tenants.get(name.as_str()).map_err(db)? {
-                Some(bytes) => decode(name.as_str(), bytes.value())?,
-                None => return Err(RegistryError::NoSuchTenant(name.clone())),
-            };
+            let mut tenant: Tenant = self
+                .get(&tenants, TENANTS, name.as_str().as_bytes())?
+                .ok_or_else(|| RegistryError::NoSuchTenant(name.clone()))?;
             let mut tokens = tx.open_table(TOKENS).map_err(db)?;
             if let Ok(old) = hex::decode(&tenant.token_sha256) {
-                tokens.remove(old.as_slice()).map_err(db)?;
+                self.remove::<String>(&mut tokens, TOKENS, &old)?;
             }
             tenant.token_sha256 = hex::encode(token.hash());
-            tenants
-                .insert(name.as_str(), encode(&tenant).as_slice())
-                .map_err(db)?;
+            self.put(&mut tenants, TENANTS, name.as_str().as_bytes(), &tenant)?;
             let principal = Principal::Tenant(name.clone()).encode();
-            tokens
-                .insert(&token.hash()[..], principal.as_str())
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
+            self.put(&mut tokens, TOKENS, &token.hash(), &principal)
+        })?;
         Ok(token)
     }
 
     pub fn tenant(&self, name: &TenantName) -> Result<Option<Tenant>, RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.read()?;
         let tenants = tx.open_table(TENANTS).map_err(db)?;
-        let found = tenants.get(name.as_str()).map_err(db)?;
-        found.map(|b| decode(name.as_str(), b.value())).transpose()
+        self.get(&tenants, TENANTS, name.as_str().as_bytes())
     }
 
+    /// Every tenant, by name.
     pub fn tenants(&self) -> Result<Vec<Tenant>, RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.read()?;
         let tenants = tx.open_table(TENANTS).map_err(db)?;
-        let mut out = Vec::new();
-        for entry in tenants.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            out.push(decode(key.value(), value.value())?);
-        }
-        Ok(out)
+        let mut all: Vec<Tenant> = self.all(&tenants, TENANTS)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
     }
 
     pub fn function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.read()?;
         let functions = tx.open_table(FUNCTIONS).map_err(db)?;
-        let found = functions.get(name.as_str()).map_err(db)?;
-        found.map(|b| decode(name.as_str(), b.value())).transpose()
+        self.get(&functions, FUNCTIONS, name.as_str().as_bytes())
+    }
+
+    fn all_functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
+        let tx = self.read()?;
+        let functions = tx.open_table(FUNCTIONS).map_err(db)?;
+        let mut all: Vec<FunctionRecord> = self.all(&functions, FUNCTIONS)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
     }
 
     /// Every function `tenant` owns, by name.
@@ -210,17 +482,9 @@ impl Registry {
         &self,
         tenant: &TenantName,
     ) -> Result<Vec<FunctionRecord>, RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let functions = tx.open_table(FUNCTIONS).map_err(db)?;
-        let mut out = Vec::new();
-        for entry in functions.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let record: FunctionRecord = decode(key.value(), value.value())?;
-            if record.owner == *tenant {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        let mut all = self.all_functions()?;
+        all.retain(|record| record.owner == *tenant);
+        Ok(all)
     }
 
     /// Inserts or replaces a function, keeping `created_at` and the access list of an earlier
@@ -230,14 +494,11 @@ impl Registry {
         mut record: FunctionRecord,
         check: impl FnOnce(Option<&FunctionRecord>) -> Result<(), E>,
     ) -> Result<Result<FunctionRecord, E>, RegistryError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        {
+        self.write_unless_refused(|tx| {
+            let name = record.name.clone();
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            let existing: Option<FunctionRecord> = functions
-                .get(record.name.as_str())
-                .map_err(db)?
-                .map(|b| decode(record.name.as_str(), b.value()))
-                .transpose()?;
+            let existing: Option<FunctionRecord> =
+                self.get(&functions, FUNCTIONS, name.as_str().as_bytes())?;
             if let Err(refused) = check(existing.as_ref()) {
                 return Ok(Err(refused));
             }
@@ -245,12 +506,9 @@ impl Registry {
                 record.created_at = existing.created_at;
                 record.access = existing.access;
             }
-            functions
-                .insert(record.name.as_str(), encode(&record).as_slice())
-                .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
-        Ok(Ok(record))
+            self.put(&mut functions, FUNCTIONS, name.as_str().as_bytes(), &record)?;
+            Ok(Ok(record))
+        })
     }
 
     /// Changes a function's access list in one transaction.
@@ -259,22 +517,16 @@ impl Registry {
         name: &FunctionName,
         change: impl FnOnce(&mut Access),
     ) -> Result<FunctionRecord, RegistryError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        let record = {
+        self.write(|tx| {
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            let mut record: FunctionRecord = match functions.get(name.as_str()).map_err(db)? {
-                Some(bytes) => decode(name.as_str(), bytes.value())?,
-                None => return Err(RegistryError::NoSuchFunction(name.clone())),
-            };
+            let mut record: FunctionRecord = self
+                .get(&functions, FUNCTIONS, name.as_str().as_bytes())?
+                .ok_or_else(|| RegistryError::NoSuchFunction(name.clone()))?;
             change(&mut record.access);
             record.updated_at = now();
-            functions
-                .insert(name.as_str(), encode(&record).as_slice())
-                .map_err(db)?;
-            record
-        };
-        tx.commit().map_err(db)?;
-        Ok(record)
+            self.put(&mut functions, FUNCTIONS, name.as_str().as_bytes(), &record)?;
+            Ok(record)
+        })
     }
 
     /// Removes a function; returns what was removed.
@@ -282,110 +534,58 @@ impl Registry {
         &self,
         name: &FunctionName,
     ) -> Result<Option<FunctionRecord>, RegistryError> {
-        let tx = self.db.begin_write().map_err(db)?;
-        let removed = {
+        self.write(|tx| {
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            let removed = functions.remove(name.as_str()).map_err(db)?;
-            removed
-                .map(|b| decode::<FunctionRecord>(name.as_str(), b.value()))
-                .transpose()?
-        };
-        tx.commit().map_err(db)?;
-        Ok(removed)
+            self.remove(&mut functions, FUNCTIONS, name.as_str().as_bytes())
+        })
     }
 
     /// Whether any function still refers to the blob `hash` (blobs are shared by content).
     pub fn blob_in_use(&self, hash: &ContentHash) -> Result<bool, RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
-        let functions = tx.open_table(FUNCTIONS).map_err(db)?;
-        for entry in functions.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let record: FunctionRecord = decode(key.value(), value.value())?;
-            if record.hash == *hash {
-                return Ok(true);
-            }
+        Ok(self
+            .all_functions()?
+            .iter()
+            .any(|record| record.hash == *hash))
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("registry records always serialize")
+}
+
+fn new_data_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).expect("the operating system's random number generator");
+    key
+}
+
+fn unwrap_data_key(
+    path: &Path,
+    stored: &[u8],
+    sealing: &SealingKey,
+) -> Result<[u8; 32], RegistryError> {
+    let what = "the wrapped data key";
+    let stored: WrappedDataKey =
+        serde_json::from_slice(stored).map_err(|source| RegistryError::Corrupt {
+            what: what.into(),
+            source,
+        })?;
+    let wrapped =
+        hex::decode(&stored.wrapped).map_err(|_| RegistryError::Tampered { what: what.into() })?;
+    match sealed::open(&sealing.key, DATA_KEY_CONTEXT, &wrapped) {
+        Ok(key) => key
+            .try_into()
+            .map_err(|_| RegistryError::Tampered { what: what.into() }),
+        Err(_) if stored.bound_to != sealing.bound_to => {
+            Err(RegistryError::SealedForAnotherBuild {
+                path: path.display().to_string(),
+                sealed_for: stored.bound_to,
+                this: sealing.bound_to.clone(),
+            })
         }
-        Ok(false)
+        Err(_) => Err(RegistryError::Tampered { what: what.into() }),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tenant(name: &str) -> TenantName {
-        TenantName::new(name).unwrap()
-    }
-
-    #[test]
-    fn tokens_authenticate_rotate_and_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("registry.redb");
-        let (admin, acme_token) = {
-            let registry = Registry::open(&path).unwrap();
-            let admin = registry.ensure_admin_token().unwrap().expect("first start");
-            assert!(
-                registry.ensure_admin_token().unwrap().is_none(),
-                "shown once"
-            );
-            let (_, token) = registry.create_tenant(&tenant("acme")).unwrap();
-            assert!(matches!(
-                registry.create_tenant(&tenant("acme")),
-                Err(RegistryError::TenantExists(_))
-            ));
-            (admin, token)
-        };
-        let registry = Registry::open(&path).unwrap();
-        assert_eq!(
-            registry.authenticate(admin.secret()).unwrap(),
-            Some(Principal::Admin)
-        );
-        assert_eq!(
-            registry.authenticate(acme_token.secret()).unwrap(),
-            Some(Principal::Tenant(tenant("acme")))
-        );
-        assert_eq!(registry.authenticate("cella_guess").unwrap(), None);
-
-        let fresh = registry.rotate_tenant_token(&tenant("acme")).unwrap();
-        assert_eq!(registry.authenticate(acme_token.secret()).unwrap(), None);
-        assert!(registry.authenticate(fresh.secret()).unwrap().is_some());
-    }
-
-    #[test]
-    fn redeploy_keeps_access_and_check_can_refuse() {
-        let dir = tempfile::tempdir().unwrap();
-        let registry = Registry::open(&dir.path().join("r.redb")).unwrap();
-        let name = FunctionName::new("f").unwrap();
-        let record = |bytes: &[u8]| {
-            FunctionRecord::new(
-                name.clone(),
-                tenant("acme"),
-                ContentHash::of(bytes),
-                FunctionKind::WasiCommand,
-                bytes.len() as u64,
-                Limits::default(),
-            )
-        };
-        registry
-            .put_function(record(b"v1"), |_| Ok::<_, ()>(()))
-            .unwrap()
-            .unwrap();
-        registry
-            .update_access(&name, |a| {
-                a.tenants.insert(tenant("beta"));
-            })
-            .unwrap();
-        let v2 = registry
-            .put_function(record(b"v2"), |_| Ok::<_, ()>(()))
-            .unwrap()
-            .unwrap();
-        assert!(v2.access.allows(&tenant("beta")));
-        assert_eq!(v2.hash, ContentHash::of(b"v2"));
-        let refused = registry.put_function(record(b"v3"), |_| Err("no")).unwrap();
-        assert_eq!(refused, Err("no"));
-        assert_eq!(registry.function(&name).unwrap().unwrap().hash, v2.hash);
-        assert!(registry.blob_in_use(&v2.hash).unwrap());
-        assert!(registry.delete_function(&name).unwrap().is_some());
-        assert!(registry.function(&name).unwrap().is_none());
-    }
-}
+mod tests;

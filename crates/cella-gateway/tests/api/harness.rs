@@ -114,6 +114,14 @@ impl Node {
         Self::boot(dir, Some(token), Options::default()).await
     }
 
+    /// Stops the server and closes the platform; the data directory stays for inspection.
+    pub async fn stop(mut self) -> Arc<TempDir> {
+        let dir = self.dir.clone();
+        self.shutdown().await;
+        drop(self);
+        dir
+    }
+
     async fn shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());

@@ -116,6 +116,40 @@ async fn tenants_functions_and_tokens_survive_a_restart() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_registry_put_back_is_refused_and_clients_notice_rollback() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    node.admin.create_tenant("beta").await.unwrap();
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    let deployed = acme.registry_version();
+    assert!(deployed > 0, "responses carry the registry version");
+    let before_grant = std::fs::read(node.data_dir().join("registry.redb")).unwrap();
+    acme.grant("echo", "beta").await.unwrap();
+    assert!(
+        acme.registry_version() > deployed,
+        "every change moves it forward"
+    );
+
+    // A client that remembers a later version than the node serves refuses the answer.
+    let wary = cella_client::Client::new(&node.url, None);
+    wary.expect_registry_version(acme.registry_version() + 5);
+    let refused = wary.health().await.unwrap_err();
+    assert!(
+        matches!(refused, cella_client::ClientError::RolledBack { .. }),
+        "{refused}"
+    );
+
+    // The host puts back the registry from before the grant: the node refuses to start on it.
+    let dir = node.stop().await;
+    std::fs::write(dir.path().join("registry.redb"), before_grant).unwrap();
+    let error = cella_runtime::Platform::open(cella_runtime::PlatformConfig::new(dir.path()))
+        .err()
+        .expect("an older registry must be refused");
+    assert_eq!(error.code(), cella_runtime::ErrorCode::IntegrityError);
+    assert!(error.to_string().contains("older copy"), "{error}");
+}
+
 trait WithAccess {
     fn clone_with_access(&self, other: &Self) -> Self;
 }

@@ -1,0 +1,283 @@
+use super::*;
+use cella_core::{FunctionKind, Limits};
+
+fn tenant(name: &str) -> TenantName {
+    TenantName::new(name).unwrap()
+}
+
+fn sealing_key() -> SealingKey {
+    SealingKey {
+        key: [42; 32],
+        bound_to: "measurement aaaa".into(),
+    }
+}
+
+fn open(path: &Path) -> Result<Registry, RegistryError> {
+    Registry::open(path, &sealing_key())
+}
+
+/// Plays the host: edits the database file behind the registry's back.
+fn edit_raw(path: &Path, edit: impl FnOnce(&mut redb::Table<&'static [u8], &'static [u8]>)) {
+    let db = Database::create(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut tenants = tx.open_table(TENANTS).unwrap();
+        edit(&mut tenants);
+    }
+    tx.commit().unwrap();
+}
+
+fn raw_entries(table: &redb::Table<&'static [u8], &'static [u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    table
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn tokens_authenticate_rotate_and_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let (admin, acme_token) = {
+        let registry = open(&path).unwrap();
+        let admin = registry.ensure_admin_token().unwrap().expect("first start");
+        assert!(
+            registry.ensure_admin_token().unwrap().is_none(),
+            "shown once"
+        );
+        let (_, token) = registry.create_tenant(&tenant("acme")).unwrap();
+        assert!(matches!(
+            registry.create_tenant(&tenant("acme")),
+            Err(RegistryError::TenantExists(_))
+        ));
+        (admin, token)
+    };
+    let registry = open(&path).unwrap();
+    assert_eq!(
+        registry.authenticate(admin.secret()).unwrap(),
+        Some(Principal::Admin)
+    );
+    assert_eq!(
+        registry.authenticate(acme_token.secret()).unwrap(),
+        Some(Principal::Tenant(tenant("acme")))
+    );
+    assert_eq!(registry.authenticate("cella_guess").unwrap(), None);
+
+    let fresh = registry.rotate_tenant_token(&tenant("acme")).unwrap();
+    assert_eq!(registry.authenticate(acme_token.secret()).unwrap(), None);
+    assert!(registry.authenticate(fresh.secret()).unwrap().is_some());
+}
+
+#[test]
+fn redeploy_keeps_access_and_check_can_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("r.redb")).unwrap();
+    let name = FunctionName::new("f").unwrap();
+    let record = |bytes: &[u8]| {
+        FunctionRecord::new(
+            name.clone(),
+            tenant("acme"),
+            ContentHash::of(bytes),
+            FunctionKind::WasiCommand,
+            bytes.len() as u64,
+            Limits::default(),
+        )
+    };
+    registry
+        .put_function(record(b"v1"), |_| Ok::<_, ()>(()))
+        .unwrap()
+        .unwrap();
+    registry
+        .update_access(&name, |a| {
+            a.tenants.insert(tenant("beta"));
+        })
+        .unwrap();
+    let v2 = registry
+        .put_function(record(b"v2"), |_| Ok::<_, ()>(()))
+        .unwrap()
+        .unwrap();
+    assert!(v2.access.allows(&tenant("beta")));
+    assert_eq!(v2.hash, ContentHash::of(b"v2"));
+    let version = registry.version();
+    let refused = registry.put_function(record(b"v3"), |_| Err("no")).unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(
+        registry.version(),
+        version,
+        "a refused write changes nothing"
+    );
+    assert_eq!(registry.function(&name).unwrap().unwrap().hash, v2.hash);
+    assert!(registry.blob_in_use(&v2.hash).unwrap());
+    assert!(registry.delete_function(&name).unwrap().is_some());
+    assert!(registry.function(&name).unwrap().is_none());
+}
+
+#[test]
+fn the_file_holds_no_names_tokens_or_token_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let token = {
+        let registry = open(&path).unwrap();
+        registry
+            .create_tenant(&tenant("secret-tenant-name"))
+            .unwrap()
+            .1
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    let contains = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(b"secret-tenant-name"));
+    assert!(!contains(token.secret().as_bytes()));
+    assert!(!contains(&token.hash()));
+    assert!(!contains(hex::encode(token.hash()).as_bytes()));
+}
+
+#[test]
+fn a_flipped_truncated_or_swapped_record_is_detected_and_never_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    {
+        let registry = open(&path).unwrap();
+        registry.create_tenant(&tenant("acme")).unwrap();
+        registry.create_tenant(&tenant("beta")).unwrap();
+    }
+    let original = std::fs::read(&path).unwrap();
+    let tampered_on_read = |path: &Path| {
+        let registry = open(path).unwrap();
+        let results = [
+            registry.tenant(&tenant("acme")).map(|_| ()),
+            registry.tenant(&tenant("beta")).map(|_| ()),
+            registry.tenants().map(|_| ()),
+        ];
+        results
+            .into_iter()
+            .filter(|r| matches!(r, Err(RegistryError::Tampered { .. })))
+            .count()
+    };
+
+    // A flipped bit in one record.
+    edit_raw(&path, |table| {
+        let (key, mut value) = raw_entries(table).remove(0);
+        *value.last_mut().unwrap() ^= 1;
+        table.insert(key.as_slice(), value.as_slice()).unwrap();
+    });
+    assert_eq!(tampered_on_read(&path), 2, "the record and the listing");
+
+    // A truncated record.
+    std::fs::write(&path, &original).unwrap();
+    edit_raw(&path, |table| {
+        let (key, value) = raw_entries(table).remove(0);
+        table
+            .insert(key.as_slice(), &value[..value.len() / 2])
+            .unwrap();
+    });
+    assert_eq!(tampered_on_read(&path), 2);
+
+    // Two records swapped: each is intact but under the other's name.
+    std::fs::write(&path, &original).unwrap();
+    edit_raw(&path, |table| {
+        let entries = raw_entries(table);
+        table
+            .insert(entries[0].0.as_slice(), entries[1].1.as_slice())
+            .unwrap();
+        table
+            .insert(entries[1].0.as_slice(), entries[0].1.as_slice())
+            .unwrap();
+    });
+    assert_eq!(tampered_on_read(&path), 3);
+
+    let message = open(&path).unwrap().tenants().unwrap_err().to_string();
+    assert!(message.contains("failed authentication"), "{message}");
+    assert!(message.contains("restore the data directory"), "{message}");
+}
+
+#[test]
+fn an_older_copy_of_the_registry_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let old_copy = dir.path().join("old.redb");
+    {
+        let registry = open(&path).unwrap();
+        registry.create_tenant(&tenant("acme")).unwrap();
+        std::fs::copy(&path, &old_copy).unwrap();
+        let (_, token) = registry.create_tenant(&tenant("beta")).unwrap();
+        registry.rotate_tenant_token(&tenant("beta")).unwrap();
+        assert!(registry.authenticate(token.secret()).unwrap().is_none());
+        assert_eq!(registry.version(), 3);
+    }
+    // The host puts the old database back (say, to revive a revoked token).
+    std::fs::copy(&old_copy, &path).unwrap();
+    match open(&path) {
+        Err(RegistryError::RolledBack { found, expected }) => {
+            assert!(found < expected, "{found} < {expected}")
+        }
+        Err(other) => panic!("expected a rollback error, got {other}"),
+        Ok(_) => panic!("an older registry was accepted"),
+    }
+}
+
+#[test]
+fn the_version_file_catches_up_after_a_crash_and_cannot_be_forged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let version_file = path.with_extension("version");
+    let version = {
+        let registry = open(&path).unwrap();
+        registry.create_tenant(&tenant("acme")).unwrap();
+        registry.version()
+    };
+    // A crash between the commit and the file write leaves the file behind: accepted.
+    std::fs::remove_file(&version_file).unwrap();
+    assert_eq!(open(&path).unwrap().version(), version);
+    // The file cannot be edited to claim anything.
+    let mut bytes = std::fs::read(&version_file).unwrap();
+    bytes[30] ^= 1;
+    std::fs::write(&version_file, bytes).unwrap();
+    assert!(matches!(open(&path), Err(RegistryError::Tampered { .. })));
+}
+
+#[test]
+fn another_build_cannot_open_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    open(&path).unwrap().create_tenant(&tenant("acme")).unwrap();
+    let other = SealingKey {
+        key: [43; 32],
+        bound_to: "measurement bbbb".into(),
+    };
+    let error = Registry::open(&path, &other).err().expect("refused");
+    assert!(
+        matches!(error, RegistryError::SealedForAnotherBuild { .. }),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("measurement aaaa") && message.contains("measurement bbbb"));
+    // The same claim of binding with the wrong key: a forged or damaged key record.
+    let forged = SealingKey {
+        key: [43; 32],
+        bound_to: "measurement aaaa".into(),
+    };
+    assert!(matches!(
+        Registry::open(&path, &forged),
+        Err(RegistryError::Tampered { .. })
+    ));
+}
+
+#[test]
+fn a_registry_from_before_sealing_is_refused_with_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(TableDefinition::<&str, &[u8]>::new("tenants"))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let error = open(&path).err().expect("refused");
+    assert!(matches!(error, RegistryError::Unsealed { .. }));
+    assert!(error.to_string().contains("--data-dir"));
+}
