@@ -90,6 +90,11 @@ fn verification_text(url: &str, verification: &Verification, anchor_from: Option
         None => "evidence not verified".to_owned(),
     };
     let _ = writeln!(out, "node {url}: {label}");
+    if let Some(claims) = &verification.claims {
+        for (register, value) in &claims.details {
+            let _ = writeln!(out, "  {register}: {}", short(value));
+        }
+    }
     if let Some(path) = anchor_from {
         let _ = writeln!(
             out,
@@ -211,7 +216,7 @@ pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "probes": probes,
                 "hardware": hardware,
-                "up_uses": "sim",
+                "up_uses": hardware.map_or("sim", |tee| tee.as_str()),
             }))?
         ),
         Format::Text => {
@@ -225,10 +230,9 @@ pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
                 );
             }
             match hardware {
-                Some(tee) => println!(
-                    "`cella up` will use: SIMULATED ({tee} was found, but this build has no \
-                     {tee} attester yet)"
-                ),
+                Some(tee) => {
+                    println!("`cella up` will use: {tee} (the simulated TEE only with --tee sim)")
+                }
                 None => println!(
                     "`cella up` will use: SIMULATED (no hardware TEE found; simulated evidence \
                      proves nothing about hardware)"
@@ -237,4 +241,99 @@ pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod golden {
+    //! The ✔/✗ lines of `cella verify`, pinned as snapshots. Hardware cases use the published
+    //! sample quotes at a fixed time, so the output is the same on every run.
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use cella_tee::{Evidence, Policy, TeeType};
+
+    use super::verification_text;
+
+    const URL: &str = "https://node.example:7070";
+
+    fn pinned() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_751_328_000)
+    }
+
+    fn sample(tee: TeeType) -> Evidence {
+        let (quote, collateral): (&[u8], &[u8]) = match tee {
+            TeeType::Tdx => (
+                include_bytes!("../../cella-tee/testdata/dcap/tdx_quote"),
+                include_bytes!("../../cella-tee/testdata/dcap/tdx_quote_collateral.json"),
+            ),
+            _ => (
+                include_bytes!("../../cella-tee/testdata/dcap/sgx_quote"),
+                include_bytes!("../../cella-tee/testdata/dcap/sgx_quote_collateral.json"),
+            ),
+        };
+        Evidence {
+            tee,
+            quote: quote.to_vec(),
+            collateral: collateral.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_pinned_tdx_node_passes() {
+        let evidence = sample(TeeType::Tdx);
+        let mut policy = Policy::default();
+        let claims = policy
+            .verify_with_anchors(&evidence, None, pinned())
+            .unwrap();
+        policy.measurements = vec![claims.claims.unwrap().measurement];
+        let verdict = policy
+            .verify_with_anchors(&evidence, None, pinned())
+            .unwrap();
+        assert!(verdict.passed());
+        insta::assert_snapshot!(verification_text(URL, &verdict, None));
+    }
+
+    #[test]
+    fn an_unpinned_sgx_node_that_needs_patches_fails_with_fixes() {
+        let verdict = Policy::default()
+            .verify_with_anchors(&sample(TeeType::Sgx), None, pinned())
+            .unwrap();
+        assert!(!verdict.passed());
+        insta::assert_snapshot!(verification_text(URL, &verdict, None));
+    }
+
+    #[test]
+    fn expired_collateral_fails_at_the_evidence() {
+        let later = pinned() + Duration::from_secs(90 * 86_400);
+        let verdict = Policy::default()
+            .verify_with_anchors(&sample(TeeType::Tdx), None, later)
+            .unwrap();
+        insta::assert_snapshot!(verification_text(URL, &verdict, None));
+    }
+
+    #[test]
+    fn simulated_evidence_is_refused_unless_allowed() {
+        use cella_tee::sim::{SimAttester, SimPlatform};
+        use cella_tee::{Attester, Measurement, report_data_for};
+        let dir = tempfile::tempdir().unwrap();
+        let platform = SimPlatform::load_or_create(dir.path()).unwrap();
+        let attester = SimAttester::new(platform, Measurement([7; 48]), 1);
+        let evidence = attester
+            .attest(&report_data_for(b"node key", b"nonce"))
+            .unwrap();
+        let policy = Policy {
+            sim_anchors: vec![attester.anchor_hex()],
+            ..Policy::default()
+        };
+        let stale = report_data_for(b"node key", b"another nonce");
+        let verdict = policy
+            .verify_with_anchors(&evidence, Some(&stale), SystemTime::now())
+            .unwrap();
+        let anchor_file = dir.path().join("sim-platform.pub");
+        insta::with_settings!({filters => vec![
+            (r"platform [0-9a-f]{64}", "platform [platform id]"),
+            (r"/[^ ]*/sim-platform.pub", "[data dir]/sim-platform.pub"),
+        ]}, {
+            insta::assert_snapshot!(verification_text(URL, &verdict, Some(&anchor_file)));
+        });
+    }
 }

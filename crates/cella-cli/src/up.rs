@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use cella_runtime::{Platform, PlatformConfig, RuntimeError};
+use cella_runtime::{Platform, PlatformConfig, RuntimeError, TeeMode};
 use cella_store::{RegistryError, Token};
 use clap::Args;
 use tokio::net::TcpListener;
@@ -27,6 +27,16 @@ pub(crate) struct UpArgs {
     /// Where the built example functions are (for --demo).
     #[arg(long, env = "CELLA_GUESTS_DIR", default_value = "guests/dist")]
     guests: PathBuf,
+    /// `auto`: the hardware TEE where one is found (an error if its attester fails), else the
+    /// simulated one; `sim`: the simulated TEE even on hardware.
+    #[arg(long, env = "CELLA_TEE", value_enum, default_value_t = Tee::Auto)]
+    tee: Tee,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Tee {
+    Auto,
+    Sim,
 }
 
 /// The admin token file in a data directory, readable only by its owner.
@@ -88,6 +98,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     platform_config.tenant_concurrency = config.gateway.tenant_concurrency;
     platform_config.sandbox.instances = config.sandbox.instances;
     platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
+    platform_config.tee = match args.tee {
+        Tee::Auto => TeeMode::Auto,
+        Tee::Sim => TeeMode::Simulated,
+    };
     let platform = match Platform::open(platform_config.clone()) {
         Err(RuntimeError::Registry(
             sealed @ (RegistryError::SealedForAnotherBuild { .. } | RegistryError::Unsealed { .. }),
@@ -135,7 +149,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             "TEE: SIMULATED — {}; evidence is signed by the simulated platform key (trust \
              anchor: {}) and proves nothing about hardware",
             match platform.unused_hardware() {
-                Some(found) => format!("{found} found but not yet supported by this build"),
+                Some(found) => format!("{found} found but left unused (--tee sim)"),
                 None => "no hardware TEE found".to_owned(),
             },
             platform

@@ -271,7 +271,7 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
         &["verify", "--allow-simulated", "--measurement", &measurement],
         None,
     ));
-    assert!(pinned.contains("✔ report data"), "{pinned}");
+    assert!(pinned.contains("✔ key and nonce"), "{pinned}");
     assert!(pinned.contains("verified"), "{pinned}");
     let strict = cella_with_policy(
         &server,

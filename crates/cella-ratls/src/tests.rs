@@ -137,7 +137,7 @@ async fn evidence_copied_into_another_certificate_is_refused() {
     let err = exchange(impostor, verifier.client_config().unwrap())
         .await
         .unwrap_err();
-    assert!(err.contains("report data"), "{err}");
+    assert!(err.contains("key and nonce"), "{err}");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ mod logs;
 mod metrics;
 mod platform;
 
-pub use attestation::MAX_NONCE_BYTES;
+pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use error::{ErrorCode, RuntimeError};
 pub use logs::InvocationLog;
 pub use metrics::Metrics;

@@ -13,7 +13,7 @@ use cella_sandbox::{
 use cella_store::{BlobError, BlobStore, Principal, Registry, RegistryError, Tenant, Token};
 use cella_tee::{AttestationReport, Measurement, TeeType};
 
-use crate::attestation::{Identity, MAX_NONCE_BYTES};
+use crate::attestation::{Identity, MAX_NONCE_BYTES, TeeMode};
 use crate::code_cache::CodeCache;
 use crate::concurrency::ConcurrencyLimits;
 use crate::logs::{InvocationLog, InvocationLogs, invocation_id};
@@ -31,8 +31,10 @@ pub struct PlatformConfig {
     /// Invocations one caller may have running at once.
     pub tenant_concurrency: usize,
     pub sandbox: SandboxConfig,
-    /// The platform build the TEE measures (the running executable by default).
+    /// The platform build the simulated TEE measures (the running executable by default).
     pub executable: Option<PathBuf>,
+    /// Hardware TEE where found, or the simulated one regardless.
+    pub tee: TeeMode,
 }
 
 impl PlatformConfig {
@@ -44,6 +46,7 @@ impl PlatformConfig {
             tenant_concurrency: 64,
             sandbox: SandboxConfig::default(),
             executable: None,
+            tee: TeeMode::Auto,
         }
     }
 }
@@ -123,7 +126,7 @@ impl Platform {
                 config.data_dir.display()
             ))
         })?;
-        let identity = Identity::open(&config.data_dir, config.executable.as_deref())?;
+        let identity = Identity::open(&config.data_dir, config.executable.as_deref(), config.tee)?;
         let registry = Registry::open(
             &config.data_dir.join("registry.redb"),
             &identity.registry_key,
@@ -163,7 +166,7 @@ impl Platform {
         (self.identity.tee(), self.identity.measurement())
     }
 
-    /// A hardware TEE found on this machine but not used (this build has no attester for it).
+    /// A hardware TEE found on this machine but not used (`TeeMode::Simulated`).
     pub fn unused_hardware(&self) -> Option<TeeType> {
         self.identity.hardware_found
     }

@@ -134,12 +134,17 @@ pub fn report_data_for(public_key: &[u8], nonce: &[u8]) -> ReportData {
     ReportData(hash.finalize().into())
 }
 
-/// Evidence as it travels: the TEE type and the backend's own bytes (a quote or report).
+/// Evidence as it travels: the TEE type, the backend's own bytes (a quote or report) and the
+/// public endorsements a verifier needs beside them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     pub tee: TeeType,
     #[serde(with = "hex_bytes")]
     pub quote: Vec<u8>,
+    /// DCAP: the collateral JSON (TCB info, QE identity, CRLs); SEV-SNP: the chip's VCEK
+    /// (DER). Signed under the vendor's root, so it needs no trusted channel. Empty for sim.
+    #[serde(default, with = "hex_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub collateral: Vec<u8>,
 }
 
 mod hex_bytes {
@@ -163,8 +168,19 @@ pub struct Claims {
     #[serde(serialize_with = "hex_array")]
     pub report_data: [u8; 64],
     pub security_version: u32,
-    /// Identifies the platform (for sim: a hash of its platform key).
+    /// Identifies the platform (sim: a hash of its platform key; SGX/TDX: the PPID; SEV-SNP:
+    /// the start of the chip id).
     pub platform_id: String,
+    /// The vendor's verdict on the platform's patch level (DCAP: `UpToDate`,
+    /// `SWHardeningNeeded`, `OutOfDate`, …); none for backends without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcb_status: Option<String>,
+    /// Security advisories that apply to this platform (DCAP).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub advisories: Vec<String>,
+    /// The backend's registers behind `measurement` (MRENCLAVE, MRTD, RTMRs, policy, …).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
 fn hex_array<S: serde::Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
@@ -177,6 +193,8 @@ pub enum VerifyError {
     Malformed(String),
     #[error("the evidence's signature does not verify against any trusted {tee} platform key")]
     BadSignature { tee: TeeType },
+    #[error("{tee} evidence rejected: {reason}")]
+    Rejected { tee: TeeType, reason: String },
     #[error("no verifier for {0} evidence is configured")]
     NoVerifier(TeeType),
 }

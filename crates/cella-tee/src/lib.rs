@@ -10,15 +10,21 @@
 //!
 //! Backends: [`sim`] (a simulated TEE for machines without hardware: same shapes, signed by a
 //! per-data-directory platform key, always labelled simulated and refused unless a policy
-//! allows it). [`detect`] reports which hardware interfaces a machine offers.
+//! allows it); [`DcapVerifier`] for Intel SGX and TDX quotes and [`SnpVerifier`] for AMD
+//! SEV-SNP reports, both offline and pure-Rust. [`detect`] reports which hardware interfaces a
+//! machine offers.
 #![forbid(unsafe_code)]
 
+mod dcap;
 pub mod detect;
 mod evidence;
+pub mod hardware;
 mod policy;
 mod sealing;
 pub mod sim;
+mod snp;
 
+pub use dcap::{DcapVerifier, sgx_measurement, tdx_measurement};
 pub use evidence::{
     AttestationReport, Claims, Evidence, Measurement, ReportData, TeeType, VerifyError,
     report_data_for,
@@ -26,6 +32,7 @@ pub use evidence::{
 pub use policy::{Check, Policy, Verification};
 pub use sealing::{SealingKeys, derive_sealing_key};
 pub use sim::SimPlatformFiles;
+pub use snp::SnpVerifier;
 
 /// Produces evidence about the platform this process runs on.
 pub trait Attester: Send + Sync {

@@ -13,6 +13,7 @@ use crate::{Claims, Evidence, Measurement, ReportData, TeeType, Verifier};
 /// allowed_tee = ["tdx", "sev-snp", "sgx"]
 /// measurements = ["<96 hex digits>"]   # the platform builds you trust
 /// min_security_version = 0
+/// accepted_tcb_status = ["UpToDate"]   # DCAP verdicts on the platform's patch level
 /// allow_simulated = false              # true only for testing: sim evidence proves nothing
 /// sim_anchors = ["<64 hex digits>"]    # simulated platforms' public keys
 /// ```
@@ -25,10 +26,17 @@ pub struct Policy {
     pub measurements: Vec<Measurement>,
     #[serde(default)]
     pub min_security_version: u32,
+    /// TCB statuses (DCAP) to accept; a platform that needs patches is refused unless listed.
+    #[serde(default = "up_to_date")]
+    pub accepted_tcb_status: Vec<String>,
     #[serde(default)]
     pub allow_simulated: bool,
     #[serde(default)]
     pub sim_anchors: Vec<String>,
+}
+
+fn up_to_date() -> Vec<String> {
+    vec!["UpToDate".to_owned()]
 }
 
 fn hardware_tees() -> Vec<TeeType> {
@@ -41,6 +49,7 @@ impl Default for Policy {
             allowed_tee: hardware_tees(),
             measurements: Vec::new(),
             min_security_version: 0,
+            accepted_tcb_status: up_to_date(),
             allow_simulated: false,
             sim_anchors: Vec::new(),
         }
@@ -98,7 +107,8 @@ impl Policy {
         now: SystemTime,
     ) -> Result<Verification, crate::VerifyError> {
         let sim = crate::sim::SimVerifier::new(&self.sim_anchors)?;
-        let verifiers: [&dyn Verifier; 1] = [&sim];
+        let (sgx, tdx) = (crate::DcapVerifier::sgx(), crate::DcapVerifier::tdx());
+        let verifiers: [&dyn Verifier; 4] = [&sim, &sgx, &tdx, &crate::SnpVerifier];
         Ok(self.verify(evidence, &verifiers, expected_report_data, now))
     }
 
@@ -128,7 +138,14 @@ impl Policy {
             }
             Err(reason) => {
                 let mut failed = check("evidence", false, "signed by a trusted platform", reason);
-                if evidence.tee == TeeType::Sim {
+                if evidence.tee != TeeType::Sim {
+                    failed.fix = Some(
+                        "if the reason names expired or missing collateral, the node's operator \
+                         must refresh it from the platform's caching service (PCCS); otherwise \
+                         do not trust this node"
+                            .into(),
+                    );
+                } else {
                     failed.fix = Some(
                         "trust the simulated platform's public key (`sim_anchors` in the policy, \
                          or --sim-anchor); it is in `sim-platform.pub` in the node's data directory"
@@ -211,9 +228,29 @@ impl Policy {
             claims.security_version.to_string(),
         ));
 
+        if let Some(status) = &claims.tcb_status {
+            let mut tcb = check(
+                "TCB status",
+                self.accepted_tcb_status.contains(status),
+                self.accepted_tcb_status.join(" | "),
+                if claims.advisories.is_empty() {
+                    status.clone()
+                } else {
+                    format!("{status} ({})", claims.advisories.join(", "))
+                },
+            );
+            if !tcb.ok {
+                tcb.fix = Some(format!(
+                    "the platform needs updates from its operator; to accept it as it is, add \
+                     \"{status}\" to `accepted_tcb_status` in the policy"
+                ));
+            }
+            checks.push(tcb);
+        }
+
         if let Some(expected) = expected_report_data {
             checks.push(check(
-                "report data",
+                "key and nonce",
                 expected.0 == claims.report_data,
                 hex::encode(expected.0),
                 hex::encode(claims.report_data),
@@ -312,7 +349,7 @@ mod tests {
         let stale = report_data_for(b"server key", b"an older nonce");
         assert_eq!(
             failed(&pinned.verify(&evidence, &verifiers, Some(&stale), now)),
-            ["report data"]
+            ["key and nonce"]
         );
 
         let newer = Policy {
@@ -347,5 +384,57 @@ mod tests {
         assert_eq!(policy.min_security_version, 4);
         assert!(toml::from_str::<Policy>("allow_simulatd = true").is_err());
         assert!(toml::from_str::<Policy>("measurements = [\"abc\"]").is_err());
+    }
+
+    #[test]
+    fn hardware_evidence_is_judged_on_measurement_and_tcb_status() {
+        let evidence = |tee, quote: &[u8], collateral: &[u8]| Evidence {
+            tee,
+            quote: quote.to_vec(),
+            collateral: collateral.to_vec(),
+        };
+        let pinned = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_751_328_000);
+        let tdx = evidence(
+            TeeType::Tdx,
+            include_bytes!("../testdata/dcap/tdx_quote"),
+            include_bytes!("../testdata/dcap/tdx_quote_collateral.json"),
+        );
+        let mut policy = Policy::default();
+        let unpinned = policy.verify_with_anchors(&tdx, None, pinned).unwrap();
+        assert_eq!(failed(&unpinned), ["measurement"]);
+        policy.measurements = vec![unpinned.claims.unwrap().measurement];
+        let verdict = policy.verify_with_anchors(&tdx, None, pinned).unwrap();
+        assert!(verdict.passed(), "{:?}", verdict.checks);
+        assert!(verdict.checks.iter().any(|c| c.name == "TCB status"));
+
+        // The SGX sample's platform needs configuration and software hardening.
+        let sgx = evidence(
+            TeeType::Sgx,
+            include_bytes!("../testdata/dcap/sgx_quote"),
+            include_bytes!("../testdata/dcap/sgx_quote_collateral.json"),
+        );
+        let claims = policy
+            .verify_with_anchors(&sgx, None, pinned)
+            .unwrap()
+            .claims;
+        policy.measurements = vec![claims.unwrap().measurement];
+        let verdict = policy.verify_with_anchors(&sgx, None, pinned).unwrap();
+        assert_eq!(failed(&verdict), ["TCB status"]);
+        let fix = verdict.checks.iter().find(|c| !c.ok).unwrap().fix.clone();
+        assert!(fix.unwrap().contains("accepted_tcb_status"));
+        policy
+            .accepted_tcb_status
+            .push("ConfigurationAndSWHardeningNeeded".into());
+        assert!(
+            policy
+                .verify_with_anchors(&sgx, None, pinned)
+                .unwrap()
+                .passed()
+        );
+
+        // Expired collateral: the evidence itself fails.
+        let later = pinned + std::time::Duration::from_secs(60 * 86_400);
+        let expired = policy.verify_with_anchors(&sgx, None, later).unwrap();
+        assert_eq!(failed(&expired), ["evidence"]);
     }
 }

@@ -162,6 +162,7 @@ impl Attester for SimAttester {
         Ok(Evidence {
             tee: TeeType::Sim,
             quote,
+            collateral: Vec::new(),
         })
     }
 }
@@ -252,6 +253,9 @@ impl Verifier for SimVerifier {
             report_data,
             security_version: u32::from_le_bytes(signed[11..15].try_into().expect("4 bytes")),
             platform_id: hex::encode(&signed[127..159]),
+            tcb_status: None,
+            advisories: Vec::new(),
+            details: Default::default(),
         })
     }
 }

@@ -55,7 +55,7 @@ async fn verify_node_passes_only_under_a_policy_that_accepts_this_node() {
             "hardware",
             "measurement",
             "security version",
-            "report data",
+            "key and nonce",
             "TLS key"
         ]
     );
