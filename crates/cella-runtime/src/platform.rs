@@ -131,7 +131,7 @@ impl Platform {
             &config.data_dir.join("registry.redb"),
             &identity.registry_key,
         )?;
-        let blobs = BlobStore::local(&config.data_dir.join("blobs"))?;
+        let blobs = BlobStore::local(&config.data_dir.join("blobs"), registry.blob_key())?;
         // The instance pool must fit the largest memory any function may ask for.
         let mut config = config;
         config.sandbox.max_memory_bytes = config.max_limits.memory_bytes;

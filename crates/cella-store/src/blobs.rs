@@ -1,5 +1,8 @@
 //! Function bytes, addressed by content hash, in any object_store backend. The store is
-//! untrusted: every read is re-hashed and refused if it does not match (invariant 3).
+//! untrusted: blobs are sealed (XChaCha20-Poly1305 bound to their hash) under names that are
+//! HMACs of the hash, so the host learns neither the code nor which known module a tenant
+//! deployed; every read is authenticated and re-hashed, and refused if either fails
+//! (invariant 3).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,13 +17,10 @@ pub enum BlobError {
     #[error("blob {0} is missing from the blob store")]
     Missing(ContentHash),
     #[error(
-        "blob {expected} was changed in the blob store (its bytes now hash to {actual}); it was \
-         not run. Redeploy the function to store a good copy"
+        "blob {hash} was changed in the blob store ({detail}); it was not run. Redeploy the \
+         function to store a good copy"
     )]
-    Tampered {
-        expected: ContentHash,
-        actual: ContentHash,
-    },
+    Tampered { hash: ContentHash, detail: String },
     #[error("blob store error: {0}")]
     Backend(#[from] object_store::Error),
     #[error("blob store directory {path}: {source}")]
@@ -30,71 +30,124 @@ pub enum BlobError {
     },
 }
 
+/// The key that seals a platform's blobs (derived from the registry's data key).
+#[derive(Clone)]
+pub struct BlobKey {
+    encryption: [u8; 32],
+    naming: [u8; 32],
+}
+
+impl BlobKey {
+    pub(crate) fn derive(data_key: &[u8; 32]) -> Self {
+        let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, data_key);
+        let mut key = BlobKey {
+            encryption: [0; 32],
+            naming: [0; 32],
+        };
+        hkdf.expand(b"cella blobs v1", &mut key.encryption)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        hkdf.expand(b"cella blob names v1", &mut key.naming)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        key
+    }
+}
+
+impl std::fmt::Debug for BlobKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BlobKey(<redacted>)")
+    }
+}
+
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    key: BlobKey,
 }
 
 impl BlobStore {
     /// A blob store in a local directory (created if missing).
-    pub fn local(dir: &Path) -> Result<Self, BlobError> {
+    pub fn local(dir: &Path, key: BlobKey) -> Result<Self, BlobError> {
         std::fs::create_dir_all(dir).map_err(|source| BlobError::Directory {
             path: dir.display().to_string(),
             source,
         })?;
-        Ok(Self::new(Arc::new(LocalFileSystem::new_with_prefix(dir)?)))
+        Ok(Self::new(
+            Arc::new(LocalFileSystem::new_with_prefix(dir)?),
+            key,
+        ))
     }
 
-    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        BlobStore { store }
+    pub fn new(store: Arc<dyn ObjectStore>, key: BlobKey) -> Self {
+        BlobStore { store, key }
     }
 
-    fn location(hash: &ContentHash) -> object_store::path::Path {
-        object_store::path::Path::from(format!("wasm/sha256/{}", hash.to_hex()))
+    /// Where the blob of `hash` is kept: a keyed hash of it, so names reveal nothing.
+    fn location(&self, hash: &ContentHash) -> object_store::path::Path {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key.naming)
+            .expect("HMAC takes keys of any length");
+        mac.update(hash.to_hex().as_bytes());
+        let name = hex::encode(mac.finalize().into_bytes());
+        object_store::path::Path::from(format!("sealed/{name}"))
     }
 
-    /// Stores `bytes` under their hash (idempotent: equal bytes, equal key).
+    fn context(hash: &ContentHash) -> Vec<u8> {
+        format!("cella blob v1\0{}", hash.to_hex()).into_bytes()
+    }
+
+    /// Seals and stores `bytes` under their hash (idempotent: equal bytes, equal name).
     pub async fn put(&self, bytes: Bytes) -> Result<ContentHash, BlobError> {
         let hash = ContentHash::of(&bytes);
+        let sealed = crate::sealed::seal(&self.key.encryption, &Self::context(&hash), &bytes);
         self.store
-            .put(&Self::location(&hash), PutPayload::from(bytes))
+            .put(&self.location(&hash), PutPayload::from(sealed))
             .await?;
         Ok(hash)
     }
 
-    /// Reads the blob named `hash` and checks that its bytes still hash to it.
+    /// Reads the blob named `hash`, authenticates it and checks that it still hashes to it.
     pub async fn get_verified(&self, hash: &ContentHash) -> Result<Bytes, BlobError> {
-        let bytes = match self.store.get(&Self::location(hash)).await {
+        let sealed = match self.store.get(&self.location(hash)).await {
             Ok(found) => found.bytes().await?,
             Err(object_store::Error::NotFound { .. }) => return Err(BlobError::Missing(*hash)),
             Err(e) => return Err(e.into()),
         };
+        let bytes = crate::sealed::open(&self.key.encryption, &Self::context(hash), &sealed)
+            .map_err(|_| BlobError::Tampered {
+                hash: *hash,
+                detail: "it failed authentication".into(),
+            })?;
+        // Authenticated bytes were sealed by this platform for this hash; check anyway, so a
+        // bug in sealing can never run other code.
         let actual = ContentHash::of(&bytes);
         if actual != *hash {
             return Err(BlobError::Tampered {
-                expected: *hash,
-                actual,
+                hash: *hash,
+                detail: format!("its bytes hash to {actual}"),
             });
         }
-        Ok(bytes)
+        Ok(Bytes::from(bytes))
     }
 
     pub async fn delete(&self, hash: &ContentHash) -> Result<(), BlobError> {
-        match self.store.delete(&Self::location(hash)).await {
+        match self.store.delete(&self.location(hash)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Overwrites a blob without hashing: for tests that play a malicious storage host.
+    /// What the host sees of the blob named `hash`: for tests that play a malicious storage
+    /// host.
     #[doc(hidden)]
-    pub async fn overwrite_unchecked(
-        &self,
-        hash: &ContentHash,
-        bytes: Bytes,
-    ) -> Result<(), BlobError> {
+    pub async fn raw(&self, hash: &ContentHash) -> Result<Bytes, BlobError> {
+        Ok(self.store.get(&self.location(hash)).await?.bytes().await?)
+    }
+
+    /// Replaces what the host keeps under `hash`: for tests that play a malicious storage host.
+    #[doc(hidden)]
+    pub async fn overwrite_raw(&self, hash: &ContentHash, bytes: Bytes) -> Result<(), BlobError> {
         self.store
-            .put(&Self::location(hash), PutPayload::from(bytes))
+            .put(&self.location(hash), PutPayload::from(bytes))
             .await?;
         Ok(())
     }
@@ -104,30 +157,62 @@ impl BlobStore {
 mod tests {
     use super::*;
 
+    fn store(dir: &Path) -> BlobStore {
+        BlobStore::local(dir, BlobKey::derive(&[1; 32])).unwrap()
+    }
+
     #[tokio::test]
-    async fn reads_are_verified_against_the_hash() {
+    async fn blobs_are_sealed_and_every_read_is_authenticated() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = BlobStore::local(dir.path()).unwrap();
-        let hash = blobs
-            .put(Bytes::from_static(b"\0asm module"))
-            .await
-            .unwrap();
-        assert_eq!(
-            &blobs.get_verified(&hash).await.unwrap()[..],
-            b"\0asm module"
-        );
+        let blobs = store(dir.path());
+        let code = b"\0asm a tenant's secret algorithm";
+        let hash = blobs.put(Bytes::from_static(code)).await.unwrap();
+        let other = blobs.put(Bytes::from_static(b"\0asm other")).await.unwrap();
+        assert_eq!(&blobs.get_verified(&hash).await.unwrap()[..], code);
 
-        blobs
-            .overwrite_unchecked(&hash, Bytes::from_static(b"\0asm evil"))
-            .await
-            .unwrap();
-        let err = blobs.get_verified(&hash).await.unwrap_err();
-        assert!(matches!(err, BlobError::Tampered { .. }), "{err}");
+        // The host sees neither the code nor its hash.
+        let raw = blobs.raw(&hash).await.unwrap();
+        assert!(!raw.windows(code.len()).any(|w| w == code));
+        for entry in walk(dir.path()) {
+            assert!(!entry.contains(&hash.to_hex()), "{entry}");
+        }
 
-        let other = ContentHash::of(b"never stored");
+        // Changed, truncated or swapped bytes are refused.
+        let mut flipped = raw.to_vec();
+        flipped[40] ^= 1;
+        let other_raw = blobs.raw(&other).await.unwrap();
+        for bad in [
+            Bytes::from(flipped),
+            raw.slice(..raw.len() - 1),
+            other_raw,
+            Bytes::from_static(b"\0asm evil"),
+        ] {
+            blobs.overwrite_raw(&hash, bad).await.unwrap();
+            let err = blobs.get_verified(&hash).await.unwrap_err();
+            assert!(matches!(err, BlobError::Tampered { .. }), "{err}");
+        }
+
+        // Another platform's key opens nothing.
+        blobs.put(Bytes::from_static(code)).await.unwrap();
+        let stranger = BlobStore::local(dir.path(), BlobKey::derive(&[2; 32])).unwrap();
+        assert!(stranger.get_verified(&hash).await.is_err());
+
+        let never = ContentHash::of(b"never stored");
         assert!(matches!(
-            blobs.get_verified(&other).await.unwrap_err(),
+            blobs.get_verified(&never).await.unwrap_err(),
             BlobError::Missing(_)
         ));
+    }
+
+    fn walk(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            out.push(path.display().to_string());
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+        }
+        out
     }
 }

@@ -11,7 +11,7 @@ mod sealed;
 mod token;
 mod version;
 
-pub use blobs::{BlobError, BlobStore};
+pub use blobs::{BlobError, BlobKey, BlobStore};
 pub use registry::{Registry, RegistryError, Tenant};
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

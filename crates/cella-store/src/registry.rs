@@ -122,6 +122,7 @@ struct WrappedDataKey {
 pub struct Registry {
     db: Database,
     sealer: RecordSealer,
+    blob_key: crate::BlobKey,
     version_file: VersionFile,
     /// The highest version this node has seen or written; the database must never fall behind.
     version: AtomicU64,
@@ -178,11 +179,18 @@ impl Registry {
         let registry = Registry {
             db: database,
             sealer,
+            blob_key: crate::BlobKey::derive(&data_key),
             version_file,
             version: AtomicU64::new(0),
         };
         registry.check_version_file()?;
         Ok(registry)
+    }
+
+    /// The key that seals this platform's blobs: it comes with the registry, so both pass to a
+    /// later build together.
+    pub fn blob_key(&self) -> crate::BlobKey {
+        self.blob_key.clone()
     }
 
     /// The registry's version: it grows by one with every change and never goes back.

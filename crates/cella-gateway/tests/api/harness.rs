@@ -129,6 +129,16 @@ impl Node {
         if let Some(server) = self.server.take() {
             server.await.unwrap().unwrap();
         }
+        // Connection tasks drop their handles on the platform just after the server stops;
+        // the registry can be opened again only once the last one is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while Arc::strong_count(&self.platform) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the platform is still in use 10 s after the server stopped"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -2,8 +2,6 @@
 //! no capabilities by default, code runs only if it matches its registered hash, and what was
 //! accepted survives a restart.
 
-use bytes::Bytes;
-
 use crate::harness::{Node, Options, assert_api_error, guest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,12 +168,15 @@ async fn code_changed_in_the_blob_store_is_never_run() {
     let token = node.admin.create_tenant("acme").await.unwrap().token;
     let acme = cella_client::Client::new(&node.url, Some(token.clone()));
     let record = acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
-    // The untrusted storage host swaps the bytes for another valid program.
-    node.platform
-        .blobs()
-        .overwrite_unchecked(&record.hash, Bytes::from(guest("capabilities.wasm")))
+    let other = acme
+        .deploy("probe", guest("capabilities.wasm"), &[])
         .await
         .unwrap();
+    // The untrusted storage host swaps in another function's sealed bytes: each blob is
+    // intact, but not the one the registry names.
+    let blobs = node.platform.blobs();
+    let swapped = blobs.raw(&other.hash).await.unwrap();
+    blobs.overwrite_raw(&record.hash, swapped).await.unwrap();
     // A restart empties the compiled-code cache, so the next invocation loads from storage.
     let node = node.restart().await;
     let acme = cella_client::Client::new(&node.url, Some(token));
