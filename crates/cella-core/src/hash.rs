@@ -20,6 +20,11 @@ impl ContentHash {
         Self(Sha256::digest(bytes).into())
     }
 
+    /// A hash computed elsewhere (e.g. over several parts with a streaming hasher).
+    pub fn from_digest(digest: [u8; 32]) -> Self {
+        Self(digest)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

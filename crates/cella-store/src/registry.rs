@@ -89,6 +89,13 @@ pub enum RegistryError {
     NoSuchTenant(TenantName),
     #[error("function `{0}` does not exist")]
     NoSuchFunction(FunctionName),
+    #[error(
+        "key {id} is already registered{}",
+        if *revoked { " and was revoked; revoked keys cannot come back: make a new one with `cella keygen`" } else { "" }
+    )]
+    KeyExists { id: String, revoked: bool },
+    #[error("no key {0} is registered for this tenant; see `cella keys list`")]
+    NoSuchKey(String),
 }
 
 fn db(e: impl Into<redb::Error>) -> RegistryError {
@@ -169,7 +176,7 @@ impl Registry {
             }
         };
         // Create every table up front so readers never see a missing table.
-        for table in [TENANTS, TOKENS, FUNCTIONS] {
+        for table in [TENANTS, TOKENS, FUNCTIONS, keys::KEYS] {
             tx.open_table(table).map_err(|e| open_err(e.into()))?;
         }
         tx.commit().map_err(|e| open_err(e.into()))?;
@@ -594,6 +601,9 @@ fn unwrap_data_key(
         Err(_) => Err(RegistryError::Tampered { what: what.into() }),
     }
 }
+
+mod keys;
+pub use keys::TenantKey;
 
 #[cfg(test)]
 mod tests;

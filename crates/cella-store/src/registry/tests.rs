@@ -281,3 +281,45 @@ fn a_registry_from_before_sealing_is_refused_with_a_fix() {
     assert!(matches!(error, RegistryError::Unsealed { .. }));
     assert!(error.to_string().contains("--data-dir"));
 }
+
+#[test]
+fn keys_are_added_listed_and_revoked_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    let acme = tenant("acme");
+    registry.add_key(&acme, "ed25519:01", "ed25519:aa").unwrap();
+    registry.add_key(&acme, "ed25519:02", "ed25519:bb").unwrap();
+    registry
+        .add_key(&tenant("beta"), "ed25519:03", "ed25519:cc")
+        .unwrap();
+    assert!(matches!(
+        registry.add_key(&acme, "ed25519:01", "ed25519:aa"),
+        Err(RegistryError::KeyExists { revoked: false, .. })
+    ));
+    let ids: Vec<String> = registry
+        .keys(&acme)
+        .unwrap()
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, ["ed25519:01", "ed25519:02"]);
+    assert!(registry.key(&acme, "ed25519:03").unwrap().is_none());
+
+    let revoked = registry.revoke_key(&acme, "ed25519:01").unwrap();
+    assert!(!revoked.is_active());
+    assert!(
+        !registry
+            .key(&acme, "ed25519:01")
+            .unwrap()
+            .unwrap()
+            .is_active()
+    );
+    let again = registry
+        .add_key(&acme, "ed25519:01", "ed25519:aa")
+        .unwrap_err();
+    assert!(again.to_string().contains("cannot come back"), "{again}");
+    assert!(matches!(
+        registry.revoke_key(&acme, "ed25519:09"),
+        Err(RegistryError::NoSuchKey(_))
+    ));
+}
