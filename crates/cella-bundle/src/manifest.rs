@@ -19,6 +19,16 @@ pub enum BundleKind {
 }
 
 impl BundleKind {
+    /// Guesses the kind of a WebAssembly payload from its header: a core module is a WASI
+    /// command, a component a `wasi:http` proxy (the platform checks either way at deploy).
+    pub fn detect(payload: &[u8]) -> Option<BundleKind> {
+        match payload.get(..8)? {
+            [0, b'a', b's', b'm', 1, 0, 0, 0] => Some(BundleKind::WasiCommand),
+            [0, b'a', b's', b'm', 0x0d, 0, 1, 0] => Some(BundleKind::WasiHttp),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BundleKind::WasiCommand => "wasi-command",

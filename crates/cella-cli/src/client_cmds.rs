@@ -106,20 +106,95 @@ pub(crate) async fn deploy(
     name: &str,
     file: &Path,
     limits: &[String],
+    key: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let record = client(remote)
-        .await?
-        .deploy(name, wasm, limits)
-        .await
-        .map_err(explain)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let client = client(remote).await?;
+    let record = if cella_bundle::looks_like_bundle(&bytes) {
+        if !limits.is_empty() {
+            anyhow::bail!("a bundle's limits are in its signed manifest; drop --limit");
+        }
+        client.deploy_bundle(name, bytes).await
+    } else {
+        let key = crate::bundle_cmds::signing_key(key)?;
+        client
+            .with_signing_key(key)
+            .deploy(name, bytes, limits)
+            .await
+    }
+    .map_err(explain)?;
     match remote.format {
         Format::Json => print_json(&record),
         Format::Text => {
             println!(
-                "deployed `{}` ({}, {} bytes) {}",
-                record.name, record.kind, record.size, record.hash
+                "deployed `{}` {} ({}, {} bytes) {} signed by {}",
+                record.name, record.version, record.kind, record.size, record.hash, record.signer
             );
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn keys_add(remote: &Remote, key: &str) -> anyhow::Result<()> {
+    let public = if key.starts_with("ed25519:") {
+        key.to_owned()
+    } else {
+        std::fs::read_to_string(key)
+            .with_context(|| format!("cannot read the public key file {key}"))?
+            .trim()
+            .to_owned()
+    };
+    let added = client(remote)
+        .await?
+        .add_key(&public)
+        .await
+        .map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&added),
+        Format::Text => {
+            println!("registered {} for tenant `{}`", added.id, added.tenant);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn keys_list(remote: &Remote) -> anyhow::Result<()> {
+    let keys = client(remote).await?.keys().await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&keys),
+        Format::Text => {
+            println!("{:<26} {:<22} STATUS", "KEY", "ADDED");
+            for key in &keys {
+                let status = match &key.revoked_at {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".to_owned(),
+                };
+                println!("{:<26} {:<22} {status}", key.id, key.added_at);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn keys_revoke(remote: &Remote, id: &str) -> anyhow::Result<()> {
+    let (key, still_running) = client(remote)
+        .await?
+        .revoke_key(id)
+        .await
+        .map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&json!({
+            "key": key,
+            "current_versions_signed_by_it": still_running,
+        })),
+        Format::Text => {
+            println!("revoked {}: no new deploy may be signed by it", key.id);
+            if !still_running.is_empty() {
+                println!(
+                    "still running versions it signed (deploy new versions or delete them): {}",
+                    still_running.join(", ")
+                );
+            }
             Ok(())
         }
     }
@@ -142,17 +217,23 @@ fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// What `cella invoke` sends.
+pub(crate) struct InvokeInput<'a> {
+    pub data: Option<&'a str>,
+    pub args: &'a [String],
+    pub expect_hash: Option<&'a str>,
+}
+
 pub(crate) async fn invoke(
     remote: &Remote,
     name: &str,
-    data: Option<&str>,
-    args: &[String],
+    request: InvokeInput<'_>,
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let input = read_data(data)?;
+    let input = read_data(request.data)?;
     let result = client(remote)
         .await?
-        .invoke(name, input, args)
+        .invoke_expecting(name, input, request.args, request.expect_hash)
         .await
         .map_err(explain)?;
     match output {
@@ -221,14 +302,15 @@ pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Re
         Format::Json => print_json(&records),
         Format::Text => {
             println!(
-                "{:<20} {:<13} {:>10}  {:<20} HASH",
-                "NAME", "KIND", "SIZE", "UPDATED"
+                "{:<20} {:<13} {:<10} {:>10}  {:<20} HASH",
+                "NAME", "KIND", "VERSION", "SIZE", "UPDATED"
             );
             for r in &records {
                 println!(
-                    "{:<20} {:<13} {:>10}  {:<20} {}",
+                    "{:<20} {:<13} {:<10} {:>10}  {:<20} {}",
                     r.name,
                     r.kind.as_str(),
+                    r.version.to_string(),
                     r.size,
                     r.updated_at,
                     r.hash

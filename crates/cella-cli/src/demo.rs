@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use cella_bundle::{Bundle, BundleKind, Manifest, SigningKey};
 use cella_client::{Client, Method};
-use cella_core::LimitsOverride;
 use cella_runtime::Platform;
 use cella_store::Principal;
 
@@ -44,6 +44,7 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
         Err(e) => return Err(e.into()),
     };
     let tenant = Principal::Tenant(TENANT.parse()?);
+    let key = demo_signing_key(platform, &tenant).await?;
     for example in &EXAMPLES {
         let path = guests.join(example.file);
         let wasm = std::fs::read(&path).with_context(|| {
@@ -53,17 +54,34 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
                 path.display()
             )
         })?;
+        // Each start deploys the next version: versions only move forward.
+        let version = match platform.function(&tenant, example.name) {
+            Ok(current) => semver::Version::new(
+                current.version.major,
+                current.version.minor,
+                current.version.patch + 1,
+            ),
+            Err(_) => semver::Version::new(1, 0, 0),
+        };
+        let kind = BundleKind::detect(&wasm).context("an example is not WebAssembly")?;
+        let mut bundle = Bundle::new(
+            Manifest {
+                name: example.name.parse()?,
+                version,
+                kind,
+                plugins: Vec::new(),
+                permissions: Default::default(),
+                limits: Default::default(),
+            },
+            wasm,
+        );
+        bundle.sign(&key);
         let record = platform
-            .deploy(
-                &tenant,
-                example.name,
-                wasm.into(),
-                &LimitsOverride::default(),
-            )
+            .deploy(&tenant, example.name, bundle.encode().into())
             .await?;
         println!(
-            "deployed {:<10} {} ({}, {} bytes)",
-            record.name, record.hash, record.kind, record.size
+            "deployed {:<10} {} {} ({}, {} bytes, signed by {})",
+            record.name, record.version, record.hash, record.kind, record.size, record.signer
         );
     }
 
@@ -200,4 +218,25 @@ async fn smoke_test(client: &Client, guests: &Path) -> anyhow::Result<()> {
         started.elapsed().as_millis()
     );
     Ok(())
+}
+
+/// The demo tenant's signing key: kept in the node's data directory (a real tenant keeps its
+/// key on its own machine, `cella keygen`) and registered for tenant `demo`.
+async fn demo_signing_key(platform: &Platform, tenant: &Principal) -> anyhow::Result<SigningKey> {
+    let dir = &platform.config().data_dir;
+    let path = dir.join("demo-signing.key");
+    let key = if path.exists() {
+        SigningKey::load(&path)?
+    } else {
+        let key = SigningKey::generate();
+        key.save(dir, "demo-signing")?;
+        key
+    };
+    let public = key.verifying_key().to_string();
+    match platform.add_key(tenant, &public).await {
+        Ok(_) => {}
+        Err(e) if e.code() == cella_runtime::ErrorCode::Conflict => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(key)
 }

@@ -1,6 +1,7 @@
 //! `cella`: run a node (`cella up`) and talk to one (everything else).
 #![forbid(unsafe_code)]
 
+mod bundle_cmds;
 mod client_cmds;
 mod config;
 mod demo;
@@ -89,19 +90,49 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Deploy a .wasm file as function NAME (replaces the function if you own it).
+    /// Deploy a signed bundle (or a .wasm file, bundled as the next version and signed with
+    /// your key) as function NAME.
     Deploy {
         name: String,
+        /// A bundle from `cella bundle build`/`sign`, or a .wasm file.
         file: PathBuf,
-        /// A limit for this function: `timeout=2s`, `memory=64MiB`, `output=1MiB` (repeatable).
+        /// For a .wasm file: a limit (`timeout=2s`, `memory=64MiB`, `output=1MiB`; repeatable).
         #[arg(long = "limit", value_name = "KEY=VALUE")]
         limits: Vec<String>,
+        /// For a .wasm file: the signing key (default: `default.key` from `cella keygen`).
+        #[arg(long, env = "CELLA_KEY")]
+        key: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },
-    /// Invoke a function: the data is its input, its output is printed (or written with -o).
+    /// Make a signing key pair for bundles (the secret file is readable by you only).
+    Keygen {
+        /// The key's file name (without extension).
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Where to write it (default: your config directory's cella/keys).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build, sign and inspect function bundles (offline).
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+    /// Register, list and revoke the public keys your bundles are signed with.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Invoke a function (`NAME` or `NAME@VERSION`): the data is its input, its output is
+    /// printed (or written with -o).
     Invoke {
         name: String,
+        /// Run nothing unless the function's bundle hash is this (`sha256:…`).
+        #[arg(long, value_name = "HASH")]
+        expect_hash: Option<String>,
         /// Input: `@FILE`, `-` for stdin, or literal text. Empty when left out.
         #[arg(long, short = 'd')]
         data: Option<String>,
@@ -161,6 +192,58 @@ enum ConfigCommand {
 }
 
 #[derive(Subcommand)]
+enum BundleCommand {
+    /// Make a bundle from a directory with `cella.toml`, or from one .wasm file.
+    #[command(disable_version_flag = true)]
+    Build {
+        /// A directory holding `cella.toml` and the payload it names, or a .wasm file.
+        source: PathBuf,
+        /// For a .wasm file: the function's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// For a .wasm file: the version (semver, e.g. 1.2.0).
+        #[arg(long)]
+        version: Option<String>,
+        /// For a .wasm file: a limit (`timeout=2s`, …; repeatable).
+        #[arg(long = "limit", value_name = "KEY=VALUE")]
+        limits: Vec<String>,
+        /// Where to write it (default: NAME-VERSION.cella).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Sign it right away (with --key or your default key).
+        #[arg(long)]
+        sign: bool,
+        #[arg(long, env = "CELLA_KEY")]
+        key: Option<PathBuf>,
+    },
+    /// Sign a bundle (replacing any signature).
+    Sign {
+        bundle: PathBuf,
+        #[arg(long, env = "CELLA_KEY")]
+        key: Option<PathBuf>,
+        /// Write the signed bundle here instead of in place.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Show a bundle's manifest and hash, and check its signature (✔/✗).
+    Inspect {
+        bundle: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Register a public key: a `.pub` file from `cella keygen`, or `ed25519:<hex>`.
+    Add { key: String },
+    /// List your keys, revoked ones included.
+    List,
+    /// Revoke a key: bundles signed with it no longer deploy.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant and print its token (shown once).
     Create { name: String },
@@ -210,15 +293,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             file,
             limits,
+            key,
             remote,
-        } => c::deploy(&remote, &name, &file, &limits).await,
+        } => c::deploy(&remote, &name, &file, &limits, key.as_deref()).await,
+        Command::Keygen { name, dir } => bundle_cmds::keygen(&name, dir.as_deref()),
+        Command::Bundle { command } => match command {
+            BundleCommand::Build {
+                source,
+                name,
+                version,
+                limits,
+                output,
+                sign,
+                key,
+            } => bundle_cmds::build(bundle_cmds::BuildArgs {
+                source: &source,
+                name: name.as_deref(),
+                version: version.as_deref(),
+                limits: &limits,
+                output: output.as_deref(),
+                key: key.as_deref(),
+                sign,
+            }),
+            BundleCommand::Sign {
+                bundle,
+                key,
+                output,
+            } => bundle_cmds::sign(&bundle, key.as_deref(), output.as_deref()),
+            BundleCommand::Inspect { bundle, format } => bundle_cmds::inspect(&bundle, format),
+        },
+        Command::Keys { command, remote } => match command {
+            KeysCommand::Add { key } => c::keys_add(&remote, &key).await,
+            KeysCommand::List => c::keys_list(&remote).await,
+            KeysCommand::Revoke { id } => c::keys_revoke(&remote, &id).await,
+        },
         Command::Invoke {
             name,
+            expect_hash,
             data,
             args,
             output,
             remote,
-        } => c::invoke(&remote, &name, data.as_deref(), &args, output.as_deref()).await,
+        } => {
+            let input = c::InvokeInput {
+                data: data.as_deref(),
+                args: &args,
+                expect_hash: expect_hash.as_deref(),
+            };
+            c::invoke(&remote, &name, input, output.as_deref()).await
+        }
         Command::Functions { name, remote } => c::functions(&remote, name.as_deref()).await,
         Command::Delete { name, remote } => c::delete(&remote, &name).await,
         Command::Grant {

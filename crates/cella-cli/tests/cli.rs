@@ -159,6 +159,25 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     let token = created["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("cella_"));
 
+    // A signing key, registered for the tenant.
+    let keys = data.path().join("keys");
+    let generated = ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["keygen", "--dir", keys.to_str().unwrap()],
+    ));
+    assert!(generated.contains("cella keys add"), "{generated}");
+    let key = keys.join("default.key");
+    let public = keys.join("default.pub");
+    let added = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["keys", "add", public.to_str().unwrap()],
+    ));
+    assert!(added.starts_with("registered ed25519:"), "{added}");
+
     let echo = guests_dir().join("echo.wasm");
     let deployed = ok(cella(
         &server,
@@ -170,12 +189,92 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
             echo.to_str().unwrap(),
             "--limit",
             "timeout=2s",
+            "--key",
+            key.to_str().unwrap(),
         ],
     ));
     assert!(
-        deployed.starts_with("deployed `echo` (wasi-command"),
+        deployed.starts_with("deployed `echo` 0.1.0 (wasi-command"),
         "{deployed}"
     );
+
+    // The same code as a signed bundle, built and checked offline, then pinned by hash.
+    let bundle = data.path().join("echo.cella");
+    ok(cella(
+        &server,
+        data.path(),
+        None,
+        &[
+            "bundle",
+            "build",
+            echo.to_str().unwrap(),
+            "--name",
+            "echo",
+            "--version",
+            "2.0.0",
+            "--sign",
+            "--key",
+            key.to_str().unwrap(),
+            "-o",
+            bundle.to_str().unwrap(),
+        ],
+    ));
+    let inspected = ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["bundle", "inspect", bundle.to_str().unwrap()],
+    ));
+    assert!(inspected.contains("✔ signature by ed25519:"), "{inspected}");
+    let hash = inspected
+        .lines()
+        .find_map(|l| l.strip_prefix("✔ hash"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["deploy", "echo", bundle.to_str().unwrap()],
+    ));
+    let pinned = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &[
+            "invoke",
+            "echo@2.0.0",
+            "--expect-hash",
+            &hash,
+            "--data",
+            "pinned",
+        ],
+    ));
+    assert_eq!(pinned, "pinned");
+    let other = format!("sha256:{}", "0".repeat(64));
+    let refused = cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["invoke", "echo", "--expect-hash", &other],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("hash_mismatch"), "{stderr}");
+    // A flipped byte in the bundle file: inspect says ✗ and fails.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    std::fs::write(&bundle, bytes).unwrap();
+    let broken = cella(
+        &server,
+        data.path(),
+        None,
+        &["bundle", "inspect", bundle.to_str().unwrap()],
+    );
+    assert!(!broken.status.success());
+    assert!(String::from_utf8_lossy(&broken.stdout).contains("✗ signature"));
 
     let out = ok(cella(
         &server,
@@ -218,7 +317,10 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     )))
     .unwrap();
     assert_eq!(listed[0]["name"], "echo");
-    assert_eq!(listed[0]["limits"]["timeout_ms"], 2000);
+    // Version 2.0.0's manifest sets no limits; the first version's kept its own.
+    assert_eq!(listed[0]["version"], "2.0.0");
+    assert_eq!(listed[0]["limits"]["timeout_ms"], 5000);
+    assert_eq!(listed[0]["versions"][0]["limits"]["timeout_ms"], 2000);
     let table = ok(cella(&server, data.path(), Some(&token), &["functions"]));
     assert!(
         table

@@ -40,6 +40,9 @@ pub enum ClientError {
     Connect { url: String, source: reqwest::Error },
     #[error("unexpected response from cella at {url}: {detail}")]
     Protocol { url: String, detail: String },
+    /// The request could not be made from what was given.
+    #[error("{0}")]
+    Invalid(String),
     /// The node answered from an older registry than one this client saw before: its state
     /// was rolled back (or it is another node behind the same address).
     #[error(
@@ -115,6 +118,16 @@ pub struct InvocationLog {
     pub log: String,
 }
 
+/// A public key a tenant signs bundles with, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantKey {
+    pub tenant: String,
+    pub id: String,
+    pub public_key: String,
+    pub added_at: String,
+    pub revoked_at: Option<String>,
+}
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -124,6 +137,8 @@ pub struct Client {
     ratls: Option<Arc<RaTlsVerifier>>,
     /// The highest registry version any response carried (shared by clones).
     registry_version: Arc<AtomicU64>,
+    /// Signs the bundles [`Client::deploy`] builds.
+    signer: Option<Arc<cella_bundle::SigningKey>>,
 }
 
 /// The response header naming the registry version a response was served from.
@@ -164,7 +179,15 @@ impl Client {
             token,
             ratls: None,
             registry_version: Arc::new(AtomicU64::new(0)),
+            signer: None,
         }
+    }
+
+    /// Signs the bundles that [`Client::deploy`] builds with `key` (its public half must be
+    /// registered for the tenant: [`Client::add_key`]).
+    pub fn with_signing_key(mut self, key: cella_bundle::SigningKey) -> Self {
+        self.signer = Some(Arc::new(key));
+        self
     }
 
     /// The highest registry version the node has answered from so far.
@@ -375,39 +398,128 @@ impl Client {
         })
     }
 
-    /// Deploys `wasm` as function `name`; `limits` are `key=value` settings such as
-    /// `timeout=2s` or `memory=64MiB`.
+    /// Deploys a signed bundle as function `name`.
+    pub async fn deploy_bundle(
+        &self,
+        name: &str,
+        bundle: Vec<u8>,
+    ) -> Result<FunctionRecord, ClientError> {
+        let path = format!("/v1/functions/{}", segment(name));
+        let builder = self
+            .request(Method::PUT, &path)
+            .header("content-type", "application/vnd.cella.bundle")
+            .body(bundle);
+        self.json(builder).await
+    }
+
+    /// Builds a bundle of `wasm` for function `name` — the next version (`0.1.0` for a new
+    /// function, else the current one with its patch number raised), the kind read from the
+    /// WebAssembly header, `limits` as `key=value` settings (`timeout=2s`, `memory=64MiB`) —
+    /// signs it with this client's key ([`Client::with_signing_key`]) and deploys it.
     pub async fn deploy(
         &self,
         name: &str,
         wasm: Vec<u8>,
         limits: &[String],
     ) -> Result<FunctionRecord, ClientError> {
-        let mut query = Vec::new();
+        let invalid = |detail: String| ClientError::Invalid(detail);
+        let key = self.signer.as_ref().ok_or_else(|| {
+            invalid(
+                "deploying needs a signing key: make one with `cella keygen` and register it \
+                 with `cella keys add`"
+                    .into(),
+            )
+        })?;
+        let version = match self.function(name).await {
+            Ok(current) => {
+                let mut next = current.version;
+                next.patch += 1;
+                next.pre = semver::Prerelease::EMPTY;
+                next
+            }
+            // Not there, or another tenant's (then the node refuses the deploy and says why).
+            Err(e) if matches!(e.code(), Some("not_found" | "forbidden")) => {
+                semver::Version::new(0, 1, 0)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut manifest_limits = cella_core::LimitsOverride::default();
         for setting in limits {
-            let (key, value) = setting.split_once('=').unwrap_or((setting, ""));
-            query.push((key.to_owned(), value.to_owned()));
+            manifest_limits
+                .set(setting)
+                .map_err(|e| invalid(e.to_string()))?;
         }
-        let path = format!("/v1/functions/{}", segment(name));
-        let builder = self
-            .request(Method::PUT, &path)
-            .query(&query)
-            .header("content-type", "application/wasm")
-            .body(wasm);
-        self.json(builder).await
+        // Whatever is not a component is sent as a command: the node says what is wrong.
+        let kind = cella_bundle::BundleKind::detect(&wasm)
+            .unwrap_or(cella_bundle::BundleKind::WasiCommand);
+        let manifest = cella_bundle::Manifest {
+            name: cella_core::FunctionName::new(name).map_err(|e| invalid(e.to_string()))?,
+            version,
+            kind,
+            plugins: Vec::new(),
+            permissions: Default::default(),
+            limits: manifest_limits,
+        };
+        let mut bundle = cella_bundle::Bundle::new(manifest, wasm);
+        bundle.sign(key);
+        self.deploy_bundle(name, bundle.encode()).await
     }
 
+    /// Registers a public key (`ed25519:<hex>`) for this client's tenant.
+    pub async fn add_key(&self, public_key: &str) -> Result<TenantKey, ClientError> {
+        let body = serde_json::json!({ "public_key": public_key });
+        self.json(self.request(Method::POST, "/v1/keys").json(&body))
+            .await
+    }
+
+    pub async fn keys(&self) -> Result<Vec<TenantKey>, ClientError> {
+        #[derive(Deserialize)]
+        struct Keys {
+            keys: Vec<TenantKey>,
+        }
+        let keys: Keys = self.json(self.request(Method::GET, "/v1/keys")).await?;
+        Ok(keys.keys)
+    }
+
+    /// Revokes a key; returns it and the functions whose current version it signed (they keep
+    /// running until replaced or deleted).
+    pub async fn revoke_key(&self, id: &str) -> Result<(TenantKey, Vec<String>), ClientError> {
+        #[derive(Deserialize)]
+        struct Revoked {
+            key: TenantKey,
+            current_versions_signed_by_it: Vec<String>,
+        }
+        let path = format!("/v1/keys/{}", segment(id));
+        let r: Revoked = self.json(self.request(Method::DELETE, &path)).await?;
+        Ok((r.key, r.current_versions_signed_by_it))
+    }
+
+    /// Invokes `name` (or `name@version`) with `input` on stdin and `args` as arguments.
     pub async fn invoke(
         &self,
         name: &str,
         input: Vec<u8>,
         args: &[String],
     ) -> Result<Invocation, ClientError> {
+        self.invoke_expecting(name, input, args, None).await
+    }
+
+    /// Like [`Client::invoke`], but the node runs nothing unless the function's bundle hash is
+    /// `expected` (HTTP 412 `hash_mismatch` otherwise).
+    pub async fn invoke_expecting(
+        &self,
+        name: &str,
+        input: Vec<u8>,
+        args: &[String],
+        expected: Option<&str>,
+    ) -> Result<Invocation, ClientError> {
         let query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
         let path = format!("/v1/functions/{}/invoke", segment(name));
-        let response = self
-            .send(self.request(Method::POST, &path).query(&query).body(input))
-            .await?;
+        let mut builder = self.request(Method::POST, &path).query(&query).body(input);
+        if let Some(expected) = expected {
+            builder = builder.header("cella-expect-hash", expected);
+        }
+        let response = self.send(builder).await?;
         let header = |name: &str| {
             response
                 .headers()

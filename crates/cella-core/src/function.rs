@@ -27,40 +27,81 @@ impl Access {
     }
 }
 
-/// One deployed function: what runs (by hash), whose it is, how, and who may call it.
+/// One deployed version of a function: a signed bundle, by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionVersion {
+    pub version: semver::Version,
+    /// The bundle's hash (what `expect-hash` names).
+    pub hash: ContentHash,
+    pub kind: FunctionKind,
+    /// Size of the payload (the WebAssembly), in bytes.
+    pub size: u64,
+    pub limits: Limits,
+    /// Id of the tenant key that signed the bundle.
+    pub signer: String,
+    pub deployed_at: String,
+}
+
+/// One deployed function: what runs (its current version, by hash), whose it is, how, who may
+/// call it, and every version deployed before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionRecord {
     pub name: FunctionName,
     pub owner: TenantName,
+    pub version: semver::Version,
     pub hash: ContentHash,
     pub kind: FunctionKind,
     pub size: u64,
     pub limits: Limits,
+    pub signer: String,
     pub created_at: String,
     pub updated_at: String,
     pub access: Access,
+    /// Every version deployed, oldest first; the last is the current one.
+    pub versions: Vec<FunctionVersion>,
 }
 
 impl FunctionRecord {
-    pub fn new(
-        name: FunctionName,
-        owner: TenantName,
-        hash: ContentHash,
-        kind: FunctionKind,
-        size: u64,
-        limits: Limits,
-    ) -> Self {
-        let at = now_rfc3339();
+    pub fn new(name: FunctionName, owner: TenantName, first: FunctionVersion) -> Self {
+        let at = first.deployed_at.clone();
         FunctionRecord {
             name,
             owner,
-            hash,
-            kind,
-            size,
-            limits,
+            version: first.version.clone(),
+            hash: first.hash,
+            kind: first.kind,
+            size: first.size,
+            limits: first.limits,
+            signer: first.signer.clone(),
             created_at: at.clone(),
             updated_at: at,
             access: Access::default(),
+            versions: vec![first],
         }
+    }
+
+    /// The record as it reads with `version` current (for invoking a pinned version).
+    pub fn at(&self, version: &semver::Version) -> Option<FunctionRecord> {
+        let pinned = self.versions.iter().find(|v| v.version == *version)?;
+        let mut record = self.clone();
+        record.version = pinned.version.clone();
+        record.hash = pinned.hash;
+        record.kind = pinned.kind;
+        record.size = pinned.size;
+        record.limits = pinned.limits;
+        record.signer = pinned.signer.clone();
+        Some(record)
+    }
+
+    /// Makes `next` the current version, keeping the history.
+    pub fn advance(&mut self, next: FunctionVersion) {
+        self.version = next.version.clone();
+        self.hash = next.hash;
+        self.kind = next.kind;
+        self.size = next.size;
+        self.limits = next.limits;
+        self.signer = next.signer.clone();
+        self.updated_at = next.deployed_at.clone();
+        self.versions.push(next);
     }
 }

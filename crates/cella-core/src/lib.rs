@@ -8,7 +8,7 @@ mod kind;
 mod limits;
 mod names;
 
-pub use function::{Access, FunctionRecord, now_rfc3339};
+pub use function::{Access, FunctionRecord, FunctionVersion, now_rfc3339};
 pub use hash::{ContentHash, HashParseError};
 pub use kind::FunctionKind;
 pub use limits::{LimitError, Limits, LimitsOverride, parse_size};

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use cella_core::FunctionRecord;
-use cella_core::{LimitsOverride, TenantName};
+use cella_core::TenantName;
 use cella_runtime::{AccessChange, ErrorCode, InvokeOutput};
 use cella_sandbox::CommandInput;
 use serde::Deserialize;
@@ -29,6 +29,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/attestation", get(attestation))
         .route("/v1/tenants", post(create_tenant).get(list_tenants))
         .route("/v1/tenants/{name}/token", post(rotate_token))
+        .route("/v1/keys", post(add_key).get(list_keys))
+        .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/functions", get(list_functions))
         .route(
             "/v1/functions/{name}",
@@ -190,6 +192,8 @@ async fn get_function(
     Ok(Json(state.platform.function(&caller, &name)?))
 }
 
+/// The body is a signed bundle (`cella bundle build` + `cella bundle sign`): its manifest
+/// carries the version, kind and limits.
 async fn deploy(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -197,20 +201,65 @@ async fn deploy(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> ApiResult<impl IntoResponse> {
-    let mut limits = LimitsOverride::default();
-    for (key, value) in query_pairs(&query) {
-        limits
-            .set(&format!("{key}={value}"))
-            .map_err(|e| ApiError::new(ErrorCode::InvalidLimits, e.to_string()))?;
+    if let Some((key, _)) = query_pairs(&query).into_iter().next() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "unknown query parameter `{key}`: limits and everything else about a version \
+                 are in its signed manifest (`[limits]` in cella.toml)"
+            ),
+        ));
     }
-    let wasm = read_limited(body, state.config.max_upload_bytes, "uploaded .wasm").await?;
-    let record = state.platform.deploy(&caller, &name, wasm, &limits).await?;
-    let status = if record.created_at == record.updated_at {
+    let bundle = read_limited(body, state.config.max_upload_bytes, "uploaded bundle").await?;
+    if !cella_bundle::looks_like_bundle(&bundle) {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBundle,
+            "the body is not a signed bundle; make one with `cella bundle build` and `cella \
+             bundle sign`, or let `cella deploy NAME FILE.wasm` do both with your key",
+        ));
+    }
+    let record = state.platform.deploy(&caller, &name, bundle).await?;
+    let status = if record.versions.len() == 1 {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     Ok((status, Json(record)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddKey {
+    /// `ed25519:<64 hex digits>`, as in the `.pub` file `cella keygen` writes.
+    public_key: String,
+}
+
+async fn add_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let request: AddKey = json_body(body, r#"{"public_key":"ed25519:<64 hex digits>"}"#).await?;
+    let key = state.platform.add_key(&caller, &request.public_key).await?;
+    Ok((StatusCode::CREATED, Json(key)))
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({ "keys": state.platform.keys(&caller)? })))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    let (key, still_running) = state.platform.revoke_key(&caller, &id).await?;
+    Ok(Json(
+        json!({ "key": key, "current_versions_signed_by_it": still_running }),
+    ))
 }
 
 async fn delete_function(
@@ -265,11 +314,13 @@ async fn public(
     ))
 }
 
+/// `name` or `name@version`; a `cella-expect-hash` header makes anything but that bundle 412.
 async fn invoke(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let mut args = Vec::new();
@@ -287,12 +338,38 @@ async fn invoke(
             }
         }
     }
+    let expect = expected_hash(&headers)?;
     let stdin = read_limited(body, state.config.max_body_bytes, "request body").await?;
     let output = state
         .platform
-        .invoke(&caller, &name, CommandInput { stdin, args })
+        .invoke(
+            &caller,
+            &name,
+            expect.as_ref(),
+            CommandInput { stdin, args },
+        )
         .await?;
     Ok(invocation_response(output))
+}
+
+/// The request header naming the bundle hash the caller expects to run.
+pub(crate) const EXPECT_HASH_HEADER: &str = "cella-expect-hash";
+
+pub(crate) fn expected_hash(headers: &HeaderMap) -> ApiResult<Option<cella_core::ContentHash>> {
+    let Some(value) = headers.get(EXPECT_HASH_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("`{EXPECT_HASH_HEADER}` must be `sha256:` and 64 hex digits"),
+            )
+        })
 }
 
 fn invocation_response(output: InvokeOutput) -> Response {
@@ -304,6 +381,9 @@ fn invocation_response(output: InvokeOutput) -> Response {
     invocation_headers(&mut headers, &output.invocation_id);
     if let Ok(hash) = HeaderValue::from_str(&output.function.hash.to_string()) {
         headers.insert("cella-function-hash", hash);
+    }
+    if let Ok(version) = HeaderValue::from_str(&output.function.version.to_string()) {
+        headers.insert("cella-function-version", version);
     }
     headers.insert(
         "cella-duration-ms",

@@ -36,7 +36,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::InvalidLimits
         | ErrorCode::InvalidRequest
         | ErrorCode::InvalidWasm
+        | ErrorCode::InvalidBundle
         | ErrorCode::WrongKind => StatusCode::BAD_REQUEST,
+        ErrorCode::UntrustedKey => StatusCode::FORBIDDEN,
+        ErrorCode::HashMismatch => StatusCode::PRECONDITION_FAILED,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

@@ -56,10 +56,15 @@ async fn forward(
             .headers
             .insert(header::HOST, HeaderValue::from_static("localhost"));
     }
+    let expect = crate::api::expected_hash(&parts.headers)?;
+    parts.headers.remove(crate::api::EXPECT_HASH_HEADER);
     let body: Body = body;
     let bytes = read_limited(body, state.config.max_body_bytes, "request body").await?;
     let request = http::Request::from_parts(parts, bytes);
-    let output = state.platform.serve_http(&caller, &name, request).await?;
+    let output = state
+        .platform
+        .serve_http(&caller, &name, expect.as_ref(), request)
+        .await?;
     let (mut parts, body) = output.response.into_parts();
     // `cella-*` headers are the platform's word (`cella-error` marks a platform error): a
     // function may not forge them.

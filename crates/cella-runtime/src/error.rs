@@ -25,6 +25,9 @@ pub enum ErrorCode {
     OutputLimit,
     FunctionFailed,
     IntegrityError,
+    InvalidBundle,
+    UntrustedKey,
+    HashMismatch,
     Internal,
 }
 
@@ -48,6 +51,9 @@ impl ErrorCode {
             ErrorCode::OutputLimit => "output_limit",
             ErrorCode::FunctionFailed => "function_failed",
             ErrorCode::IntegrityError => "integrity_error",
+            ErrorCode::InvalidBundle => "invalid_bundle",
+            ErrorCode::UntrustedKey => "untrusted_key",
+            ErrorCode::HashMismatch => "hash_mismatch",
             ErrorCode::Internal => "internal",
         }
     }
@@ -89,6 +95,27 @@ pub enum RuntimeError {
     Registry(#[from] RegistryError),
     #[error("{0}")]
     Invalid(String),
+    #[error("cannot deploy this bundle: {0}")]
+    Bundle(#[from] cella_bundle::BundleError),
+    #[error("{0}")]
+    UntrustedKey(String),
+    #[error("{0}")]
+    OldVersion(String),
+    #[error(
+        "function `{name}` is {actual}, not the expected {expected}; nothing ran (deploy the \
+         expected bundle, or expect what runs: `cella functions {name}`)"
+    )]
+    HashMismatch {
+        name: FunctionName,
+        expected: String,
+        actual: String,
+    },
+    #[error("function `{name}` has no version {version}; its versions: {known}")]
+    NoSuchVersion {
+        name: FunctionName,
+        version: String,
+        known: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -97,7 +124,13 @@ impl RuntimeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RuntimeError::Forbidden(_) => ErrorCode::Forbidden,
-            RuntimeError::NoSuchFunction(_) => ErrorCode::NotFound,
+            RuntimeError::NoSuchFunction(_) | RuntimeError::NoSuchVersion { .. } => {
+                ErrorCode::NotFound
+            }
+            RuntimeError::Bundle(_) => ErrorCode::InvalidBundle,
+            RuntimeError::UntrustedKey(_) => ErrorCode::UntrustedKey,
+            RuntimeError::OldVersion(_) => ErrorCode::Conflict,
+            RuntimeError::HashMismatch { .. } => ErrorCode::HashMismatch,
             RuntimeError::Name(_) => ErrorCode::InvalidName,
             RuntimeError::Limits(_) => ErrorCode::InvalidLimits,
             RuntimeError::Invalid(_) => ErrorCode::InvalidRequest,
@@ -123,7 +156,10 @@ impl RuntimeError {
             ) => ErrorCode::IntegrityError,
             RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
             RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,
-            RuntimeError::Registry(RegistryError::NoSuchFunction(_)) => ErrorCode::NotFound,
+            RuntimeError::Registry(
+                RegistryError::NoSuchFunction(_) | RegistryError::NoSuchKey(_),
+            ) => ErrorCode::NotFound,
+            RuntimeError::Registry(RegistryError::KeyExists { .. }) => ErrorCode::Conflict,
             RuntimeError::Blob(_) | RuntimeError::Registry(_) | RuntimeError::Internal(_) => {
                 ErrorCode::Internal
             }

@@ -10,6 +10,7 @@
 mod attestation;
 mod code_cache;
 mod concurrency;
+mod deploy;
 mod error;
 mod logs;
 mod metrics;

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cella_core::FunctionRecord;
-use cella_core::{ContentHash, FunctionKind, FunctionName, Limits, LimitsOverride, TenantName};
+use cella_core::{ContentHash, FunctionKind, FunctionName, Limits, TenantName};
 use cella_sandbox::{
     CommandInput, CommandOutput, Compiled, HttpResponse, LogTail, Sandbox, SandboxConfig,
 };
-use cella_store::{BlobError, BlobStore, Principal, Registry, RegistryError, Tenant, Token};
+use cella_store::{BlobStore, Principal, Registry, RegistryError, Tenant, Token};
 use cella_tee::{AttestationReport, Measurement, TeeType};
 
 use crate::attestation::{Identity, MAX_NONCE_BYTES, TeeMode};
@@ -26,6 +26,8 @@ pub struct PlatformConfig {
     pub data_dir: PathBuf,
     /// Limits of functions deployed without their own.
     pub default_limits: Limits,
+    /// Largest payload a bundle may carry, in bytes.
+    pub max_bundle_bytes: u64,
     /// The most any function may ask for.
     pub max_limits: Limits,
     /// Invocations one caller may have running at once.
@@ -42,6 +44,7 @@ impl PlatformConfig {
         PlatformConfig {
             data_dir: data_dir.into(),
             default_limits: Limits::default(),
+            max_bundle_bytes: 64 * 1024 * 1024,
             max_limits: Limits::default_maximum(),
             tenant_concurrency: 64,
             sandbox: SandboxConfig::default(),
@@ -89,7 +92,7 @@ pub struct Platform {
 }
 
 /// Runs blocking registry work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
 ) -> Result<T, RuntimeError> {
     tokio::task::spawn_blocking(work)
@@ -97,7 +100,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RuntimeError::Internal(format!("background task failed: {e}")))?
 }
 
-fn tenant_of(caller: &Principal) -> Result<&TenantName, RuntimeError> {
+pub(crate) fn tenant_of(caller: &Principal) -> Result<&TenantName, RuntimeError> {
     match caller {
         Principal::Tenant(name) => Ok(name),
         Principal::Admin => Err(RuntimeError::Forbidden(
@@ -200,6 +203,14 @@ impl Platform {
         self.registry.version()
     }
 
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub(crate) fn code_cache(&self) -> &CodeCache {
+        &self.code
+    }
+
     /// The blob store (operators' tools and tests that play a hostile storage host use it).
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
@@ -244,50 +255,6 @@ impl Platform {
         Ok(self.registry.tenants()?)
     }
 
-    /// Compiles, stores and registers a function for its owner. Compilation happens here, not
-    /// on the first invocation.
-    pub async fn deploy(
-        &self,
-        caller: &Principal,
-        name: &str,
-        wasm: Bytes,
-        limits: &LimitsOverride,
-    ) -> Result<FunctionRecord, RuntimeError> {
-        let owner = tenant_of(caller)?.clone();
-        let name = FunctionName::new(name)?;
-        let limits = Limits::resolve(&self.config.default_limits, limits, &self.config.max_limits)?;
-        if let Some(existing) = self.registry.function(&name)?
-            && existing.owner != owner
-        {
-            return Err(taken(&name));
-        }
-        let hash = ContentHash::of(&wasm);
-        let compiled = self.compile(wasm.clone()).await?;
-        self.blobs.put(wasm.clone()).await?;
-        let record = FunctionRecord::new(
-            name.clone(),
-            owner.clone(),
-            hash,
-            compiled.kind(),
-            wasm.len() as u64,
-            limits,
-        );
-        let registry = self.registry.clone();
-        let record = blocking(move || {
-            // Checked again inside the write transaction: a concurrent deploy by another
-            // tenant cannot slip in between.
-            registry.put_function(record, |existing| match existing {
-                Some(e) if e.owner != owner => Err(taken(&e.name)),
-                _ => Ok(()),
-            })?
-        })
-        .await?;
-        self.code.insert(&hash, compiled);
-        self.metrics.deployed();
-        tracing::info!(function = %record.name, hash = %record.hash, kind = %record.kind, "deployed");
-        Ok(record)
-    }
-
     /// A function's record, for its owner.
     pub fn function(&self, caller: &Principal, name: &str) -> Result<FunctionRecord, RuntimeError> {
         let record = self.lookup(name)?;
@@ -309,14 +276,20 @@ impl Platform {
         self.require_owner(caller, &record)?;
         let registry = self.registry.clone();
         let function = record.name.clone();
-        let hash = record.hash;
-        let still_used = blocking(move || {
+        let hashes: Vec<ContentHash> = record.versions.iter().map(|v| v.hash).collect();
+        let unused = blocking(move || {
             registry.delete_function(&function)?;
-            Ok(registry.blob_in_use(&hash)?)
+            let mut unused = Vec::new();
+            for hash in hashes {
+                if !registry.blob_in_use(&hash)? {
+                    unused.push(hash);
+                }
+            }
+            Ok(unused)
         })
         .await?;
         self.logs.forget(&record.name);
-        if !still_used {
+        for hash in unused {
             self.code.remove(&hash);
             self.blobs.delete(&hash).await?;
         }
@@ -351,18 +324,22 @@ impl Platform {
         .await
     }
 
-    /// Runs a WASI command function once: `input.stdin` in, stdout out.
+    /// Runs a WASI command function once: `input.stdin` in, stdout out. `target` is `name`
+    /// (the current version) or `name@version`; with `expect`, nothing but the bundle of that
+    /// hash runs.
     pub async fn invoke(
         &self,
         caller: &Principal,
-        name: &str,
+        target: &str,
+        expect: Option<&ContentHash>,
         input: CommandInput,
     ) -> Result<InvokeOutput, RuntimeError> {
         let started = Instant::now();
         let (invocation_id, function, output) = self
             .invocation(
                 caller,
-                name,
+                target,
+                expect,
                 |o: &CommandOutput| &o.log,
                 async |record, compiled| match compiled {
                     Compiled::Command(pre) => self
@@ -390,17 +367,20 @@ impl Platform {
         })
     }
 
-    /// Serves one HTTP request with a `wasi:http` component function.
+    /// Serves one HTTP request with a `wasi:http` component function (`target` and `expect`
+    /// as for [`Platform::invoke`]).
     pub async fn serve_http(
         &self,
         caller: &Principal,
-        name: &str,
+        target: &str,
+        expect: Option<&ContentHash>,
         request: http::Request<Bytes>,
     ) -> Result<HttpOutput, RuntimeError> {
         let (invocation_id, _, output) = self
             .invocation(
                 caller,
-                name,
+                target,
+                expect,
                 |r: &HttpResponse| &r.log,
                 async |record, compiled| match compiled {
                     Compiled::Http(pre) => self
@@ -430,12 +410,14 @@ impl Platform {
     async fn invocation<T>(
         &self,
         caller: &Principal,
-        name: &str,
+        target: &str,
+        expect: Option<&ContentHash>,
         log_of: fn(&T) -> &LogTail,
         run: impl AsyncFnOnce(&FunctionRecord, Compiled) -> Result<T, RuntimeError>,
     ) -> Result<(String, FunctionRecord, T), RuntimeError> {
         let started = Instant::now();
-        let record = self.authorize_invoke(caller, name)?;
+        let record = self.authorize_invoke(caller, target)?;
+        crate::deploy::check_expected(&record, expect)?;
         let result = async {
             let _slot = self.concurrency.acquire(caller)?;
             let compiled = self.load(&record).await?;
@@ -499,12 +481,32 @@ impl Platform {
         }
     }
 
+    /// `name` or `name@version`: the record as it reads with that version current.
+    fn resolve(&self, target: &str) -> Result<FunctionRecord, RuntimeError> {
+        let Some((name, version)) = target.split_once('@') else {
+            return self.lookup(target);
+        };
+        let record = self.lookup(name)?;
+        let no_such = || RuntimeError::NoSuchVersion {
+            name: record.name.clone(),
+            version: version.chars().take(40).collect(),
+            known: record
+                .versions
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let version: semver::Version = version.parse().map_err(|_| no_such())?;
+        record.at(&version).ok_or_else(no_such)
+    }
+
     fn authorize_invoke(
         &self,
         caller: &Principal,
-        name: &str,
+        target: &str,
     ) -> Result<FunctionRecord, RuntimeError> {
-        let record = self.lookup(name)?;
+        let record = self.resolve(target)?;
         let tenant = tenant_of(caller)?;
         if *tenant == record.owner || record.access.allows(tenant) {
             Ok(record)
@@ -517,26 +519,15 @@ impl Platform {
         }
     }
 
-    /// The compiled code of `record`: from the cache, or loaded from the untrusted blob store,
-    /// checked against the registry's hash, and compiled.
+    /// The compiled code of `record`: from the cache, or loaded and verified again
+    /// ([`Platform::load_bundle`]).
     async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
         self.code
-            .get_or_load(&record.hash, async {
-                let wasm = match self.blobs.get_verified(&record.hash).await {
-                    Ok(wasm) => wasm,
-                    Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
-                        self.metrics.integrity_failure();
-                        tracing::error!(function = %record.name, "refusing to run: {e}");
-                        return Err(e.into());
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                self.compile(wasm).await
-            })
+            .get_or_load(&record.hash, self.load_bundle(record))
             .await
     }
 
-    async fn compile(&self, wasm: Bytes) -> Result<Compiled, RuntimeError> {
+    pub(crate) async fn compile(&self, wasm: Bytes) -> Result<Compiled, RuntimeError> {
         let sandbox = self.sandbox.clone();
         let compiled = blocking(move || Ok(sandbox.compile(&wasm)?)).await?;
         self.metrics.compiled();
@@ -544,7 +535,7 @@ impl Platform {
     }
 }
 
-fn taken(name: &FunctionName) -> RuntimeError {
+pub(crate) fn taken(name: &FunctionName) -> RuntimeError {
     RuntimeError::Forbidden(format!(
         "function name `{name}` belongs to another tenant (names are global on a platform); \
          choose another name"

@@ -98,25 +98,39 @@ impl BlobStore {
     /// Seals and stores `bytes` under their hash (idempotent: equal bytes, equal name).
     pub async fn put(&self, bytes: Bytes) -> Result<ContentHash, BlobError> {
         let hash = ContentHash::of(&bytes);
-        let sealed = crate::sealed::seal(&self.key.encryption, &Self::context(&hash), &bytes);
-        self.store
-            .put(&self.location(&hash), PutPayload::from(sealed))
-            .await?;
+        self.put_as(&hash, &bytes).await?;
         Ok(hash)
+    }
+
+    /// Seals and stores `bytes` under `name`, a hash that the caller can check them against
+    /// when reading them back (a signed bundle under its bundle hash, say).
+    pub async fn put_as(&self, name: &ContentHash, bytes: &[u8]) -> Result<(), BlobError> {
+        let sealed = crate::sealed::seal(&self.key.encryption, &Self::context(name), bytes);
+        self.store
+            .put(&self.location(name), PutPayload::from(sealed))
+            .await?;
+        Ok(())
+    }
+
+    /// Reads the blob stored under `name` and authenticates it: only bytes this platform
+    /// sealed under this name come back. The caller checks them against `name`.
+    pub async fn get_authenticated(&self, name: &ContentHash) -> Result<Bytes, BlobError> {
+        let sealed = match self.store.get(&self.location(name)).await {
+            Ok(found) => found.bytes().await?,
+            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::Missing(*name)),
+            Err(e) => return Err(e.into()),
+        };
+        crate::sealed::open(&self.key.encryption, &Self::context(name), &sealed)
+            .map(Bytes::from)
+            .map_err(|_| BlobError::Tampered {
+                hash: *name,
+                detail: "it failed authentication".into(),
+            })
     }
 
     /// Reads the blob named `hash`, authenticates it and checks that it still hashes to it.
     pub async fn get_verified(&self, hash: &ContentHash) -> Result<Bytes, BlobError> {
-        let sealed = match self.store.get(&self.location(hash)).await {
-            Ok(found) => found.bytes().await?,
-            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::Missing(*hash)),
-            Err(e) => return Err(e.into()),
-        };
-        let bytes = crate::sealed::open(&self.key.encryption, &Self::context(hash), &sealed)
-            .map_err(|_| BlobError::Tampered {
-                hash: *hash,
-                detail: "it failed authentication".into(),
-            })?;
+        let bytes = self.get_authenticated(hash).await?;
         // Authenticated bytes were sealed by this platform for this hash; check anyway, so a
         // bug in sealing can never run other code.
         let actual = ContentHash::of(&bytes);
@@ -126,7 +140,7 @@ impl BlobStore {
                 detail: format!("its bytes hash to {actual}"),
             });
         }
-        Ok(Bytes::from(bytes))
+        Ok(bytes)
     }
 
     pub async fn delete(&self, hash: &ContentHash) -> Result<(), BlobError> {

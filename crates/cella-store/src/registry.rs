@@ -502,11 +502,12 @@ impl Registry {
         Ok(all)
     }
 
-    /// Inserts or replaces a function, keeping `created_at` and the access list of an earlier
-    /// version. `check` sees the existing record first and may refuse the write.
+    /// Registers a function, or a new version of one: `record` is a new record (one version);
+    /// an existing function gets that version as its current one and keeps its history,
+    /// `created_at` and access list. `check` sees the existing record first and may refuse.
     pub fn put_function<E>(
         &self,
-        mut record: FunctionRecord,
+        record: FunctionRecord,
         check: impl FnOnce(Option<&FunctionRecord>) -> Result<(), E>,
     ) -> Result<Result<FunctionRecord, E>, RegistryError> {
         self.write_unless_refused(|tx| {
@@ -517,12 +518,22 @@ impl Registry {
             if let Err(refused) = check(existing.as_ref()) {
                 return Ok(Err(refused));
             }
-            if let Some(existing) = existing {
-                record.created_at = existing.created_at;
-                record.access = existing.access;
-            }
-            self.put(&mut functions, FUNCTIONS, name.as_str().as_bytes(), &record)?;
-            Ok(Ok(record))
+            let updated = match existing {
+                Some(mut existing) => {
+                    for version in record.versions {
+                        existing.advance(version);
+                    }
+                    existing
+                }
+                None => record,
+            };
+            self.put(
+                &mut functions,
+                FUNCTIONS,
+                name.as_str().as_bytes(),
+                &updated,
+            )?;
+            Ok(Ok(updated))
         })
     }
 
@@ -560,7 +571,8 @@ impl Registry {
         Ok(self
             .all_functions()?
             .iter()
-            .any(|record| record.hash == *hash))
+            .flat_map(|record| &record.versions)
+            .any(|version| version.hash == *hash))
     }
 }
 

@@ -157,7 +157,7 @@ impl Node {
     /// Creates tenant `name` and returns a client holding its token.
     pub async fn tenant(&self, name: &str) -> Client {
         let created = self.admin.create_tenant(name).await.unwrap();
-        Client::new(&self.url, Some(created.token))
+        signed_client(&self.url, created.token).await
     }
 }
 
@@ -193,4 +193,13 @@ pub fn assert_api_error<T: std::fmt::Debug>(
         }
         other => panic!("expected HTTP {status} `{code}`, got {other:?}"),
     }
+}
+
+/// A client holding `token` that signs its deploys with a fresh key it has registered.
+pub async fn signed_client(url: &str, token: String) -> Client {
+    let key = cella_bundle::SigningKey::generate();
+    let public = key.verifying_key().to_string();
+    let client = Client::new(url, Some(token)).with_signing_key(key);
+    client.add_key(&public).await.unwrap();
+    client
 }

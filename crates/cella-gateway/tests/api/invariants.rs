@@ -2,7 +2,7 @@
 //! no capabilities by default, code runs only if it matches its registered hash, and what was
 //! accepted survives a restart.
 
-use crate::harness::{Node, Options, assert_api_error, guest};
+use crate::harness::{Node, Options, assert_api_error, guest, signed_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invocation_starts_from_fresh_state() {
@@ -77,7 +77,7 @@ async fn a_guest_gets_no_files_no_environment_and_no_network() {
 async fn tenants_functions_and_tokens_survive_a_restart() {
     let node = Node::start().await;
     let created = node.admin.create_tenant("acme").await.unwrap();
-    let acme = cella_client::Client::new(&node.url, Some(created.token.clone()));
+    let acme = signed_client(&node.url, created.token.clone()).await;
     let before = acme
         .deploy("echo", guest("echo.wasm"), &["timeout=3s".into()])
         .await
@@ -166,7 +166,7 @@ impl WithAccess for cella_core::FunctionRecord {
 async fn code_changed_in_the_blob_store_is_never_run() {
     let node = Node::start().await;
     let token = node.admin.create_tenant("acme").await.unwrap().token;
-    let acme = cella_client::Client::new(&node.url, Some(token.clone()));
+    let acme = signed_client(&node.url, token.clone()).await;
     let record = acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
     let other = acme
         .deploy("probe", guest("capabilities.wasm"), &[])
@@ -179,7 +179,7 @@ async fn code_changed_in_the_blob_store_is_never_run() {
     blobs.overwrite_raw(&record.hash, swapped).await.unwrap();
     // A restart empties the compiled-code cache, so the next invocation loads from storage.
     let node = node.restart().await;
-    let acme = cella_client::Client::new(&node.url, Some(token));
+    let acme = signed_client(&node.url, token).await;
     let msg = assert_api_error(
         acme.invoke("echo", b"x".to_vec(), &[]).await,
         500,

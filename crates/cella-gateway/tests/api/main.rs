@@ -5,6 +5,7 @@ mod harness;
 
 mod access;
 mod attestation;
+mod bundles;
 mod functions;
 mod http_passthrough;
 mod invariants;

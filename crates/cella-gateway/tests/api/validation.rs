@@ -1,6 +1,6 @@
 //! Bad input gets a clear 4xx JSON error and never reaches a guest.
 
-use crate::harness::{Node, assert_api_error, guest};
+use crate::harness::{Node, assert_api_error, guest, signed_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_and_names_are_refused_clearly() {
@@ -92,7 +92,7 @@ async fn malformed_requests_get_json_errors() {
     assert_eq!(response.status(), 401);
 
     let token = node.admin.create_tenant("acme").await.unwrap().token;
-    let acme = cella_client::Client::new(&node.url, Some(token.clone()));
+    let acme = signed_client(&node.url, token.clone()).await;
     acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
     let response = http
         .post(format!("{}/v1/functions/echo/invoke?mode=fast", node.url))

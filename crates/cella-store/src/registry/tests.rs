@@ -78,13 +78,23 @@ fn redeploy_keeps_access_and_check_can_refuse() {
     let registry = open(&dir.path().join("r.redb")).unwrap();
     let name = FunctionName::new("f").unwrap();
     let record = |bytes: &[u8]| {
+        let version = match bytes {
+            b"v1" => "1.0.0",
+            b"v2" => "2.0.0",
+            _ => "3.0.0",
+        };
         FunctionRecord::new(
             name.clone(),
             tenant("acme"),
-            ContentHash::of(bytes),
-            FunctionKind::WasiCommand,
-            bytes.len() as u64,
-            Limits::default(),
+            cella_core::FunctionVersion {
+                version: version.parse().unwrap(),
+                hash: ContentHash::of(bytes),
+                kind: FunctionKind::WasiCommand,
+                size: bytes.len() as u64,
+                limits: Limits::default(),
+                signer: "ed25519:01".into(),
+                deployed_at: now(),
+            },
         )
     };
     registry
@@ -102,6 +112,12 @@ fn redeploy_keeps_access_and_check_can_refuse() {
         .unwrap();
     assert!(v2.access.allows(&tenant("beta")));
     assert_eq!(v2.hash, ContentHash::of(b"v2"));
+    assert_eq!(v2.versions.len(), 2, "the history is kept");
+    assert_eq!(
+        v2.at(&"1.0.0".parse().unwrap()).unwrap().hash,
+        ContentHash::of(b"v1")
+    );
+    assert!(registry.blob_in_use(&ContentHash::of(b"v1")).unwrap());
     let version = registry.version();
     let refused = registry.put_function(record(b"v3"), |_| Err("no")).unwrap();
     assert_eq!(refused, Err("no"));

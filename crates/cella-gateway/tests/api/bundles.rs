@@ -1,0 +1,187 @@
+//! Signed bundles: only a bundle signed by a current key of the function's owner deploys,
+//! versions only move forward, `name@version` pins one, and `expect-hash` refuses anything
+//! else.
+
+use cella_bundle::{Bundle, BundleKind, Manifest, SigningKey};
+use cella_client::Client;
+
+use crate::harness::{Node, assert_api_error, guest};
+
+fn manifest(name: &str, version: &str) -> Manifest {
+    Manifest {
+        name: cella_core::FunctionName::new(name).unwrap(),
+        version: version.parse().unwrap(),
+        kind: BundleKind::WasiCommand,
+        plugins: Vec::new(),
+        permissions: Default::default(),
+        limits: Default::default(),
+    }
+}
+
+fn signed(name: &str, version: &str, payload: Vec<u8>, key: &SigningKey) -> Bundle {
+    let mut bundle = Bundle::new(manifest(name, version), payload);
+    bundle.sign(key);
+    bundle
+}
+
+/// A tenant's client and the key it has registered.
+async fn tenant_with_key(node: &Node, name: &str) -> (Client, SigningKey) {
+    let token = node.admin.create_tenant(name).await.unwrap().token;
+    let client = Client::new(&node.url, Some(token));
+    let key = SigningKey::generate();
+    client
+        .add_key(&key.verifying_key().to_string())
+        .await
+        .unwrap();
+    (client, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_intact_bundles_signed_by_a_current_key_of_the_owner_deploy() {
+    let node = Node::start().await;
+    let (acme, key) = tenant_with_key(&node, "acme").await;
+    let (_beta, beta_key) = tenant_with_key(&node, "beta").await;
+    let echo = guest("echo.wasm");
+    let good = signed("echo", "1.0.0", echo.clone(), &key);
+
+    // Tampered payload and tampered manifest: the signature no longer verifies.
+    let mut bytes = good.encode();
+    let last_payload_byte = bytes.len() - 1 - 1 - 32 - 64 - 1;
+    bytes[last_payload_byte] ^= 1;
+    let msg = assert_api_error(
+        acme.deploy_bundle("echo", bytes).await,
+        400,
+        "invalid_bundle",
+    );
+    assert!(msg.contains("signature does not verify"), "{msg}");
+    let mut other_manifest = good.clone();
+    other_manifest.manifest.limits.timeout_ms = Some(60_000);
+    assert_api_error(
+        acme.deploy_bundle("echo", other_manifest.encode()).await,
+        400,
+        "invalid_bundle",
+    );
+    // Signed by another tenant's key, by an unknown key, or not at all.
+    let msg = assert_api_error(
+        acme.deploy_bundle(
+            "echo",
+            signed("echo", "1.0.0", echo.clone(), &beta_key).encode(),
+        )
+        .await,
+        403,
+        "untrusted_key",
+    );
+    assert!(msg.contains("cella keys add"), "{msg}");
+    let stranger = SigningKey::generate();
+    assert_api_error(
+        acme.deploy_bundle(
+            "echo",
+            signed("echo", "1.0.0", echo.clone(), &stranger).encode(),
+        )
+        .await,
+        403,
+        "untrusted_key",
+    );
+    let unsigned = Bundle::new(manifest("echo", "1.0.0"), echo.clone());
+    assert_api_error(
+        acme.deploy_bundle("echo", unsigned.encode()).await,
+        400,
+        "invalid_bundle",
+    );
+    // A bare .wasm is not a bundle; a bundle for another name is refused.
+    let msg = assert_api_error(
+        acme.deploy_bundle("echo", echo.clone()).await,
+        400,
+        "invalid_bundle",
+    );
+    assert!(msg.contains("cella bundle build"), "{msg}");
+    assert_api_error(
+        acme.deploy_bundle("other", good.encode()).await,
+        400,
+        "invalid_request",
+    );
+    assert!(
+        acme.functions().await.unwrap().is_empty(),
+        "nothing deployed"
+    );
+
+    // The good one deploys; then the key is revoked: no new deploys with it, and the version
+    // it signed keeps running until replaced.
+    let record = acme.deploy_bundle("echo", good.encode()).await.unwrap();
+    assert_eq!(record.hash, good.hash().0);
+    assert_eq!(record.version.to_string(), "1.0.0");
+    let id = key.verifying_key().id().to_string();
+    let (revoked, still_running) = acme.revoke_key(&id).await.unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(still_running, ["echo"]);
+    let msg = assert_api_error(
+        acme.deploy_bundle("echo", signed("echo", "1.0.1", echo.clone(), &key).encode())
+            .await,
+        403,
+        "untrusted_key",
+    );
+    assert!(msg.contains("revoked"), "{msg}");
+    let out = acme.invoke("echo", b"still".to_vec(), &[]).await.unwrap();
+    assert_eq!(&out.output[..], b"still");
+    assert_api_error(
+        acme.add_key(&key.verifying_key().to_string()).await,
+        409,
+        "conflict",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_move_forward_pin_and_expect_hash() {
+    let node = Node::start().await;
+    let (acme, key) = tenant_with_key(&node, "acme").await;
+    let v1 = signed("fn", "1.0.0", guest("echo.wasm"), &key);
+    let v2 = signed("fn", "1.2.0", guest("exit-fail.wasm"), &key);
+    acme.deploy_bundle("fn", v1.encode()).await.unwrap();
+    let record = acme.deploy_bundle("fn", v2.encode()).await.unwrap();
+    assert_eq!(record.versions.len(), 2);
+
+    for stale in ["1.2.0", "1.1.9", "0.9.0"] {
+        let msg = assert_api_error(
+            acme.deploy_bundle("fn", signed("fn", stale, guest("echo.wasm"), &key).encode())
+                .await,
+            409,
+            "conflict",
+        );
+        assert!(msg.contains("only move forward"), "{msg}");
+    }
+
+    // `fn` runs 1.2.0 (which fails); `fn@1.0.0` the pinned echo.
+    assert_api_error(acme.invoke("fn", vec![], &[]).await, 502, "function_failed");
+    let pinned = acme.invoke("fn@1.0.0", b"old".to_vec(), &[]).await.unwrap();
+    assert_eq!(&pinned.output[..], b"old");
+    assert_eq!(
+        pinned.function_hash.as_deref(),
+        Some(v1.hash().to_string().as_str())
+    );
+    let msg = assert_api_error(acme.invoke("fn@3.0.0", vec![], &[]).await, 404, "not_found");
+    assert!(msg.contains("1.0.0, 1.2.0"), "{msg}");
+
+    // expect-hash: the right hash runs, any other is refused before anything runs.
+    let v1_hash = v1.hash().to_string();
+    let ok = acme
+        .invoke_expecting("fn@1.0.0", b"x".to_vec(), &[], Some(&v1_hash))
+        .await
+        .unwrap();
+    assert_eq!(&ok.output[..], b"x");
+    let msg = assert_api_error(
+        acme.invoke_expecting("fn", b"x".to_vec(), &[], Some(&v1_hash))
+            .await,
+        412,
+        "hash_mismatch",
+    );
+    assert!(
+        msg.contains(&v1_hash) && msg.contains(&v2.hash().to_string()),
+        "{msg}"
+    );
+    assert_api_error(
+        acme.invoke_expecting("fn", vec![], &[], Some("sha256:nothex"))
+            .await,
+        400,
+        "invalid_request",
+    );
+}

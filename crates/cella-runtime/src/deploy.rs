@@ -1,0 +1,246 @@
+//! Deploying signed bundles, and the keys tenants sign them with. A bundle is accepted only if
+//! its signature verifies under a key its owner has registered and not revoked, it names the
+//! function it is deployed as, its version is newer than the current one, and its payload
+//! compiles to the kind it declares. It is kept (sealed) in the untrusted blob store under its
+//! bundle hash and verified again — signature and hash — whenever it is loaded.
+
+use bytes::Bytes;
+use cella_bundle::{Bundle, BundleKind, VerifyingKey};
+use cella_core::{
+    ContentHash, FunctionKind, FunctionName, FunctionRecord, FunctionVersion, Limits,
+};
+use cella_sandbox::Compiled;
+use cella_store::{BlobError, Principal, TenantKey};
+
+use crate::RuntimeError;
+use crate::platform::{Platform, blocking, taken, tenant_of};
+
+impl Platform {
+    /// Verifies, compiles, stores and registers a signed bundle as the new current version of
+    /// function `name`. Compilation happens here, not on the first invocation.
+    pub async fn deploy(
+        &self,
+        caller: &Principal,
+        name: &str,
+        bundle_bytes: Bytes,
+    ) -> Result<FunctionRecord, RuntimeError> {
+        let owner = tenant_of(caller)?.clone();
+        let name = FunctionName::new(name)?;
+        let bundle = Bundle::decode(&bundle_bytes, self.config().max_bundle_bytes)?;
+        if bundle.manifest.name != name {
+            return Err(RuntimeError::Invalid(format!(
+                "the bundle is for function `{}`, not `{name}`; deploy it as `{}` or rebuild it \
+                 with `name = \"{name}\"` in its manifest",
+                bundle.manifest.name, bundle.manifest.name
+            )));
+        }
+        let signer = bundle.verify_signature()?;
+        self.require_active_key(&owner, &signer)?;
+        let kind = supported_kind(&bundle)?;
+        let limits = Limits::resolve(
+            &self.config().default_limits,
+            &bundle.manifest.limits,
+            &self.config().max_limits,
+        )?;
+        if let Some(existing) = self.registry().function(&name)?
+            && existing.owner != owner
+        {
+            return Err(taken(&name));
+        }
+        let hash = bundle.hash().0;
+        let compiled = self.compile(Bytes::from(bundle.payload.clone())).await?;
+        if compiled.kind() != kind {
+            return Err(RuntimeError::Invalid(format!(
+                "the manifest says `kind = \"{kind}\"` but the payload is a {} function; fix \
+                 `kind` in the manifest",
+                compiled.kind()
+            )));
+        }
+        self.blobs().put_as(&hash, &bundle_bytes).await?;
+        let version = bundle.manifest.version.clone();
+        let record = FunctionRecord::new(
+            name.clone(),
+            owner.clone(),
+            FunctionVersion {
+                version: version.clone(),
+                hash,
+                kind,
+                size: bundle.payload.len() as u64,
+                limits,
+                signer: signer.id().to_string(),
+                deployed_at: cella_core::now_rfc3339(),
+            },
+        );
+        let registry = self.registry().clone();
+        let record = blocking(move || {
+            // Checked inside the write transaction: a concurrent deploy cannot slip in between.
+            registry.put_function(record, |existing| match existing {
+                Some(e) if e.owner != owner => Err(taken(&e.name)),
+                Some(e) if e.version >= version => Err(RuntimeError::OldVersion(format!(
+                    "function `{}` is at version {}; deploy a newer version (raise `version` \
+                     in the manifest): versions only move forward",
+                    e.name, e.version
+                ))),
+                _ => Ok(()),
+            })?
+        })
+        .await?;
+        self.code_cache().insert(&hash, compiled);
+        self.metrics().deployed();
+        tracing::info!(
+            function = %record.name, version = %record.version, hash = %record.hash,
+            kind = %record.kind, signer = %record.signer, "deployed"
+        );
+        Ok(record)
+    }
+
+    fn require_active_key(
+        &self,
+        owner: &cella_core::TenantName,
+        signer: &VerifyingKey,
+    ) -> Result<(), RuntimeError> {
+        let id = signer.id();
+        match self.registry().key(owner, id.as_str())? {
+            Some(key) if key.is_active() => Ok(()),
+            Some(_) => Err(RuntimeError::UntrustedKey(format!(
+                "the bundle is signed by key {id}, which tenant `{owner}` revoked; sign it with \
+                 a current key (`cella keys list`)"
+            ))),
+            None => Err(RuntimeError::UntrustedKey(format!(
+                "the bundle is signed by key {id}, which is not registered for tenant `{owner}`; \
+                 register your public key with `cella keys add FILE.pub`"
+            ))),
+        }
+    }
+
+    /// The code of `record`: loaded from the untrusted blob store, authenticated, decoded, its
+    /// signature and hash checked again, then compiled. Anything that fails is never run.
+    pub(crate) async fn load_bundle(
+        &self,
+        record: &FunctionRecord,
+    ) -> Result<Compiled, RuntimeError> {
+        let refuse = |e: RuntimeError| {
+            self.metrics().integrity_failure();
+            tracing::error!(function = %record.name, "refusing to run: {e}");
+            e
+        };
+        let bytes = match self.blobs().get_authenticated(&record.hash).await {
+            Ok(bytes) => bytes,
+            Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
+                return Err(refuse(e.into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let tampered = |detail: String| BlobError::Tampered {
+            hash: record.hash,
+            detail,
+        };
+        let bundle = Bundle::decode(&bytes, u64::MAX)
+            .map_err(|e| refuse(tampered(format!("it no longer decodes: {e}")).into()))?;
+        let signer = bundle
+            .verify_signature()
+            .map_err(|e| refuse(tampered(e.to_string()).into()))?;
+        if bundle.hash().0 != record.hash || signer.id().as_str() != record.signer {
+            return Err(refuse(
+                tampered("it is not the bundle the registry names".into()).into(),
+            ));
+        }
+        self.compile(Bytes::from(bundle.payload)).await
+    }
+
+    /// Registers a public key for the calling tenant.
+    pub async fn add_key(
+        &self,
+        caller: &Principal,
+        public_key: &str,
+    ) -> Result<TenantKey, RuntimeError> {
+        let tenant = tenant_of(caller)?.clone();
+        let key: VerifyingKey = public_key
+            .parse()
+            .map_err(|e: cella_bundle::KeyError| RuntimeError::Invalid(e.to_string()))?;
+        let registry = self.registry().clone();
+        blocking(move || Ok(registry.add_key(&tenant, key.id().as_str(), &key.to_string())?)).await
+    }
+
+    /// The calling tenant's keys, revoked ones included.
+    pub fn keys(&self, caller: &Principal) -> Result<Vec<TenantKey>, RuntimeError> {
+        Ok(self.registry().keys(tenant_of(caller)?)?)
+    }
+
+    /// Revokes one of the calling tenant's keys: no new deploy may be signed by it. Versions
+    /// already deployed with it keep running until replaced or deleted; returns the functions
+    /// whose current version it signed.
+    pub async fn revoke_key(
+        &self,
+        caller: &Principal,
+        id: &str,
+    ) -> Result<(TenantKey, Vec<FunctionName>), RuntimeError> {
+        let tenant = tenant_of(caller)?.clone();
+        let registry = self.registry().clone();
+        let id = id.to_owned();
+        blocking(move || {
+            let key = registry.revoke_key(&tenant, &id)?;
+            let signed = registry
+                .functions_owned_by(&tenant)?
+                .into_iter()
+                .filter(|f| f.signer == key.id)
+                .map(|f| f.name)
+                .collect();
+            Ok((key, signed))
+        })
+        .await
+    }
+}
+
+/// The function kind a bundle's manifest declares, if this platform runs it.
+fn supported_kind(bundle: &Bundle) -> Result<FunctionKind, RuntimeError> {
+    let manifest = &bundle.manifest;
+    if !manifest.plugins.is_empty() {
+        return Err(RuntimeError::Invalid(format!(
+            "the bundle needs plug-ins ({}), and this platform has none registered; remove \
+             `plugins` from the manifest",
+            manifest
+                .plugins
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if !manifest.permissions.is_empty() {
+        return Err(RuntimeError::Invalid(format!(
+            "the bundle asks for permissions ({}); this platform grants none yet (functions get \
+             no files, environment or network), so remove `permissions` from the manifest",
+            manifest
+                .permissions
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    match manifest.kind {
+        BundleKind::WasiCommand => Ok(FunctionKind::WasiCommand),
+        BundleKind::WasiHttp => Ok(FunctionKind::WasiHttp),
+        BundleKind::Js => Err(RuntimeError::Invalid(
+            "JavaScript functions need the JavaScript plug-in, which this platform does not have \
+             yet; deploy WebAssembly (kind `wasi-command` or `wasi-http`)"
+                .into(),
+        )),
+    }
+}
+
+/// `expect-hash`: refuses to run anything but the bundle the caller expects.
+pub(crate) fn check_expected(
+    record: &FunctionRecord,
+    expected: Option<&ContentHash>,
+) -> Result<(), RuntimeError> {
+    match expected {
+        Some(expected) if *expected != record.hash => Err(RuntimeError::HashMismatch {
+            name: record.name.clone(),
+            expected: expected.to_string(),
+            actual: format!("{} (version {})", record.hash, record.version),
+        }),
+        _ => Ok(()),
+    }
+}
