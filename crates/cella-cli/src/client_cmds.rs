@@ -14,6 +14,13 @@ use crate::{Format, Remote};
 /// comes from --token / CELLA_TOKEN, else from the admin token file of a local node's data
 /// directory.
 async fn client(remote: &Remote) -> anyhow::Result<Client> {
+    Ok(attested_client(remote).await?.0)
+}
+
+/// A client for the node once verified, and the attestation report it passed with.
+async fn attested_client(
+    remote: &Remote,
+) -> anyhow::Result<(Client, Option<cella_client::AttestationReport>)> {
     let token = match &remote.token {
         Some(token) => Some(token.clone()),
         None => {
@@ -200,6 +207,86 @@ pub(crate) async fn keys_revoke(remote: &Remote, id: &str) -> anyhow::Result<()>
     }
 }
 
+fn save_receipt(
+    path: &Path,
+    result: &cella_client::Invocation,
+    attestation: Option<cella_client::AttestationReport>,
+    nonce: &[u8],
+) -> anyhow::Result<()> {
+    let signed = result
+        .receipt
+        .clone()
+        .context("the node sent no receipt for this invocation")?;
+    anyhow::ensure!(
+        signed.receipt.nonce.as_deref() == Some(hex::encode(nonce).as_str()),
+        "the receipt does not carry this request's nonce; it is not for this invocation"
+    );
+    let attestation = attestation.context(
+        "receipts need the node's attestation report, which a plain-HTTP node does not bind to \
+         its key; use https",
+    )?;
+    let file = cella_receipt::ReceiptFile {
+        signed,
+        attestation,
+    };
+    std::fs::write(path, serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "receipt: {} (check it offline: cella verify-receipt {} --input … --output …)",
+        path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `cella verify-receipt`: ✔/✗ per check, offline; exits non-zero on any ✗.
+pub(crate) fn verify_receipt(
+    remote: &Remote,
+    path: &Path,
+    input: Option<&str>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file: cella_receipt::ReceiptFile = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not a cella receipt file", path.display()))?;
+    let input = input.map(|data| read_data(Some(data))).transpose()?;
+    let output = output
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .transpose()?;
+    let (policy, _) = remote.policy_for_offline_use()?;
+    let checks = file.checks(
+        &policy,
+        input.as_deref(),
+        output.as_deref(),
+        std::time::SystemTime::now(),
+    );
+    let passed = checks.iter().all(|c| c.ok);
+    match remote.format {
+        Format::Json => print_json(&json!({
+            "receipt": file.signed.receipt,
+            "checks": checks,
+            "passed": passed,
+        }))?,
+        Format::Text => {
+            let r = &file.signed.receipt;
+            println!(
+                "receipt {} for `{}` {} ({}) at {}",
+                r.invocation_id,
+                r.function.name,
+                r.function.version,
+                r.function.hash,
+                r.finished_at
+            );
+            print!("{}", crate::tee_cmds::check_lines(&checks));
+        }
+    }
+    if passed {
+        Ok(())
+    } else {
+        anyhow::bail!("the receipt did not verify")
+    }
+}
+
 fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
     match data {
         None => Ok(Vec::new()),
@@ -221,6 +308,8 @@ fn read_data(data: Option<&str>) -> anyhow::Result<Vec<u8>> {
 pub(crate) struct InvokeInput<'a> {
     pub data: Option<&'a str>,
     pub args: &'a [String],
+    /// Save the receipt (with the node's attestation report) here.
+    pub receipt: Option<&'a Path>,
     pub expect_hash: Option<&'a str>,
 }
 
@@ -231,11 +320,26 @@ pub(crate) async fn invoke(
     output: Option<&Path>,
 ) -> anyhow::Result<()> {
     let input = read_data(request.data)?;
-    let result = client(remote)
-        .await?
-        .invoke_expecting(name, input, request.args, request.expect_hash)
+    let (client, report) = attested_client(remote).await?;
+    // A fresh nonce ties the receipt to this request.
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| anyhow::anyhow!("no random numbers for the nonce: {e}"))?;
+    let result = client
+        .invoke_with(
+            name,
+            input,
+            request.args,
+            &cella_client::InvokeOptions {
+                expect_hash: request.expect_hash,
+                nonce: Some(&nonce),
+            },
+        )
         .await
         .map_err(explain)?;
+    if let Some(path) = request.receipt {
+        save_receipt(path, &result, report, &nonce)?;
+    }
     match output {
         Some(path) => {
             std::fs::write(path, &result.output)

@@ -25,6 +25,16 @@ struct Cli {
     command: Command,
 }
 
+impl Remote {
+    /// The policy for checking things offline (receipts): the same flags and files as for a
+    /// node, without a connection.
+    pub(crate) fn policy_for_offline_use(
+        &self,
+    ) -> anyhow::Result<(cella_tee::Policy, Option<PathBuf>)> {
+        self.policy.resolve(self)
+    }
+}
+
 /// How to reach a cella node (for every command except `up`).
 #[derive(Args, Clone)]
 pub(crate) struct Remote {
@@ -105,6 +115,19 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Check a receipt from `cella invoke --receipt` offline: its signature, the node's
+    /// evidence under your policy, and (if given) the input and output; exits non-zero on ✗.
+    VerifyReceipt {
+        file: PathBuf,
+        /// The input that was sent: `@FILE`, `-` for stdin, or literal text.
+        #[arg(long)]
+        input: Option<String>,
+        /// The output that came back.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Make a signing key pair for bundles (the secret file is readable by you only).
     Keygen {
         /// The key's file name (without extension).
@@ -133,6 +156,9 @@ enum Command {
         /// Run nothing unless the function's bundle hash is this (`sha256:…`).
         #[arg(long, value_name = "HASH")]
         expect_hash: Option<String>,
+        /// Save the node's signed receipt, with its attestation report, to this file.
+        #[arg(long, value_name = "FILE")]
+        receipt: Option<PathBuf>,
         /// Input: `@FILE`, `-` for stdin, or literal text. Empty when left out.
         #[arg(long, short = 'd')]
         data: Option<String>,
@@ -327,9 +353,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::List => c::keys_list(&remote).await,
             KeysCommand::Revoke { id } => c::keys_revoke(&remote, &id).await,
         },
+        Command::VerifyReceipt {
+            file,
+            input,
+            output,
+            remote,
+        } => c::verify_receipt(&remote, &file, input.as_deref(), output.as_deref()),
         Command::Invoke {
             name,
             expect_hash,
+            receipt,
             data,
             args,
             output,
@@ -338,6 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let input = c::InvokeInput {
                 data: data.as_deref(),
                 args: &args,
+                receipt: receipt.as_deref(),
                 expect_hash: expect_hash.as_deref(),
             };
             c::invoke(&remote, &name, input, output.as_deref()).await

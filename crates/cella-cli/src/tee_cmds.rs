@@ -30,7 +30,7 @@ pub(crate) struct PolicyArgs {
 
 impl PolicyArgs {
     /// The policy in force: the file, then the flags; and where a default anchor came from.
-    fn resolve(&self, remote: &Remote) -> anyhow::Result<(Policy, Option<PathBuf>)> {
+    pub(crate) fn resolve(&self, remote: &Remote) -> anyhow::Result<(Policy, Option<PathBuf>)> {
         let mut policy = match &self.policy {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -102,7 +102,15 @@ fn verification_text(url: &str, verification: &Verification, anchor_from: Option
             path.display()
         );
     }
-    for check in &verification.checks {
+    out.push_str(&check_lines(&verification.checks));
+    out
+}
+
+/// One ✔/✗ line per check, with the fix under each failure.
+pub(crate) fn check_lines(checks: &[cella_tee::Check]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for check in checks {
         let mark = if check.ok { "✔" } else { "✗" };
         let _ = writeln!(
             out,
@@ -142,9 +150,9 @@ async fn check_node(
 pub(crate) async fn verified_client(
     remote: &Remote,
     token: Option<String>,
-) -> anyhow::Result<Client> {
+) -> anyhow::Result<(Client, Option<cella_client::AttestationReport>)> {
     let (policy, anchor_from) = remote.policy.resolve(remote)?;
-    let (verification, _) = check_node(remote, &policy).await?;
+    let (verification, node) = check_node(remote, &policy).await?;
     if !verification.passed() {
         eprint!(
             "{}",
@@ -156,7 +164,10 @@ pub(crate) async fn verified_client(
              CELLA_POLICY)"
         );
     }
-    Ok(Client::with_policy(&remote.url, token, &policy)?)
+    let report = node
+        .map(|n| n.report)
+        .filter(|_| remote.url.starts_with("https://"));
+    Ok((Client::with_policy(&remote.url, token, &policy)?, report))
 }
 
 pub(crate) async fn verify(remote: &Remote) -> anyhow::Result<()> {

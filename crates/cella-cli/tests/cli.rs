@@ -262,6 +262,61 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("hash_mismatch"), "{stderr}");
+    // A receipt, checked offline against the input, the output and the policy.
+    let receipt = data.path().join("receipt.json");
+    let out_file = data.path().join("receipted.out");
+    ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &[
+            "invoke",
+            "echo",
+            "--data",
+            "receipted",
+            "-o",
+            out_file.to_str().unwrap(),
+            "--receipt",
+            receipt.to_str().unwrap(),
+        ],
+    ));
+    let verify_receipt = |input: &str| {
+        cella(
+            &server,
+            data.path(),
+            None,
+            &[
+                "verify-receipt",
+                receipt.to_str().unwrap(),
+                "--input",
+                input,
+                "--output",
+                out_file.to_str().unwrap(),
+            ],
+        )
+    };
+    let verified = ok(verify_receipt("receipted"));
+    for line in [
+        "✔ signature",
+        "✔ node evidence",
+        "✔ ran on",
+        "✔ input",
+        "✔ output",
+    ] {
+        assert!(verified.contains(line), "{line}: {verified}");
+    }
+    assert!(!verified.contains('✗'), "{verified}");
+    let wrong = verify_receipt("something else");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stdout).contains("✗ input"));
+    let mut edited: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+    edited["signed"]["receipt"]["function"]["version"] = "9.9.9".into();
+    std::fs::write(&receipt, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let forged = verify_receipt("receipted");
+    assert!(!forged.status.success());
+    assert!(String::from_utf8_lossy(&forged.stdout).contains("✗ signature"));
+
     // A flipped byte in the bundle file: inspect says ✗ and fails.
     let mut bytes = std::fs::read(&bundle).unwrap();
     let middle = bytes.len() / 2;

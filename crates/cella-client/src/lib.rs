@@ -82,6 +82,8 @@ pub struct CreatedTenant {
 #[derive(Debug, Clone)]
 pub struct Invocation {
     pub output: Bytes,
+    /// The node's signed receipt for this invocation.
+    pub receipt: Option<cella_receipt::SignedReceipt>,
     pub invocation_id: Option<String>,
     pub function_hash: Option<String>,
     pub duration_ms: Option<u64>,
@@ -126,6 +128,15 @@ pub struct TenantKey {
     pub public_key: String,
     pub added_at: String,
     pub revoked_at: Option<String>,
+}
+
+/// Conditions on an invocation (see [`Client::invoke_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct InvokeOptions<'a> {
+    /// Run nothing unless the function's bundle hash is this (`sha256:…`).
+    pub expect_hash: Option<&'a str>,
+    /// A nonce the node echoes in the receipt (at most 64 bytes).
+    pub nonce: Option<&'a [u8]>,
 }
 
 #[derive(Clone)]
@@ -501,23 +512,27 @@ impl Client {
         input: Vec<u8>,
         args: &[String],
     ) -> Result<Invocation, ClientError> {
-        self.invoke_expecting(name, input, args, None).await
+        self.invoke_with(name, input, args, &InvokeOptions::default())
+            .await
     }
 
-    /// Like [`Client::invoke`], but the node runs nothing unless the function's bundle hash is
-    /// `expected` (HTTP 412 `hash_mismatch` otherwise).
-    pub async fn invoke_expecting(
+    /// Like [`Client::invoke`], with an expected bundle hash (anything else: HTTP 412
+    /// `hash_mismatch`, nothing runs) and a nonce for the receipt.
+    pub async fn invoke_with(
         &self,
         name: &str,
         input: Vec<u8>,
         args: &[String],
-        expected: Option<&str>,
+        options: &InvokeOptions<'_>,
     ) -> Result<Invocation, ClientError> {
         let query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
         let path = format!("/v1/functions/{}/invoke", segment(name));
         let mut builder = self.request(Method::POST, &path).query(&query).body(input);
-        if let Some(expected) = expected {
+        if let Some(expected) = options.expect_hash {
             builder = builder.header("cella-expect-hash", expected);
+        }
+        if let Some(nonce) = options.nonce {
+            builder = builder.header("cella-nonce", hex::encode(nonce));
         }
         let response = self.send(builder).await?;
         let header = |name: &str| {
@@ -530,12 +545,27 @@ impl Client {
         let invocation_id = header("cella-invocation-id");
         let function_hash = header("cella-function-hash");
         let duration_ms = header("cella-duration-ms").and_then(|d| d.parse().ok());
+        let receipt = match header("cella-receipt") {
+            None => None,
+            Some(encoded) => {
+                use base64::Engine as _;
+                let bad = |detail: String| ClientError::Protocol {
+                    url: self.base.clone(),
+                    detail: format!("the receipt header: {detail}"),
+                };
+                let json = base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .map_err(|e| bad(e.to_string()))?;
+                Some(serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?)
+            }
+        };
         let output = response.bytes().await.map_err(|e| ClientError::Protocol {
             url: self.base.clone(),
             detail: format!("reading the function's output: {e}"),
         })?;
         Ok(Invocation {
             output,
+            receipt,
             invocation_id,
             function_hash,
             duration_ms,

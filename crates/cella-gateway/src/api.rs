@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use cella_core::FunctionRecord;
 use cella_core::TenantName;
-use cella_runtime::{AccessChange, ErrorCode, InvokeOutput};
+use cella_runtime::{AccessChange, ErrorCode, InvokeOptions, InvokeOutput};
 use cella_sandbox::CommandInput;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -338,16 +338,14 @@ async fn invoke(
             }
         }
     }
-    let expect = expected_hash(&headers)?;
+    let options = InvokeOptions {
+        expect: expected_hash(&headers)?,
+        nonce: request_nonce(&headers)?,
+    };
     let stdin = read_limited(body, state.config.max_body_bytes, "request body").await?;
     let output = state
         .platform
-        .invoke(
-            &caller,
-            &name,
-            expect.as_ref(),
-            CommandInput { stdin, args },
-        )
+        .invoke(&caller, &name, &options, CommandInput { stdin, args })
         .await?;
     Ok(invocation_response(output))
 }
@@ -372,6 +370,28 @@ pub(crate) fn expected_hash(headers: &HeaderMap) -> ApiResult<Option<cella_core:
         })
 }
 
+/// The request header carrying a nonce (hex) for the receipt.
+const NONCE_HEADER: &str = "cella-nonce";
+/// The response header carrying the signed receipt (base64 of its JSON).
+const RECEIPT_HEADER: &str = "cella-receipt";
+
+fn request_nonce(headers: &HeaderMap) -> ApiResult<Option<Vec<u8>>> {
+    let Some(value) = headers.get(NONCE_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| hex::decode(v.trim()).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("`{NONCE_HEADER}` must be hex (at most 64 bytes)"),
+            )
+        })
+}
+
 fn invocation_response(output: InvokeOutput) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -389,6 +409,13 @@ fn invocation_response(output: InvokeOutput) -> Response {
         "cella-duration-ms",
         HeaderValue::from(output.duration.as_millis() as u64),
     );
+    use base64::Engine as _;
+    let receipt = serde_json::to_vec(&output.receipt).expect("receipts serialize");
+    if let Ok(value) =
+        HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(receipt))
+    {
+        headers.insert(RECEIPT_HEADER, value);
+    }
     (headers, output.output).into_response()
 }
 

@@ -38,6 +38,8 @@ pub enum RaTlsError {
 pub struct AttestedCert {
     pub cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
+    /// The same key, ready to sign (receipts).
+    signer: rcgen::KeyPair,
     /// The raw public key the evidence binds.
     pub public_key: Vec<u8>,
     pub evidence: Evidence,
@@ -64,9 +66,19 @@ impl AttestedCert {
         Ok(AttestedCert {
             cert: cert.der().clone(),
             key: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            signer: key,
             public_key,
             evidence,
         })
+    }
+
+    /// Signs `message` with the certificate's key (ECDSA P-256/SHA-256, ASN.1 DER): evidence
+    /// binds this key, so what it signs is the attested node's word.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        use rcgen::SigningKey as _;
+        self.signer
+            .sign(message)
+            .expect("ECDSA P-256 signing with a generated key does not fail")
     }
 
     /// A rustls server configuration presenting this certificate.

@@ -88,6 +88,18 @@ impl Identity {
         })
     }
 
+    /// Signs a receipt with the identity key (the one the evidence binds).
+    pub(crate) fn sign_receipt(
+        &self,
+        receipt: cella_receipt::Receipt,
+    ) -> cella_receipt::SignedReceipt {
+        cella_receipt::SignedReceipt::sign(receipt, |message| self.cert.sign(message))
+    }
+
+    pub(crate) fn public_key_hex(&self) -> String {
+        hex::encode(&self.cert.public_key)
+    }
+
     /// The rustls configuration that presents the RA-TLS certificate.
     pub(crate) fn tls_config(&self) -> Result<rustls::ServerConfig, RuntimeError> {
         self.cert

@@ -20,4 +20,6 @@ pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use error::{ErrorCode, RuntimeError};
 pub use logs::InvocationLog;
 pub use metrics::Metrics;
-pub use platform::{AccessChange, HttpOutput, InvokeOutput, Platform, PlatformConfig};
+pub use platform::{
+    AccessChange, HttpOutput, InvokeOptions, InvokeOutput, Platform, PlatformConfig,
+};

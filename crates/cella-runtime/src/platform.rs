@@ -54,9 +54,20 @@ impl PlatformConfig {
     }
 }
 
+/// How an invocation is asked for, beyond its input.
+#[derive(Debug, Clone, Default)]
+pub struct InvokeOptions {
+    /// Run nothing unless the function's bundle hash is this (`expect-hash`).
+    pub expect: Option<ContentHash>,
+    /// The caller's nonce, echoed in the receipt (at most 64 bytes).
+    pub nonce: Option<Vec<u8>>,
+}
+
 /// What a successful command invocation returns.
 #[derive(Debug, Clone)]
 pub struct InvokeOutput {
+    /// The node's signed statement of what ran on what (see `cella-receipt`).
+    pub receipt: cella_receipt::SignedReceipt,
     pub invocation_id: String,
     pub output: Bytes,
     pub log: LogTail,
@@ -325,21 +336,31 @@ impl Platform {
     }
 
     /// Runs a WASI command function once: `input.stdin` in, stdout out. `target` is `name`
-    /// (the current version) or `name@version`; with `expect`, nothing but the bundle of that
-    /// hash runs.
+    /// (the current version) or `name@version`; see [`InvokeOptions`]. The output comes with a
+    /// receipt signed by the node's attested key.
     pub async fn invoke(
         &self,
         caller: &Principal,
         target: &str,
-        expect: Option<&ContentHash>,
+        options: &InvokeOptions,
         input: CommandInput,
     ) -> Result<InvokeOutput, RuntimeError> {
+        if let Some(nonce) = &options.nonce
+            && nonce.len() > MAX_NONCE_BYTES
+        {
+            return Err(RuntimeError::Invalid(format!(
+                "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",
+                nonce.len()
+            )));
+        }
         let started = Instant::now();
+        let started_at = cella_core::now_rfc3339();
+        let input_hash = cella_receipt::sha256(&input.stdin);
         let (invocation_id, function, output) = self
             .invocation(
                 caller,
                 target,
-                expect,
+                options.expect.as_ref(),
                 |o: &CommandOutput| &o.log,
                 async |record, compiled| match compiled {
                     Compiled::Command(pre) => self
@@ -358,12 +379,42 @@ impl Platform {
                 },
             )
             .await?;
+        let duration = started.elapsed();
+        let (tee, measurement) = self.tee();
+        let receipt = self.identity.sign_receipt(cella_receipt::Receipt {
+            format: cella_receipt::FORMAT.into(),
+            invocation_id: invocation_id.clone(),
+            node: cella_receipt::Node {
+                tee: tee.to_string(),
+                measurement: measurement.to_hex(),
+                identity_key: self.identity.public_key_hex(),
+                registry_version: self.registry.version(),
+            },
+            function: cella_receipt::Function {
+                name: function.name.to_string(),
+                version: function.version.to_string(),
+                hash: function.hash.to_string(),
+            },
+            limits_hash: cella_receipt::sha256(
+                &serde_json::to_vec(&function.limits).expect("limits serialize"),
+            ),
+            input_hash,
+            output_hash: cella_receipt::sha256(&output.stdout),
+            resources: cella_receipt::Resources {
+                wall_time_us: duration.as_micros() as u64,
+                memory_limit_bytes: function.limits.memory_bytes,
+            },
+            started_at,
+            finished_at: cella_core::now_rfc3339(),
+            nonce: options.nonce.as_deref().map(hex::encode),
+        });
         Ok(InvokeOutput {
+            receipt,
             invocation_id,
             output: output.stdout,
             log: output.log,
             function,
-            duration: started.elapsed(),
+            duration,
         })
     }
 

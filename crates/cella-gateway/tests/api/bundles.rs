@@ -3,7 +3,7 @@
 //! else.
 
 use cella_bundle::{Bundle, BundleKind, Manifest, SigningKey};
-use cella_client::Client;
+use cella_client::{Client, InvokeOptions};
 
 use crate::harness::{Node, assert_api_error, guest};
 
@@ -22,6 +22,13 @@ fn signed(name: &str, version: &str, payload: Vec<u8>, key: &SigningKey) -> Bund
     let mut bundle = Bundle::new(manifest(name, version), payload);
     bundle.sign(key);
     bundle
+}
+
+fn expecting(hash: &str) -> InvokeOptions<'_> {
+    InvokeOptions {
+        expect_hash: Some(hash),
+        nonce: None,
+    }
 }
 
 /// A tenant's client and the key it has registered.
@@ -164,12 +171,12 @@ async fn versions_move_forward_pin_and_expect_hash() {
     // expect-hash: the right hash runs, any other is refused before anything runs.
     let v1_hash = v1.hash().to_string();
     let ok = acme
-        .invoke_expecting("fn@1.0.0", b"x".to_vec(), &[], Some(&v1_hash))
+        .invoke_with("fn@1.0.0", b"x".to_vec(), &[], &expecting(&v1_hash))
         .await
         .unwrap();
     assert_eq!(&ok.output[..], b"x");
     let msg = assert_api_error(
-        acme.invoke_expecting("fn", b"x".to_vec(), &[], Some(&v1_hash))
+        acme.invoke_with("fn", b"x".to_vec(), &[], &expecting(&v1_hash))
             .await,
         412,
         "hash_mismatch",
@@ -179,9 +186,45 @@ async fn versions_move_forward_pin_and_expect_hash() {
         "{msg}"
     );
     assert_api_error(
-        acme.invoke_expecting("fn", vec![], &[], Some("sha256:nothex"))
+        acme.invoke_with("fn", vec![], &[], &expecting("sha256:nothex"))
             .await,
         400,
         "invalid_request",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_invocation_returns_a_receipt_signed_by_the_attested_key() {
+    let node = Node::start().await;
+    let (acme, key) = tenant_with_key(&node, "acme").await;
+    let bundle = signed("echo", "1.0.0", guest("echo.wasm"), &key);
+    acme.deploy_bundle("echo", bundle.encode()).await.unwrap();
+    let nonce = [7u8; 32];
+    let result = acme
+        .invoke_with(
+            "echo",
+            b"what ran on what".to_vec(),
+            &[],
+            &InvokeOptions {
+                expect_hash: None,
+                nonce: Some(&nonce),
+            },
+        )
+        .await
+        .unwrap();
+    let signed_receipt = result.receipt.expect("a receipt");
+    signed_receipt.verify_signature().unwrap();
+    let receipt = &signed_receipt.receipt;
+    let report = node.anonymous().attestation(b"").await.unwrap();
+    assert_eq!(receipt.node.identity_key, report.identity_key);
+    assert_eq!(receipt.node.measurement, report.measurement.to_hex());
+    assert_eq!(receipt.function.hash, bundle.hash().to_string());
+    assert_eq!(receipt.function.version, "1.0.0");
+    assert_eq!(
+        receipt.input_hash,
+        cella_receipt::sha256(b"what ran on what")
+    );
+    assert_eq!(receipt.output_hash, cella_receipt::sha256(&result.output));
+    assert_eq!(receipt.nonce.as_deref(), Some(hex::encode(nonce).as_str()));
+    assert!(receipt.node.registry_version > 0);
 }
