@@ -133,10 +133,18 @@ impl Bundle {
         out
     }
 
+    /// SHA-256 over the context and the unsigned encoding, fed in parts (no copy of the
+    /// payload).
     pub fn hash(&self) -> BundleHash {
+        let manifest = self.manifest.canonical_bytes();
         let mut hash = Sha256::new();
         hash.update(HASH_CONTEXT);
-        hash.update(self.unsigned_bytes());
+        hash.update(MAGIC);
+        hash.update(FORMAT.to_le_bytes());
+        hash.update((manifest.len() as u32).to_le_bytes());
+        hash.update(&manifest);
+        hash.update((self.payload.len() as u64).to_le_bytes());
+        hash.update(&self.payload);
         BundleHash(cella_core::ContentHash::from_digest(hash.finalize().into()))
     }
 

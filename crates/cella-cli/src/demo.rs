@@ -87,11 +87,12 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
 
     let policy = demo_policy(platform)?;
     let client = Client::with_policy(url, Some(token.secret().to_owned()), &policy)?;
-    verify_first(&client, &policy).await?;
+    let attestation = verify_first(&client, &policy).await?;
     let policy_file = platform.config().data_dir.join("demo-policy.toml");
     std::fs::write(&policy_file, toml::to_string_pretty(&policy)?)
         .with_context(|| format!("cannot write {}", policy_file.display()))?;
     smoke_test(&client, guests).await?;
+    receipt_check(&client, &policy, attestation).await?;
 
     let png = guests.join("sample.png");
     println!();
@@ -111,6 +112,8 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
         "  cella invoke thumbnail --data @{} --arg 64 --arg grayscale -o /tmp/thumb.png",
         png.display()
     );
+    println!("  cella invoke brotli --data 'prove it' -o /tmp/out.br --receipt /tmp/receipt.json");
+    println!("  cella verify-receipt /tmp/receipt.json --input 'prove it' --output /tmp/out.br");
     println!("  cella functions");
     println!(
         "  # curl cannot check RA-TLS evidence (hence -k); the cella CLI checks it on every connection"
@@ -144,7 +147,10 @@ fn demo_policy(platform: &Platform) -> anyhow::Result<cella_tee::Policy> {
 }
 
 /// Checks the node's evidence the way a client should before it sends anything.
-async fn verify_first(client: &Client, policy: &cella_tee::Policy) -> anyhow::Result<()> {
+async fn verify_first(
+    client: &Client,
+    policy: &cella_tee::Policy,
+) -> anyhow::Result<cella_tee::AttestationReport> {
     let result = client.verify_node(policy).await?;
     let claims = result
         .verification
@@ -168,10 +174,53 @@ async fn verify_first(client: &Client, policy: &cella_tee::Policy) -> anyhow::Re
             ""
         }
     );
-    Ok(())
+    Ok(result.report)
 }
 
 /// Invokes every example once through the HTTP API and checks what comes back.
+/// Invokes once with a nonce and checks the node's receipt as `cella verify-receipt` would.
+async fn receipt_check(
+    client: &Client,
+    policy: &cella_tee::Policy,
+    attestation: cella_tee::AttestationReport,
+) -> anyhow::Result<()> {
+    let input = b"receipts say what ran on what".to_vec();
+    let nonce = *b"demo receipt nonce, 32 bytes....";
+    let result = client
+        .invoke_with(
+            "brotli",
+            input.clone(),
+            &[],
+            &cella_client::InvokeOptions {
+                expect_hash: None,
+                nonce: Some(&nonce),
+            },
+        )
+        .await?;
+    let signed = result.receipt.context("the node sent no receipt")?;
+    let file = cella_receipt::ReceiptFile {
+        signed,
+        attestation,
+    };
+    let checks = file.checks(
+        policy,
+        Some(&input),
+        Some(&result.output),
+        std::time::SystemTime::now(),
+    );
+    if let Some(failed) = checks.iter().find(|c| !c.ok) {
+        bail!("the demo's receipt did not verify: {failed:?}");
+    }
+    let receipt = &file.signed.receipt;
+    println!(
+        "✔ receipt     brotli {} {}… signed by the attested key; {} checks pass (input, output, evidence)",
+        receipt.function.version,
+        &receipt.function.hash[..20],
+        checks.len()
+    );
+    Ok(())
+}
+
 async fn smoke_test(client: &Client, guests: &Path) -> anyhow::Result<()> {
     let text = "cella runs functions in a sandbox inside a TEE. ".repeat(2000);
     let started = Instant::now();

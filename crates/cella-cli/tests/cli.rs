@@ -475,6 +475,7 @@ fn up_demo_deploys_and_invokes_the_examples() {
         assert!(banner.contains(&format!("deployed {example}")), "{banner}");
         assert!(banner.contains(&format!("✔ {example}")), "{banner}");
     }
+    assert!(banner.contains("✔ receipt"), "{banner}");
     let export = server
         .banner
         .iter()
