@@ -37,6 +37,15 @@ struct FileConfig {
     sandbox: SandboxFile,
     #[serde(default)]
     limits: LimitsFile,
+    #[serde(default)]
+    storage: StorageFile,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct StorageFile {
+    /// object_store URL for bundles, e.g. `file:///srv/cella/blobs`.
+    blobs: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -71,8 +80,16 @@ pub(crate) struct ServerConfig {
     pub gateway: GatewaySettings,
     pub sandbox: SandboxSettings,
     pub limits: LimitSettings,
+    pub storage: StorageSettings,
     #[serde(skip)]
     pub file: Option<PathBuf>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub(crate) struct StorageSettings {
+    /// Where bundles are kept (sealed): an object_store URL; `<data_dir>/blobs` when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobs: Option<String>,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -162,6 +179,9 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
                 .unwrap_or(sandbox.keep_resident_bytes),
         },
         limits: LimitSettings { default, maximum },
+        storage: StorageSettings {
+            blobs: file.storage.blobs,
+        },
         file: source,
     })
 }

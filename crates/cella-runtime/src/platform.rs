@@ -22,8 +22,11 @@ use crate::{Metrics, RuntimeError};
 /// Settings of one platform (one `cella up` process).
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
-    /// Holds `registry.redb` and the `blobs/` directory.
+    /// Holds `registry.redb` and (unless `blob_store` says otherwise) the `blobs/` directory.
     pub data_dir: PathBuf,
+    /// Where bundles are kept, as an object_store URL (`file:///…`, `memory:///`); the
+    /// data directory's `blobs/` when `None`.
+    pub blob_store: Option<String>,
     /// Limits of functions deployed without their own.
     pub default_limits: Limits,
     /// Largest payload a bundle may carry, in bytes.
@@ -45,6 +48,7 @@ impl PlatformConfig {
             data_dir: data_dir.into(),
             default_limits: Limits::default(),
             max_bundle_bytes: 64 * 1024 * 1024,
+            blob_store: None,
             max_limits: Limits::default_maximum(),
             tenant_concurrency: 64,
             sandbox: SandboxConfig::default(),
@@ -145,7 +149,10 @@ impl Platform {
             &config.data_dir.join("registry.redb"),
             &identity.registry_key,
         )?;
-        let blobs = BlobStore::local(&config.data_dir.join("blobs"), registry.blob_key())?;
+        let blobs = match &config.blob_store {
+            Some(url) => BlobStore::from_url(url, registry.blob_key())?,
+            None => BlobStore::local(&config.data_dir.join("blobs"), registry.blob_key())?,
+        };
         // The instance pool must fit the largest memory any function may ask for.
         let mut config = config;
         config.sandbox.max_memory_bytes = config.max_limits.memory_bytes;

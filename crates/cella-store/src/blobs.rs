@@ -28,6 +28,11 @@ pub enum BlobError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "blob store URL `{url}`: {reason}; this build stores blobs at `file:///ABSOLUTE/PATH` \
+         or `memory:///` (S3-compatible stores are not built in yet)"
+    )]
+    Url { url: String, reason: String },
 }
 
 /// The key that seals a platform's blobs (derived from the registry's data key).
@@ -61,6 +66,8 @@ impl std::fmt::Debug for BlobKey {
 #[derive(Clone)]
 pub struct BlobStore {
     store: Arc<dyn ObjectStore>,
+    /// Where under the store's root cella's blobs live.
+    prefix: object_store::path::Path,
     key: BlobKey,
 }
 
@@ -78,7 +85,34 @@ impl BlobStore {
     }
 
     pub fn new(store: Arc<dyn ObjectStore>, key: BlobKey) -> Self {
-        BlobStore { store, key }
+        BlobStore {
+            store,
+            prefix: object_store::path::Path::default(),
+            key,
+        }
+    }
+
+    /// A blob store named by URL, as object_store parses them (`file:///srv/cella/blobs`,
+    /// `memory:///`). The store is untrusted whichever it is: blobs are sealed.
+    pub fn from_url(url: &str, key: BlobKey) -> Result<Self, BlobError> {
+        let bad = |reason: String| BlobError::Url {
+            url: url.to_owned(),
+            reason,
+        };
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        if parsed.scheme() == "file" {
+            // object_store's local store needs the directory to exist.
+            let dir = parsed
+                .to_file_path()
+                .map_err(|_| bad("not an absolute file path".into()))?;
+            std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
+        }
+        let (store, prefix) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
+        Ok(BlobStore {
+            store: Arc::from(store),
+            prefix,
+            key,
+        })
     }
 
     /// Where the blob of `hash` is kept: a keyed hash of it, so names reveal nothing.
@@ -88,7 +122,7 @@ impl BlobStore {
             .expect("HMAC takes keys of any length");
         mac.update(hash.to_hex().as_bytes());
         let name = hex::encode(mac.finalize().into_bytes());
-        object_store::path::Path::from(format!("sealed/{name}"))
+        self.prefix.clone().join("sealed").join(name.as_str())
     }
 
     fn context(hash: &ContentHash) -> Vec<u8> {
@@ -216,6 +250,27 @@ mod tests {
             blobs.get_verified(&never).await.unwrap_err(),
             BlobError::Missing(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn stores_are_named_by_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}/nested/blobs", dir.path().display());
+        let blobs = BlobStore::from_url(&url, BlobKey::derive(&[1; 32])).unwrap();
+        let hash = blobs.put(Bytes::from_static(b"kept")).await.unwrap();
+        assert_eq!(&blobs.get_verified(&hash).await.unwrap()[..], b"kept");
+        assert!(!walk(&dir.path().join("nested/blobs")).is_empty());
+
+        let memory = BlobStore::from_url("memory:///", BlobKey::derive(&[1; 32])).unwrap();
+        let hash = memory.put(Bytes::from_static(b"held")).await.unwrap();
+        assert_eq!(&memory.get_verified(&hash).await.unwrap()[..], b"held");
+
+        for bad in ["ftp://host/x", "not a url", "s3://bucket/cella"] {
+            let err = BlobStore::from_url(bad, BlobKey::derive(&[1; 32]))
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("file:///"), "{bad}: {err}");
+        }
     }
 
     fn walk(dir: &Path) -> Vec<String> {

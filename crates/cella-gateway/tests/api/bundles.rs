@@ -228,3 +228,31 @@ async fn every_invocation_returns_a_receipt_signed_by_the_attested_key() {
     assert_eq!(receipt.nonce.as_deref(), Some(hex::encode(nonce).as_str()));
     assert!(receipt.node.registry_version > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_live_sealed_in_the_blob_store_the_url_names() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let node = Node::start_with(crate::harness::Options {
+        blob_store: Some(format!("file://{}/bundles", elsewhere.path().display())),
+        ..Default::default()
+    })
+    .await;
+    let (acme, key) = tenant_with_key(&node, "acme").await;
+    let bundle = signed("echo", "1.0.0", guest("echo.wasm"), &key);
+    acme.deploy_bundle("echo", bundle.encode()).await.unwrap();
+    let stored: Vec<_> = std::fs::read_dir(elsewhere.path().join("bundles/sealed"))
+        .unwrap()
+        .collect();
+    assert_eq!(stored.len(), 1, "one sealed bundle");
+    let raw = std::fs::read(stored[0].as_ref().unwrap().path()).unwrap();
+    assert!(
+        !raw.windows(8).any(|w| w == b"CELLABND"),
+        "sealed, not plain"
+    );
+    assert!(!node.data_dir().join("blobs").exists());
+    let out = acme
+        .invoke("echo", b"from afar".to_vec(), &[])
+        .await
+        .unwrap();
+    assert_eq!(&out.output[..], b"from afar");
+}

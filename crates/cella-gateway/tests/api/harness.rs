@@ -41,6 +41,8 @@ pub struct Options {
     /// Serve RA-TLS (`https://`) instead of plain HTTP.
     pub tls: bool,
     pub gateway: GatewayConfig,
+    /// An object_store URL for bundles instead of the data directory's `blobs/`.
+    pub blob_store: Option<String>,
 }
 
 impl Default for Options {
@@ -50,6 +52,7 @@ impl Default for Options {
             instances: 32,
             tls: false,
             gateway: GatewayConfig::default(),
+            blob_store: None,
         }
     }
 }
@@ -68,6 +71,7 @@ impl Node {
         let mut config = PlatformConfig::new(dir.path());
         config.tenant_concurrency = options.tenant_concurrency;
         config.sandbox.instances = options.instances;
+        config.blob_store = options.blob_store.clone();
         let platform = Arc::new(Platform::open(config).expect("platform opens"));
         let created = platform.ensure_admin_token().await.unwrap();
         let admin_token = match (created, admin_token) {
