@@ -43,6 +43,12 @@ pub struct VerifyingKey(pub(crate) ed25519_dalek::VerifyingKey);
 #[serde(transparent)]
 pub struct KeyId(String);
 
+/// The 32 key bytes of `<prefix><64 hex digits>`.
+fn key_bytes(text: &str, prefix: &str) -> Option<[u8; 32]> {
+    let hex_digits = text.trim().strip_prefix(prefix)?;
+    hex::decode(hex_digits).ok()?.try_into().ok()
+}
+
 impl SigningKey {
     pub fn generate() -> Self {
         let mut secret = [0u8; 32];
@@ -99,12 +105,7 @@ impl SigningKey {
             what: path.display().to_string(),
             expected: SECRET_PREFIX,
         };
-        let bytes: [u8; 32] = text
-            .trim()
-            .strip_prefix(SECRET_PREFIX)
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(malformed)?;
+        let bytes = key_bytes(&text, SECRET_PREFIX).ok_or_else(malformed)?;
         Ok(SigningKey(ed25519_dalek::SigningKey::from_bytes(&bytes)))
     }
 }
@@ -148,12 +149,7 @@ impl FromStr for VerifyingKey {
             what: format!("`{}`", text.chars().take(80).collect::<String>()),
             expected: PUBLIC_PREFIX,
         };
-        let bytes: [u8; 32] = text
-            .trim()
-            .strip_prefix(PUBLIC_PREFIX)
-            .and_then(|h| hex::decode(h).ok())
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(malformed)?;
+        let bytes = key_bytes(text, PUBLIC_PREFIX).ok_or_else(malformed)?;
         VerifyingKey::from_bytes(&bytes).map_err(|_| malformed())
     }
 }

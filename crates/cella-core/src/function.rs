@@ -84,24 +84,24 @@ impl FunctionRecord {
     pub fn at(&self, version: &semver::Version) -> Option<FunctionRecord> {
         let pinned = self.versions.iter().find(|v| v.version == *version)?;
         let mut record = self.clone();
-        record.version = pinned.version.clone();
-        record.hash = pinned.hash;
-        record.kind = pinned.kind;
-        record.size = pinned.size;
-        record.limits = pinned.limits;
-        record.signer = pinned.signer.clone();
+        record.show(pinned);
         Some(record)
     }
 
     /// Makes `next` the current version, keeping the history.
     pub fn advance(&mut self, next: FunctionVersion) {
-        self.version = next.version.clone();
-        self.hash = next.hash;
-        self.kind = next.kind;
-        self.size = next.size;
-        self.limits = next.limits;
-        self.signer = next.signer.clone();
+        self.show(&next);
         self.updated_at = next.deployed_at.clone();
         self.versions.push(next);
+    }
+
+    /// Sets the current-version fields from `version`.
+    fn show(&mut self, version: &FunctionVersion) {
+        self.version = version.version.clone();
+        self.hash = version.hash;
+        self.kind = version.kind;
+        self.size = version.size;
+        self.limits = version.limits;
+        self.signer = version.signer.clone();
     }
 }
