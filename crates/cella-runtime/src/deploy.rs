@@ -85,6 +85,7 @@ impl Platform {
             })?
         })
         .await?;
+        self.keep_precompiled(&hash, &compiled).await;
         self.code_cache().insert(&hash, compiled);
         self.metrics().deployed();
         tracing::info!(

@@ -7,6 +7,7 @@
 //! account.
 #![forbid(unsafe_code)]
 
+mod artifacts;
 mod attestation;
 mod code_cache;
 mod concurrency;

@@ -31,6 +31,7 @@ pub struct Metrics {
     latency: Family<Kind, Histogram, fn() -> Histogram>,
     instances: Gauge<i64, std::sync::atomic::AtomicI64>,
     compilations: Counter<u64, AtomicU64>,
+    precompiled_loads: Counter<u64, AtomicU64>,
     deployments: Counter<u64, AtomicU64>,
     integrity_failures: Counter<u64, AtomicU64>,
 }
@@ -48,6 +49,7 @@ impl Default for Metrics {
             Family::new_with_constructor(latency_histogram);
         let instances = Gauge::default();
         let compilations = Counter::default();
+        let precompiled_loads = Counter::default();
         let deployments = Counter::default();
         let integrity_failures = Counter::default();
         registry.register(
@@ -70,10 +72,15 @@ impl Default for Metrics {
             "Modules and components compiled to native code",
             compilations.clone(),
         );
+        registry.register(
+            "precompiled_loads",
+            "Functions loaded from their sealed precompiled code instead of being compiled",
+            precompiled_loads.clone(),
+        );
         registry.register("deployments", "Successful deployments", deployments.clone());
         registry.register(
             "blob_integrity_failures",
-            "Blobs refused because their bytes did not match their hash",
+            "Stored bundles or registry records refused because they failed authentication, their signature or their hash",
             integrity_failures.clone(),
         );
         Metrics {
@@ -82,6 +89,7 @@ impl Default for Metrics {
             latency,
             instances,
             compilations,
+            precompiled_loads,
             deployments,
             integrity_failures,
         }
@@ -128,6 +136,10 @@ impl Metrics {
 
     pub(crate) fn compiled(&self) {
         self.compilations.inc();
+    }
+
+    pub(crate) fn precompiled_load(&self) {
+        self.precompiled_loads.inc();
     }
 
     pub(crate) fn deployed(&self) {

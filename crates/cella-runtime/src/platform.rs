@@ -98,6 +98,8 @@ pub struct Platform {
     sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
     blobs: BlobStore,
+    /// Sealed precompiled code, local to this node (see `artifacts.rs`).
+    artifacts: BlobStore,
     code: CodeCache,
     logs: InvocationLogs,
     concurrency: ConcurrencyLimits,
@@ -153,6 +155,7 @@ impl Platform {
             Some(url) => BlobStore::from_url(url, registry.blob_key())?,
             None => BlobStore::local(&config.data_dir.join("blobs"), registry.blob_key())?,
         };
+        let artifacts = BlobStore::local(&config.data_dir.join("compiled"), registry.blob_key())?;
         // The instance pool must fit the largest memory any function may ask for.
         let mut config = config;
         config.sandbox.max_memory_bytes = config.max_limits.memory_bytes;
@@ -161,6 +164,7 @@ impl Platform {
             sandbox: Arc::new(sandbox),
             registry: Arc::new(registry),
             blobs,
+            artifacts,
             code: CodeCache::default(),
             logs: InvocationLogs::default(),
             concurrency: ConcurrencyLimits::new(
@@ -223,6 +227,14 @@ impl Platform {
 
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+
+    pub(crate) fn artifacts(&self) -> &BlobStore {
+        &self.artifacts
+    }
+
+    pub(crate) fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
     }
 
     pub(crate) fn code_cache(&self) -> &CodeCache {
@@ -309,6 +321,7 @@ impl Platform {
         self.logs.forget(&record.name);
         for hash in unused {
             self.code.remove(&hash);
+            self.forget_precompiled(&hash).await;
             self.blobs.delete(&hash).await?;
         }
         Ok(record)
@@ -577,11 +590,18 @@ impl Platform {
         }
     }
 
-    /// The compiled code of `record`: from the cache, or loaded and verified again
-    /// ([`Platform::load_bundle`]).
+    /// The compiled code of `record`: from the in-memory cache, else its sealed precompiled
+    /// code, else the bundle — verified again and compiled.
     async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
         self.code
-            .get_or_load(&record.hash, self.load_bundle(record))
+            .get_or_load(&record.hash, async {
+                if let Some(compiled) = self.load_precompiled(record).await {
+                    return Ok(compiled);
+                }
+                let compiled = self.load_bundle(record).await?;
+                self.keep_precompiled(&record.hash, &compiled).await;
+                Ok(compiled)
+            })
             .await
     }
 

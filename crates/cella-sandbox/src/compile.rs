@@ -56,34 +56,92 @@ impl Sandbox {
     /// Validates and compiles `bytes` to native code and resolves their imports. CPU-heavy:
     /// callers on an async runtime should run it on a blocking thread.
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, CompileError> {
+        let invalid = |e: wasmtime::Error| CompileError::Invalid(format!("{e:#}"));
         match encoding(bytes)? {
             Encoding::Module => {
-                let module = Module::new(&self.engine, bytes)
-                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-                let has_start = module
-                    .exports()
-                    .any(|e| e.name() == "_start" && matches!(e.ty(), ExternType::Func(_)));
-                if !has_start {
-                    return Err(CompileError::NotACommand);
-                }
-                let pre = self
-                    .command_linker
-                    .instantiate_pre(&module)
-                    .map_err(|e| CompileError::UnsupportedImport(format!("{e:#}")))?;
-                Ok(Compiled::Command(pre))
+                self.link_module(Module::new(&self.engine, bytes).map_err(invalid)?)
             }
             Encoding::Component => {
-                let component = Component::new(&self.engine, bytes)
-                    .map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
-                let pre = self
-                    .http_linker
-                    .instantiate_pre(&component)
-                    .map_err(|e| CompileError::UnsupportedImport(format!("{e:#}")))?;
-                let proxy = ProxyPre::new(pre)
-                    .map_err(|e| CompileError::NotAnHttpComponent(format!("{e:#}")))?;
-                Ok(Compiled::Http(proxy))
+                self.link_component(Component::new(&self.engine, bytes).map_err(invalid)?)
             }
         }
+    }
+
+    /// The engine's version and settings, as a fingerprint: precompiled code only loads into
+    /// an engine with the same one.
+    pub fn engine_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// Loads code that [`Compiled::precompiled`] wrote, as the given kind, and links it.
+    ///
+    /// The bytes must come from this platform: native code is not validated again. Callers
+    /// pass only bytes they sealed themselves and have authenticated (the runtime keeps them
+    /// under an AEAD bound to the bundle hash and this engine's fingerprint).
+    #[allow(unsafe_code)]
+    pub fn load_precompiled(
+        &self,
+        kind: FunctionKind,
+        authenticated: &[u8],
+    ) -> Result<Compiled, CompileError> {
+        let stale = |e: wasmtime::Error| CompileError::Invalid(format!("precompiled code: {e:#}"));
+        match kind {
+            FunctionKind::WasiCommand => {
+                // SAFETY: wasmtime requires the bytes to be trusted output of `serialize` from
+                // a compatible engine. They are: the caller authenticated them (AEAD with a key
+                // only this platform holds, bound to this engine's fingerprint), and wasmtime
+                // still checks the engine version and settings and refuses a mismatch.
+                let module =
+                    unsafe { Module::deserialize(&self.engine, authenticated) }.map_err(stale)?;
+                self.link_module(module)
+            }
+            FunctionKind::WasiHttp => {
+                // SAFETY: as above.
+                let component = unsafe { Component::deserialize(&self.engine, authenticated) }
+                    .map_err(stale)?;
+                self.link_component(component)
+            }
+        }
+    }
+
+    fn link_module(&self, module: Module) -> Result<Compiled, CompileError> {
+        let has_start = module
+            .exports()
+            .any(|e| e.name() == "_start" && matches!(e.ty(), ExternType::Func(_)));
+        if !has_start {
+            return Err(CompileError::NotACommand);
+        }
+        let pre = self
+            .command_linker
+            .instantiate_pre(&module)
+            .map_err(|e| CompileError::UnsupportedImport(format!("{e:#}")))?;
+        Ok(Compiled::Command(pre))
+    }
+
+    fn link_component(&self, component: Component) -> Result<Compiled, CompileError> {
+        let pre = self
+            .http_linker
+            .instantiate_pre(&component)
+            .map_err(|e| CompileError::UnsupportedImport(format!("{e:#}")))?;
+        let proxy =
+            ProxyPre::new(pre).map_err(|e| CompileError::NotAnHttpComponent(format!("{e:#}")))?;
+        Ok(Compiled::Http(proxy))
+    }
+}
+
+impl Compiled {
+    /// The native code in wasmtime's precompiled form, for [`Sandbox::load_precompiled`].
+    pub fn precompiled(&self) -> Result<Vec<u8>, CompileError> {
+        let serialized = match self {
+            Compiled::Command(pre) => pre.module().serialize(),
+            Compiled::Http(proxy) => proxy.instance_pre().component().serialize(),
+        };
+        serialized.map_err(|e| CompileError::Engine(format!("{e:#}")))
     }
 }
 
@@ -115,5 +173,29 @@ mod tests {
         // An empty but valid module is not a command.
         let err = sandbox.compile(b"\0asm\x01\0\0\0").err().unwrap();
         assert!(matches!(err, CompileError::NotACommand), "{err}");
+    }
+
+    #[test]
+    fn precompiled_code_round_trips_and_foreign_bytes_are_refused() {
+        let sandbox = Sandbox::new(Default::default()).unwrap();
+        // (module (func (export "_start")))
+        let wasm = b"\0asm\x01\0\0\0\x01\x04\x01\x60\0\0\x03\x02\x01\0\x07\x0a\x01\x06_start\0\0\x0a\x04\x01\x02\0\x0b";
+        let compiled = sandbox.compile(wasm).unwrap();
+        let bytes = compiled.precompiled().unwrap();
+        let loaded = sandbox
+            .load_precompiled(FunctionKind::WasiCommand, &bytes)
+            .unwrap();
+        assert_eq!(loaded.kind(), FunctionKind::WasiCommand);
+        // Not wasmtime's precompiled form: an error, not a crash.
+        let err = sandbox
+            .load_precompiled(FunctionKind::WasiCommand, wasm)
+            .err()
+            .unwrap();
+        assert!(matches!(err, CompileError::Invalid(_)), "{err}");
+        assert!(
+            sandbox
+                .load_precompiled(FunctionKind::WasiHttp, &bytes)
+                .is_err()
+        );
     }
 }

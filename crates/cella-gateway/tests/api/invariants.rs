@@ -177,7 +177,9 @@ async fn code_changed_in_the_blob_store_is_never_run() {
     let blobs = node.platform.blobs();
     let swapped = blobs.raw(&other.hash).await.unwrap();
     blobs.overwrite_raw(&record.hash, swapped).await.unwrap();
-    // A restart empties the compiled-code cache, so the next invocation loads from storage.
+    // A restart empties the in-memory cache; without the node's precompiled code (a fresh
+    // node, or a lost cache) the next invocation must load the bundle from storage.
+    std::fs::remove_dir_all(node.data_dir().join("compiled")).unwrap();
     let node = node.restart().await;
     let acme = signed_client(&node.url, token).await;
     let msg = assert_api_error(
@@ -200,5 +202,47 @@ async fn code_changed_in_the_blob_store_is_never_run() {
             .unwrap()
             .output[..],
         b"ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_code_loads_precompiled_and_swapped_code_is_never_loaded() {
+    let node = Node::start().await;
+    let token = node.admin.create_tenant("acme").await.unwrap().token;
+    let acme = signed_client(&node.url, token.clone()).await;
+    let record = acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+
+    // After a restart the first invocation compiles nothing: the sealed native code is used.
+    let node = node.restart().await;
+    let acme = cella_client::Client::new(&node.url, Some(token.clone()));
+    let out = acme.invoke("echo", b"warm".to_vec(), &[]).await.unwrap();
+    assert_eq!(&out.output[..], b"warm");
+    let metrics = node.platform.metrics().encode();
+    assert!(metrics.contains("cella_compilations_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("cella_precompiled_loads_total 1"),
+        "{metrics}"
+    );
+
+    // The host puts other sealed bytes (the bundle's) where the native code was: refused,
+    // counted, and the bundle is verified and compiled instead.
+    let bundle = node.platform.blobs().raw(&record.hash).await.unwrap();
+    let sealed = node.data_dir().join("compiled/sealed");
+    for entry in std::fs::read_dir(&sealed).unwrap() {
+        std::fs::write(entry.unwrap().path(), &bundle).unwrap();
+    }
+    let node = node.restart().await;
+    let acme = cella_client::Client::new(&node.url, Some(token));
+    let out = acme.invoke("echo", b"cold".to_vec(), &[]).await.unwrap();
+    assert_eq!(&out.output[..], b"cold");
+    let metrics = node.platform.metrics().encode();
+    assert!(metrics.contains("cella_compilations_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("cella_precompiled_loads_total 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cella_blob_integrity_failures_total 1"),
+        "{metrics}"
     );
 }
