@@ -18,6 +18,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "cella-receipt/1";
+
+/// `sha256:` of a function's arguments, as receipts record them.
+pub fn args_hash(args: &[String]) -> String {
+    sha256(&serde_json::to_vec(args).expect("strings serialize"))
+}
 const SIGNING_CONTEXT: &[u8] = b"cella receipt v1\0";
 
 /// `sha256:<hex>` of `bytes`.
@@ -63,6 +68,9 @@ pub struct Receipt {
     pub function: Function,
     /// `sha256:` of the limits the function ran under (canonical JSON).
     pub limits_hash: String,
+    /// `sha256:` of the arguments (their compact JSON array), which shape the output as much
+    /// as the input does.
+    pub args_hash: String,
     pub input_hash: String,
     pub output_hash: String,
     pub resources: Resources,
@@ -245,6 +253,7 @@ mod tests {
                 hash: sha256(b"bundle"),
             },
             limits_hash: sha256(b"limits"),
+            args_hash: args_hash(&["decompress".into()]),
             input_hash: sha256(b"in"),
             output_hash: sha256(b"out"),
             resources: Resources {
@@ -267,7 +276,8 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&signed).unwrap()).unwrap();
         round_trip.verify_signature().unwrap();
 
-        let changes: [fn(&mut Receipt); 8] = [
+        let changes: [fn(&mut Receipt); 9] = [
+            |r| r.args_hash = args_hash(&[]),
             |r| r.invocation_id.push('0'),
             |r| r.node.registry_version += 1,
             |r| r.node.measurement = "cd".repeat(48),

@@ -73,15 +73,19 @@ impl Platform {
         );
         let registry = self.registry().clone();
         let record = blocking(move || {
-            // Checked inside the write transaction: a concurrent deploy cannot slip in between.
-            registry.put_function(record, |existing| match existing {
-                Some(e) if e.owner != owner => Err(taken(&e.name)),
-                Some(e) if e.version >= version => Err(RuntimeError::OldVersion(format!(
-                    "function `{}` is at version {}; deploy a newer version (raise `version` \
-                     in the manifest): versions only move forward",
-                    e.name, e.version
-                ))),
-                _ => Ok(()),
+            // Checked inside the write transaction: a concurrent deploy, or a revocation of
+            // the signing key, cannot slip in between.
+            registry.put_function(record, |existing| {
+                active_key(&registry, &owner, &signer)?;
+                match existing {
+                    Some(e) if e.owner != owner => Err(taken(&e.name)),
+                    Some(e) if e.version >= version => Err(RuntimeError::OldVersion(format!(
+                        "function `{}` is at version {}; deploy a newer version (raise \
+                         `version` in the manifest): versions only move forward",
+                        e.name, e.version
+                    ))),
+                    _ => Ok(()),
+                }
             })?
         })
         .await?;
@@ -100,18 +104,7 @@ impl Platform {
         owner: &cella_core::TenantName,
         signer: &VerifyingKey,
     ) -> Result<(), RuntimeError> {
-        let id = signer.id();
-        match self.registry().key(owner, id.as_str())? {
-            Some(key) if key.is_active() => Ok(()),
-            Some(_) => Err(RuntimeError::UntrustedKey(format!(
-                "the bundle is signed by key {id}, which tenant `{owner}` revoked; sign it with \
-                 a current key (`cella keys list`)"
-            ))),
-            None => Err(RuntimeError::UntrustedKey(format!(
-                "the bundle is signed by key {id}, which is not registered for tenant `{owner}`; \
-                 register your public key with `cella keys add FILE.pub`"
-            ))),
-        }
+        active_key(self.registry(), owner, signer)
     }
 
     /// The code of `record`: loaded from the untrusted blob store, authenticated, decoded, its
@@ -190,6 +183,29 @@ impl Platform {
             Ok((key, signed))
         })
         .await
+    }
+}
+
+/// The signer must be a registered, unrevoked key of `owner` — the very key, not only its id.
+fn active_key(
+    registry: &cella_store::Registry,
+    owner: &cella_core::TenantName,
+    signer: &VerifyingKey,
+) -> Result<(), RuntimeError> {
+    let id = signer.id();
+    match registry.key(owner, id.as_str())? {
+        Some(key) if key.is_active() && key.public_key == signer.to_string() => Ok(()),
+        Some(key) if key.public_key != signer.to_string() => Err(RuntimeError::UntrustedKey(
+            format!("the bundle's signer is not the key {id} that tenant `{owner}` registered"),
+        )),
+        Some(_) => Err(RuntimeError::UntrustedKey(format!(
+            "the bundle is signed by key {id}, which tenant `{owner}` revoked; sign it with a \
+             current key (`cella keys list`)"
+        ))),
+        None => Err(RuntimeError::UntrustedKey(format!(
+            "the bundle is signed by key {id}, which is not registered for tenant `{owner}`; \
+             register your public key with `cella keys add FILE.pub`"
+        ))),
     }
 }
 

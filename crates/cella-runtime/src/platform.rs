@@ -376,6 +376,7 @@ impl Platform {
         let started = Instant::now();
         let started_at = cella_core::now_rfc3339();
         let input_hash = cella_receipt::sha256(&input.stdin);
+        let args_hash = cella_receipt::args_hash(&input.args);
         let (invocation_id, function, output) = self
             .invocation(
                 caller,
@@ -418,6 +419,7 @@ impl Platform {
             limits_hash: cella_receipt::sha256(
                 &serde_json::to_vec(&function.limits).expect("limits serialize"),
             ),
+            args_hash,
             input_hash,
             output_hash: cella_receipt::sha256(&output.stdout),
             resources: cella_receipt::Resources {

@@ -208,6 +208,7 @@ impl Registry {
     /// Compares the database's version with the sealed copy in the version file.
     fn check_version_file(&self) -> Result<(), RegistryError> {
         let tx = self.db.begin_read().map_err(db)?;
+        self.check_state_digest(&tx)?;
         let in_database = self.stored_version(&tx)?;
         let file_error = |source| RegistryError::VersionFile {
             path: self.version_file.path().display().to_string(),
@@ -239,16 +240,47 @@ impl Registry {
     }
 
     fn stored_version(&self, tx: &ReadTransaction) -> Result<u64, RegistryError> {
+        Ok(self.stored_state(tx)?.map_or(0, |(version, _)| version))
+    }
+
+    /// The sealed version record: the version and the digest of every record it covers.
+    fn stored_state(&self, tx: &ReadTransaction) -> Result<Option<(u64, [u8; 32])>, RegistryError> {
         let meta = tx.open_table(META).map_err(db)?;
         let stored = meta.get(VERSION).map_err(db)?;
-        stored.map_or(Ok(0), |sealed| self.open_version(sealed.value()))
+        stored
+            .map(|sealed| self.open_version(sealed.value()))
+            .transpose()
+    }
+
+    /// Every record must be the one the last write left: a record put back from an older
+    /// copy, deleted or added behind the registry's back changes the digest.
+    fn check_state_digest(&self, tx: &ReadTransaction) -> Result<(), RegistryError> {
+        let digest = state_digest(
+            &tx.open_table(META).map_err(db)?,
+            [TENANTS, TOKENS, FUNCTIONS, keys::KEYS].map(|t| (t, tx.open_table(t))),
+        )?;
+        let intact = match self.stored_state(tx)? {
+            Some((_, stored)) => stored == digest,
+            // Nothing written yet: there must be nothing to cover.
+            None => digest == state_digest_of_nothing(),
+        };
+        if intact {
+            Ok(())
+        } else {
+            Err(RegistryError::Tampered {
+                what: "the set of records (some were added, removed or replaced by older copies)"
+                    .into(),
+            })
+        }
     }
 
     /// A read transaction on a database that has not fallen behind what this node has seen.
     fn read(&self) -> Result<ReadTransaction, RegistryError> {
+        // Read what this node has seen first: a write committing in between only raises what
+        // the transaction finds.
+        let expected = self.version();
         let tx = self.db.begin_read().map_err(db)?;
         let found = self.stored_version(&tx)?;
-        let expected = self.version();
         if found < expected {
             return Err(RegistryError::RolledBack { found, expected });
         }
@@ -278,19 +310,25 @@ impl Registry {
             Err(refused) => return Ok(Err(refused)),
         };
         let version = {
+            let digest = state_digest(
+                &tx.open_table(META).map_err(db)?,
+                [TENANTS, TOKENS, FUNCTIONS, keys::KEYS].map(|t| (t, tx.open_table(t))),
+            )?;
             let mut meta = tx.open_table(META).map_err(db)?;
             let found = match meta.get(VERSION).map_err(db)? {
                 None => 0,
-                Some(sealed) => self.open_version(sealed.value())?,
+                Some(sealed) => self.open_version(sealed.value())?.0,
             };
             let expected = self.version();
             if found < expected {
                 return Err(RegistryError::RolledBack { found, expected });
             }
             let next = found + 1;
-            let sealed = self
-                .sealer
-                .seal(META.name(), VERSION.as_bytes(), &version::encode(next));
+            let sealed = self.sealer.seal(
+                META.name(),
+                VERSION.as_bytes(),
+                &version::encode(next, &digest),
+            );
             meta.insert(VERSION, sealed.as_slice()).map_err(db)?;
             next
         };
@@ -306,7 +344,7 @@ impl Registry {
         Ok(Ok(result))
     }
 
-    fn open_version(&self, sealed: &[u8]) -> Result<u64, RegistryError> {
+    fn open_version(&self, sealed: &[u8]) -> Result<(u64, [u8; 32]), RegistryError> {
         let plain = self
             .sealer
             .open(META.name(), VERSION.as_bytes(), sealed)
@@ -574,6 +612,42 @@ impl Registry {
             .flat_map(|record| &record.versions)
             .any(|version| version.hash == *hash))
     }
+}
+
+/// SHA-256 over every sealed record (table, stored key, sealed value) and the admin token's
+/// record: what one version of the registry holds. Sealed with the version at every write.
+fn state_digest<M, T>(
+    meta: &M,
+    tables: [(Sealed, Result<T, redb::TableError>); 4],
+) -> Result<[u8; 32], RegistryError>
+where
+    M: ReadableTable<&'static str, &'static [u8]>,
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let mut row = |table: &str, key: &[u8], value: &[u8]| {
+        for part in [table.as_bytes(), key, value] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+    };
+    if let Some(admin) = meta.get(ADMIN_TOKEN).map_err(db)? {
+        row(META.name(), ADMIN_TOKEN.as_bytes(), admin.value());
+    }
+    for (definition, table) in tables {
+        let table = table.map_err(db)?;
+        for entry in table.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            row(definition.name(), key.value(), value.value());
+        }
+    }
+    Ok(hash.finalize().into())
+}
+
+fn state_digest_of_nothing() -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b"").into()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {

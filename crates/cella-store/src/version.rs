@@ -70,12 +70,17 @@ impl VersionFile {
     }
 }
 
-/// Encodes a version for the database (sealed there like every other record).
-pub(crate) fn encode(version: u64) -> [u8; 8] {
-    version.to_le_bytes()
+/// Encodes the version record for the database: the version and the digest of the records
+/// it covers (sealed there like every other record).
+pub(crate) fn encode(version: u64, digest: &[u8; 32]) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&version.to_le_bytes());
+    out[8..].copy_from_slice(digest);
+    out
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Result<u64, Unauthentic> {
-    let bytes: [u8; 8] = bytes.try_into().map_err(|_| Unauthentic)?;
-    Ok(u64::from_le_bytes(bytes))
+pub(crate) fn decode(bytes: &[u8]) -> Result<(u64, [u8; 32]), Unauthentic> {
+    let bytes: [u8; 40] = bytes.try_into().map_err(|_| Unauthentic)?;
+    let version = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    Ok((version, bytes[8..].try_into().expect("32 bytes")))
 }

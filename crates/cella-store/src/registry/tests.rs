@@ -161,26 +161,20 @@ fn a_flipped_truncated_or_swapped_record_is_detected_and_never_used() {
         registry.create_tenant(&tenant("beta")).unwrap();
     }
     let original = std::fs::read(&path).unwrap();
-    let tampered_on_read = |path: &Path| {
-        let registry = open(path).unwrap();
-        let results = [
-            registry.tenant(&tenant("acme")).map(|_| ()),
-            registry.tenant(&tenant("beta")).map(|_| ()),
-            registry.tenants().map(|_| ()),
-        ];
-        results
-            .into_iter()
-            .filter(|r| matches!(r, Err(RegistryError::Tampered { .. })))
-            .count()
+    // Opening checks every record against the digest sealed with the version, so a changed
+    // record is refused before anything reads it.
+    let refused = |path: &Path| match open(path) {
+        Err(RegistryError::Tampered { what }) => what,
+        Err(other) => panic!("expected tampering to be detected, got {other}"),
+        Ok(_) => panic!("a tampered registry was opened"),
     };
-
     // A flipped bit in one record.
     edit_raw(&path, |table| {
         let (key, mut value) = raw_entries(table).remove(0);
         *value.last_mut().unwrap() ^= 1;
         table.insert(key.as_slice(), value.as_slice()).unwrap();
     });
-    assert_eq!(tampered_on_read(&path), 2, "the record and the listing");
+    refused(&path);
 
     // A truncated record.
     std::fs::write(&path, &original).unwrap();
@@ -190,7 +184,7 @@ fn a_flipped_truncated_or_swapped_record_is_detected_and_never_used() {
             .insert(key.as_slice(), &value[..value.len() / 2])
             .unwrap();
     });
-    assert_eq!(tampered_on_read(&path), 2);
+    refused(&path);
 
     // Two records swapped: each is intact but under the other's name.
     std::fs::write(&path, &original).unwrap();
@@ -203,9 +197,9 @@ fn a_flipped_truncated_or_swapped_record_is_detected_and_never_used() {
             .insert(entries[1].0.as_slice(), entries[0].1.as_slice())
             .unwrap();
     });
-    assert_eq!(tampered_on_read(&path), 3);
+    refused(&path);
 
-    let message = open(&path).unwrap().tenants().unwrap_err().to_string();
+    let message = open(&path).err().unwrap().to_string();
     assert!(message.contains("failed authentication"), "{message}");
     assert!(message.contains("restore the data directory"), "{message}");
 }
@@ -338,4 +332,60 @@ fn keys_are_added_listed_and_revoked_for_good() {
         registry.revoke_key(&acme, "ed25519:09"),
         Err(RegistryError::NoSuchKey(_))
     ));
+}
+
+#[test]
+fn a_single_record_put_back_from_an_older_copy_or_deleted_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let old_token = {
+        let registry = open(&path).unwrap();
+        let (_, token) = registry.create_tenant(&tenant("acme")).unwrap();
+        token
+    };
+    // Keep the sealed rows of the tokens table as they are now.
+    let old_rows = {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let tokens = tx.open_table(TOKENS).unwrap();
+        tokens
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect::<Vec<_>>()
+    };
+    {
+        let registry = open(&path).unwrap();
+        registry.rotate_tenant_token(&tenant("acme")).unwrap();
+        assert!(registry.authenticate(old_token.secret()).unwrap().is_none());
+    }
+    // The host puts the retired token's row back, as it was: the row is authentic on its own.
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut tokens = tx.open_table(TOKENS).unwrap();
+            for (k, v) in &old_rows {
+                tokens.insert(k.as_slice(), v.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let error = open(&path).err().expect("a revived token must be noticed");
+    assert!(error.to_string().contains("older copies"), "{error}");
+
+    // Deleting a row (say, the admin token, to make the node mint a new one) is noticed too.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    open(&path).unwrap().ensure_admin_token().unwrap();
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META).unwrap().remove(ADMIN_TOKEN).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(open(&path), Err(RegistryError::Tampered { .. })));
 }
