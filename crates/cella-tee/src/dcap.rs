@@ -101,6 +101,7 @@ impl Verifier for DcapVerifier {
             tcb_status: Some(verified.status),
             advisories: verified.advisory_ids,
             details,
+            snp: None,
         })
     }
 }

@@ -181,6 +181,47 @@ pub struct Claims {
     /// The backend's registers behind `measurement` (MRENCLAVE, MRTD, RTMRs, policy, …).
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub details: std::collections::BTreeMap<String, String>,
+    /// SEV-SNP only: the platform's patch levels and the privilege level of the requester.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snp: Option<SnpPlatform>,
+}
+
+/// SEV-SNP security patch levels (the report's REPORTED_TCB, certified by its VCEK).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnpTcb {
+    pub bootloader: u8,
+    pub tee: u8,
+    pub snp: u8,
+    pub microcode: u8,
+}
+
+impl SnpTcb {
+    /// Whether every component is at least `minimum`'s.
+    pub fn meets(&self, minimum: &SnpTcb) -> bool {
+        self.bootloader >= minimum.bootloader
+            && self.tee >= minimum.tee
+            && self.snp >= minimum.snp
+            && self.microcode >= minimum.microcode
+    }
+}
+
+impl fmt::Display for SnpTcb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bootloader {} tee {} snp {} microcode {}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )
+    }
+}
+
+/// What an SEV-SNP report says about the platform beyond the measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SnpPlatform {
+    pub reported_tcb: SnpTcb,
+    /// The VMPL of the software that asked for the report (0 is the most privileged).
+    pub vmpl: u32,
 }
 
 fn hex_array<S: serde::Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {

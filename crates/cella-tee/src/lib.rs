@@ -26,8 +26,8 @@ mod snp;
 
 pub use dcap::{DcapVerifier, sgx_measurement, tdx_measurement};
 pub use evidence::{
-    AttestationReport, Claims, Evidence, Measurement, ReportData, TeeType, VerifyError,
-    report_data_for,
+    AttestationReport, Claims, Evidence, Measurement, ReportData, SnpPlatform, SnpTcb, TeeType,
+    VerifyError, report_data_for,
 };
 pub use policy::{Check, Policy, Verification};
 pub use sealing::{SealingKeys, derive_sealing_key};

@@ -14,6 +14,8 @@ use crate::{Claims, Evidence, Measurement, ReportData, TeeType, Verifier};
 /// measurements = ["<96 hex digits>"]   # the platform builds you trust
 /// min_security_version = 0
 /// accepted_tcb_status = ["UpToDate"]   # DCAP verdicts on the platform's patch level
+/// snp_min_tcb = { bootloader = 3, tee = 0, snp = 8, microcode = 115 }  # SEV-SNP patch floor
+/// snp_max_vmpl = 0                     # SEV-SNP: reports only from the most privileged level
 /// allow_simulated = false              # true only for testing: sim evidence proves nothing
 /// sim_anchors = ["<64 hex digits>"]    # simulated platforms' public keys
 /// ```
@@ -29,6 +31,13 @@ pub struct Policy {
     /// TCB statuses (DCAP) to accept; a platform that needs patches is refused unless listed.
     #[serde(default = "up_to_date")]
     pub accepted_tcb_status: Vec<String>,
+    /// SEV-SNP: the lowest patch levels to accept (set it to your fleet's current levels; the
+    /// default accepts any).
+    #[serde(default)]
+    pub snp_min_tcb: crate::SnpTcb,
+    /// SEV-SNP: the highest VMPL a report may come from.
+    #[serde(default)]
+    pub snp_max_vmpl: u32,
     #[serde(default)]
     pub allow_simulated: bool,
     #[serde(default)]
@@ -50,6 +59,8 @@ impl Default for Policy {
             measurements: Vec::new(),
             min_security_version: 0,
             accepted_tcb_status: up_to_date(),
+            snp_min_tcb: crate::SnpTcb::default(),
+            snp_max_vmpl: 0,
             allow_simulated: false,
             sim_anchors: Vec::new(),
         }
@@ -248,6 +259,29 @@ impl Policy {
             checks.push(tcb);
         }
 
+        if let Some(snp) = &claims.snp {
+            let mut tcb = check(
+                "SNP patch level",
+                snp.reported_tcb.meets(&self.snp_min_tcb),
+                format!(">= {}", self.snp_min_tcb),
+                snp.reported_tcb.to_string(),
+            );
+            if !tcb.ok {
+                tcb.fix = Some(
+                    "the platform's firmware is older than the policy accepts: its operator \
+                     must update it (or lower `snp_min_tcb` if you accept the risk)"
+                        .into(),
+                );
+            }
+            checks.push(tcb);
+            checks.push(check(
+                "VMPL",
+                snp.vmpl <= self.snp_max_vmpl,
+                format!("<= {}", self.snp_max_vmpl),
+                snp.vmpl.to_string(),
+            ));
+        }
+
         if let Some(expected) = expected_report_data {
             checks.push(check(
                 "key and nonce",
@@ -436,5 +470,33 @@ mod tests {
         let later = pinned + std::time::Duration::from_secs(60 * 86_400);
         let expired = policy.verify_with_anchors(&sgx, None, later).unwrap();
         assert_eq!(failed(&expired), ["evidence"]);
+    }
+
+    #[test]
+    fn snp_evidence_is_judged_on_patch_level_and_vmpl() {
+        let snp = Evidence {
+            tee: TeeType::SevSnp,
+            quote: hex::decode(include_str!("../testdata/snp/report_milan.hex").trim()).unwrap(),
+            collateral: include_bytes!("../testdata/snp/vcek_milan.der").to_vec(),
+        };
+        let pinned = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_751_328_000);
+        let mut policy = Policy::default();
+        let claims = policy
+            .verify_with_anchors(&snp, None, pinned)
+            .unwrap()
+            .claims;
+        let claims = claims.unwrap();
+        policy.measurements = vec![claims.measurement];
+        let tcb = claims.snp.unwrap().reported_tcb;
+        policy.snp_min_tcb = tcb;
+        assert!(
+            policy
+                .verify_with_anchors(&snp, None, pinned)
+                .unwrap()
+                .passed()
+        );
+        policy.snp_min_tcb.microcode = tcb.microcode + 1;
+        let verdict = policy.verify_with_anchors(&snp, None, pinned).unwrap();
+        assert_eq!(failed(&verdict), ["SNP patch level"]);
     }
 }

@@ -256,6 +256,7 @@ impl Verifier for SimVerifier {
             tcb_status: None,
             advisories: Vec::new(),
             details: Default::default(),
+            snp: None,
         })
     }
 }

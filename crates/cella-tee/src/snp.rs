@@ -83,18 +83,14 @@ impl Verifier for SnpVerifier {
             "policy".to_owned(),
             format!("{:#x}", u64::from(report.policy)),
         );
-        details.insert("vmpl".to_owned(), report.vmpl.to_string());
         details.insert("host_data".to_owned(), hex::encode(report.host_data));
-        details.insert(
-            "reported_tcb".to_owned(),
-            format!(
-                "bootloader {} tee {} snp {} microcode {}",
-                report.reported_tcb.bootloader,
-                report.reported_tcb.tee,
-                report.reported_tcb.snp,
-                report.reported_tcb.microcode
-            ),
-        );
+        let reported_tcb = crate::SnpTcb {
+            bootloader: report.reported_tcb.bootloader,
+            tee: report.reported_tcb.tee,
+            snp: report.reported_tcb.snp,
+            microcode: report.reported_tcb.microcode,
+        };
+        details.insert("reported_tcb".to_owned(), reported_tcb.to_string());
         Ok(Claims {
             tee: TeeType::SevSnp,
             simulated: false,
@@ -105,6 +101,10 @@ impl Verifier for SnpVerifier {
             tcb_status: None,
             advisories: Vec::new(),
             details,
+            snp: Some(crate::SnpPlatform {
+                reported_tcb,
+                vmpl: report.vmpl,
+            }),
         })
     }
 }
