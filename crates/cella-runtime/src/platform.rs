@@ -571,7 +571,20 @@ impl Platform {
                 .join(", "),
         };
         let version: semver::Version = version.parse().map_err(|_| no_such())?;
-        record.at(&version).ok_or_else(no_such)
+        let pinned = record.at(&version).ok_or_else(no_such)?;
+        // A revoked key's versions keep running only while current: no one can pin their way
+        // back to an older one.
+        if pinned.version != record.version {
+            let key = self.registry.key(&record.owner, &pinned.signer)?;
+            if !key.is_some_and(|k| k.is_active()) {
+                return Err(RuntimeError::UntrustedKey(format!(
+                    "version {} of `{}` was signed by key {}, which its owner revoked; only the \
+                     current version ({}) can run",
+                    pinned.version, record.name, pinned.signer, record.version
+                )));
+            }
+        }
+        Ok(pinned)
     }
 
     fn authorize_invoke(

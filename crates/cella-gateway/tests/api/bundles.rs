@@ -135,6 +135,25 @@ async fn only_intact_bundles_signed_by_a_current_key_of_the_owner_deploy() {
         409,
         "conflict",
     );
+
+    // Once a new key signs a newer version, the revoked key's version cannot be pinned.
+    let fresh = SigningKey::generate();
+    acme.add_key(&fresh.verifying_key().to_string())
+        .await
+        .unwrap();
+    acme.deploy_bundle(
+        "echo",
+        signed("echo", "1.1.0", echo.clone(), &fresh).encode(),
+    )
+    .await
+    .unwrap();
+    let msg = assert_api_error(
+        acme.invoke("echo@1.0.0", vec![], &[]).await,
+        403,
+        "untrusted_key",
+    );
+    assert!(msg.contains("revoked"), "{msg}");
+    assert!(acme.invoke("echo@1.1.0", vec![], &[]).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
