@@ -228,6 +228,7 @@ fn save_receipt(
     let file = cella_receipt::ReceiptFile {
         signed,
         attestation,
+        attested_at: cella_receipt::unix_now(),
     };
     std::fs::write(path, serde_json::to_vec_pretty(&file)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -254,12 +255,7 @@ pub(crate) fn verify_receipt(
         .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
         .transpose()?;
     let (policy, _) = remote.policy_for_offline_use()?;
-    let checks = file.checks(
-        &policy,
-        input.as_deref(),
-        output.as_deref(),
-        std::time::SystemTime::now(),
-    );
+    let checks = file.checks(&policy, input.as_deref(), output.as_deref());
     let passed = checks.iter().all(|c| c.ok);
     match remote.format {
         Format::Json => print_json(&json!({
@@ -269,13 +265,15 @@ pub(crate) fn verify_receipt(
         }))?,
         Format::Text => {
             let r = &file.signed.receipt;
+            let attested = std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.attested_at);
             println!(
-                "receipt {} for `{}` {} ({}) at {}",
+                "receipt {} for `{}` {} ({}) at {}; node evidence judged as of {}",
                 r.invocation_id,
                 r.function.name,
                 r.function.version,
                 r.function.hash,
-                r.finished_at
+                r.finished_at,
+                humantime::format_rfc3339_seconds(attested)
             );
             print!("{}", crate::tee_cmds::check_lines(&checks));
         }

@@ -13,6 +13,14 @@
 
 use std::time::SystemTime;
 
+/// Now, as [`ReceiptFile::attested_at`] records it.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
 use cella_tee::{AttestationReport, Check, Policy, report_data_for};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -104,6 +112,9 @@ pub struct SignedReceipt {
 pub struct ReceiptFile {
     pub signed: SignedReceipt,
     pub attestation: AttestationReport,
+    /// When the client verified the attestation (unix seconds). The evidence is judged as of
+    /// then, so a receipt stays checkable after the TEE vendor's collateral expires.
+    pub attested_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,15 +161,15 @@ fn check(name: &'static str, ok: bool, expected: String, actual: String) -> Chec
 
 impl ReceiptFile {
     /// Every check a verifier makes, one ✔/✗ line each: the signature, the node's evidence
-    /// under `policy` (bound to the receipt's key), the measurement, and — when given — the
-    /// input and output against their hashes.
+    /// under `policy` (bound to the receipt's key) as of when it was attested, the
+    /// measurement, and — when given — the input and output against their hashes.
     pub fn checks(
         &self,
         policy: &Policy,
         input: Option<&[u8]>,
         output: Option<&[u8]>,
-        now: SystemTime,
     ) -> Vec<Check> {
+        let attested_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.attested_at);
         let receipt = &self.signed.receipt;
         let mut checks = vec![match self.signed.verify_signature() {
             Ok(()) => check(
@@ -185,7 +196,7 @@ impl ReceiptFile {
             &hex::decode(&self.attestation.identity_key).unwrap_or_default(),
             &nonce,
         );
-        match policy.verify_with_anchors(&self.attestation.evidence, Some(&expected), now) {
+        match policy.verify_with_anchors(&self.attestation.evidence, Some(&expected), attested_at) {
             Ok(verdict) => {
                 let measurement = verdict.claims.as_ref().map(|c| c.measurement.to_hex());
                 for mut c in verdict.checks {
