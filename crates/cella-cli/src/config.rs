@@ -61,6 +61,8 @@ struct GatewayFile {
     max_body_bytes: Option<usize>,
     max_upload_bytes: Option<usize>,
     tenant_concurrency: Option<usize>,
+    /// e.g. `"10s"`: how long a client may take to send a request's headers.
+    header_read_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -97,6 +99,18 @@ pub(crate) struct GatewaySettings {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub tenant_concurrency: usize,
+    #[serde(with = "humantime_serde_duration")]
+    pub header_read_timeout: std::time::Duration,
+}
+
+/// Durations as humans write them (`"10s"`), in `cella config show`.
+mod humantime_serde_duration {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -170,6 +184,14 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
                 .max_upload_bytes
                 .unwrap_or(defaults.max_upload_bytes),
             tenant_concurrency: file.gateway.tenant_concurrency.unwrap_or(64),
+            header_read_timeout: match &file.gateway.header_read_timeout {
+                Some(text) => humantime::parse_duration(text).with_context(|| {
+                    format!(
+                        "[gateway] header_read_timeout = {text:?} is not a duration like \"10s\""
+                    )
+                })?,
+                None => defaults.header_read_timeout,
+            },
         },
         sandbox: SandboxSettings {
             instances: file.sandbox.instances.unwrap_or(sandbox.instances),

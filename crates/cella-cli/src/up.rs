@@ -142,8 +142,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         cella_gateway::GatewayConfig {
             max_body_bytes: config.gateway.max_body_bytes,
             max_upload_bytes: config.gateway.max_upload_bytes,
+            header_read_timeout: config.gateway.header_read_timeout,
         },
     );
+    let header_read_timeout = config.gateway.header_read_timeout;
     let (tee, measurement) = platform.tee();
     if tee == cella_tee::TeeType::Sim {
         println!(
@@ -173,13 +175,19 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             "WARNING: plain HTTP (--insecure-http): tokens and data cross the network in clear \
              and evidence is not bound to connections"
         );
-        tokio::spawn(cella_gateway::serve(listener, router, shutdown_signal()))
+        tokio::spawn(cella_gateway::serve(
+            listener,
+            router,
+            header_read_timeout,
+            shutdown_signal(),
+        ))
     } else {
         let tls = platform.tls_config()?;
         tokio::spawn(cella_gateway::serve_tls(
             listener,
             router,
             tls,
+            header_read_timeout,
             shutdown_signal(),
         ))
     };

@@ -24,8 +24,11 @@ pub use error::ApiError;
 pub struct GatewayConfig {
     /// Largest request body for invocations, in bytes.
     pub max_body_bytes: usize,
-    /// Largest .wasm upload, in bytes.
+    /// Largest bundle upload, in bytes.
     pub max_upload_bytes: usize,
+    /// How long a client may take to send a request's headers (slow clients hold a
+    /// connection open; past this it is closed).
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl Default for GatewayConfig {
@@ -33,6 +36,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_upload_bytes: 64 * 1024 * 1024,
+            header_read_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -75,23 +79,85 @@ async fn stamp_registry_version(
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long open connections get to finish their requests once the server stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `router` over TLS (the node's RA-TLS certificate) on `listener` until `shutdown`
-/// completes. TLS ends inside this process: the key never leaves it.
+/// completes. TLS ends inside this process: the key never leaves it. A client gets
+/// `header_read_timeout` to send each request's headers.
 pub async fn serve_tls(
     listener: TcpListener,
     router: Router,
     tls: rustls::ServerConfig,
+    header_read_timeout: std::time::Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    serve_connections(
+        listener,
+        router,
+        header_read_timeout,
+        shutdown,
+        move |tcp| {
+            let acceptor = acceptor.clone();
+            async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => Ok(tls),
+                    Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                    Err(_) => Err("TLS handshake timed out".to_owned()),
+                }
+            }
+        },
+    )
+    .await
+}
+
+/// Serves `router` in plain HTTP on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_connections(
+        listener,
+        router,
+        header_read_timeout,
+        shutdown,
+        |tcp| async move { Ok::<_, String>(tcp) },
+    )
+    .await
+}
+
+/// The accept loop both servers share: each connection is set up by `open` (TLS or not), then
+/// served by hyper with a deadline for request headers, so slow clients cannot hold
+/// connections forever. On `shutdown`, open connections finish their requests (up to
+/// [`DRAIN_TIMEOUT`]) and close.
+async fn serve_connections<Io, Open>(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    open: impl Fn(tokio::net::TcpStream) -> Open,
+) -> std::io::Result<()>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    Open: Future<Output = Result<Io, String>> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let builder = Arc::new(builder);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -102,31 +168,27 @@ pub async fn serve_tls(
                 }
             },
         };
-        let acceptor = acceptor.clone();
+        let opening = open(tcp);
+        let builder = builder.clone();
         let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            let io = match opening.await {
+                Ok(io) => io,
+                Err(e) => return tracing::debug!(%peer, "{e}"),
             };
-            let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
-            if let Err(e) = connection {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
         });
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("connections still open {DRAIN_TIMEOUT:?} after shutdown; closing them");
+    }
+    Ok(())
 }

@@ -86,6 +86,7 @@ impl Node {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let scheme = if options.tls { "https" } else { "http" };
         let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+        let header_read_timeout = options.gateway.header_read_timeout;
         let router = cella_gateway::router(platform.clone(), options.gateway);
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = async {
@@ -93,9 +94,20 @@ impl Node {
         };
         let server = if options.tls {
             let tls = platform.tls_config().unwrap();
-            tokio::spawn(cella_gateway::serve_tls(listener, router, tls, stopped))
+            tokio::spawn(cella_gateway::serve_tls(
+                listener,
+                router,
+                tls,
+                header_read_timeout,
+                stopped,
+            ))
         } else {
-            tokio::spawn(cella_gateway::serve(listener, router, stopped))
+            tokio::spawn(cella_gateway::serve(
+                listener,
+                router,
+                header_read_timeout,
+                stopped,
+            ))
         };
         Node {
             admin: Client::new(&url, Some(admin_token.clone())),

@@ -157,6 +157,7 @@ async fn oversized_bodies_are_refused_with_413() {
         gateway: cella_gateway::GatewayConfig {
             max_body_bytes: 64 * 1024,
             max_upload_bytes: 8 * 1024 * 1024,
+            ..Default::default()
         },
         ..Options::default()
     })
@@ -192,4 +193,50 @@ async fn a_full_node_answers_503_and_recovers() {
         beta.invoke("echo", vec![], &[]).await.is_ok(),
         "the slot is free again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start_with(Options {
+        gateway: cella_gateway::GatewayConfig {
+            header_read_timeout: std::time::Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let address = node.url.trim_start_matches("http://").to_owned();
+    // Slowloris: a request line, then one header byte at a time, never the blank line.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..50 {
+        if slow.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(std::time::Duration::from_millis(100), slow.read(&mut buf)).await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            // The server may answer 408 before closing.
+            Ok(Ok(_)) => {}
+            Err(_) => {}
+        }
+    }
+    assert!(
+        closed,
+        "a trickling client was still connected after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    // Meanwhile everyone else is served.
+    assert!(node.anonymous().health().await.is_ok());
 }
