@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use cella_runtime::ErrorCode;
 use cella_store::Principal;
 
+use crate::guessing::Peer;
 use crate::{ApiError, AppState};
 
 /// The authenticated caller of a request.
@@ -16,6 +17,17 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let peer = parts.extensions.get::<Peer>().map(|p| p.0);
+        if let Some(wait) = peer.and_then(|p| state.guessing.blocked_for(p)) {
+            return Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "too many requests with invalid tokens from this address; retry in {} s \
+                     with a valid token",
+                    wait.as_secs() + 1
+                ),
+            ));
+        }
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthenticated,
@@ -36,11 +48,16 @@ impl FromRequestParts<AppState> for Caller {
             })?;
         match state.platform.authenticate(token)? {
             Some(principal) => Ok(Caller(principal)),
-            None => Err(ApiError::new(
-                ErrorCode::Unauthenticated,
-                "the bearer token is not valid (it may have been rotated); ask the platform \
-                 admin for a new one",
-            )),
+            None => {
+                if let Some(peer) = peer {
+                    state.guessing.failed(peer);
+                }
+                Err(ApiError::new(
+                    ErrorCode::Unauthenticated,
+                    "the bearer token is not valid (it may have been rotated); ask the platform \
+                     admin for a new one",
+                ))
+            }
         }
     }
 }

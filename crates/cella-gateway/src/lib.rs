@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod body;
 mod error;
+mod guessing;
 mod passthrough;
 
 use std::sync::Arc;
@@ -45,6 +46,7 @@ impl Default for GatewayConfig {
 pub(crate) struct AppState {
     pub(crate) platform: Arc<Platform>,
     pub(crate) config: Arc<GatewayConfig>,
+    pub(crate) guessing: Arc<guessing::GuessingLimiter>,
 }
 
 /// Every response names the registry version it was served from, so a client that remembers
@@ -56,6 +58,7 @@ pub fn router(platform: Arc<Platform>, config: GatewayConfig) -> Router {
     let state = AppState {
         platform,
         config: Arc::new(config),
+        guessing: Arc::default(),
     };
     api::routes()
         .layer(axum::middleware::map_response_with_state(
@@ -170,7 +173,12 @@ where
         };
         let opening = open(tcp);
         let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
+        // Requests carry their client's address (for the token-guessing limit).
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(guessing::Peer(peer.ip()))),
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let io = match opening.await {

@@ -129,3 +129,19 @@ async fn health_and_metrics_need_no_token_and_reveal_no_names() {
     assert!(metrics.contains("cella_instances_active 0"));
     assert!(!metrics.contains("secret-fn") && !metrics.contains("acme"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_keeps_guessing_tokens_is_refused_for_a_while() {
+    let node = Node::start().await;
+    let guesser = cella_client::Client::new(&node.url, Some(format!("cella_{}", "0".repeat(64))));
+    for _ in 0..20 {
+        assert_api_error(guesser.functions().await, 401, "unauthenticated");
+    }
+    // The budget is spent: refused before any token is looked at, valid ones too (the
+    // address is what is limited), for the rest of the minute.
+    let msg = assert_api_error(guesser.functions().await, 429, "too_many_requests");
+    assert!(msg.contains("retry in"), "{msg}");
+    assert_api_error(node.admin.tenants().await, 429, "too_many_requests");
+    // What needs no token is still served.
+    assert!(node.anonymous().health().await.is_ok());
+}

@@ -1,0 +1,46 @@
+//! Token guessing: tokens are 256-bit random, so guessing cannot succeed, but a flood of
+//! wrong tokens still costs the node work and fills its logs. Each client address gets a
+//! budget of failed authentications per window; past it, its requests are refused with 429
+//! before any token is checked, until the window ends.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Failed authentications one address may make per window.
+pub(crate) const FAILURES_PER_WINDOW: u32 = 20;
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+/// Addresses remembered at most (oldest windows are dropped first when full).
+const MAX_TRACKED: usize = 100_000;
+
+/// The address a connection came from, put on each request by the server.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer(pub(crate) IpAddr);
+
+#[derive(Default)]
+pub(crate) struct GuessingLimiter {
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl GuessingLimiter {
+    /// How long `peer` must wait, if it has used up its failures in this window.
+    pub(crate) fn blocked_for(&self, peer: IpAddr) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let (since, count) = failures.get(&peer)?;
+        let elapsed = since.elapsed();
+        (*count >= FAILURES_PER_WINDOW && elapsed < WINDOW).then(|| WINDOW - elapsed)
+    }
+
+    pub(crate) fn failed(&self, peer: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if failures.len() >= MAX_TRACKED {
+            failures.retain(|_, (since, _)| since.elapsed() < WINDOW);
+        }
+        let entry = failures.entry(peer).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
