@@ -228,7 +228,6 @@ fn save_receipt(
     let file = cella_receipt::ReceiptFile {
         signed,
         attestation,
-        attested_at: cella_receipt::unix_now(),
     };
     std::fs::write(path, serde_json::to_vec_pretty(&file)?)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -265,15 +264,13 @@ pub(crate) fn verify_receipt(
         }))?,
         Format::Text => {
             let r = &file.signed.receipt;
-            let attested = std::time::UNIX_EPOCH + std::time::Duration::from_secs(file.attested_at);
             println!(
-                "receipt {} for `{}` {} ({}) at {}; node evidence judged as of {}",
+                "receipt {} for `{}` {} ({}) at {}; node evidence judged as of then",
                 r.invocation_id,
                 r.function.name,
                 r.function.version,
                 r.function.hash,
-                r.finished_at,
-                humantime::format_rfc3339_seconds(attested)
+                r.finished_at
             );
             print!("{}", crate::tee_cmds::check_lines(&checks));
         }

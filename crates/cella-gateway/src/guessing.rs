@@ -27,20 +27,38 @@ impl GuessingLimiter {
     /// How long `peer` must wait, if it has used up its failures in this window.
     pub(crate) fn blocked_for(&self, peer: IpAddr) -> Option<Duration> {
         let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let (since, count) = failures.get(&peer)?;
+        let (since, count) = failures.get(&group(peer))?;
         let elapsed = since.elapsed();
         (*count >= FAILURES_PER_WINDOW && elapsed < WINDOW).then(|| WINDOW - elapsed)
     }
 
     pub(crate) fn failed(&self, peer: IpAddr) {
+        let peer = group(peer);
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if failures.len() >= MAX_TRACKED {
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
             failures.retain(|_, (since, _)| since.elapsed() < WINDOW);
+            if failures.len() >= MAX_TRACKED {
+                // Full of live entries: stop tracking newcomers rather than grow.
+                return;
+            }
         }
         let entry = failures.entry(peer).or_insert((Instant::now(), 0));
         if entry.0.elapsed() >= WINDOW {
             *entry = (Instant::now(), 0);
         }
         entry.1 = entry.1.saturating_add(1);
+    }
+}
+
+/// IPv6 clients usually hold a whole /64: count them by it, so fresh addresses from one
+/// network do not each get a new budget.
+fn group(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(segments.into())
+        }
     }
 }

@@ -11,16 +11,6 @@
 //! hex) by the key in `node.identity_key` (an uncompressed P-256 point, hex).
 #![forbid(unsafe_code)]
 
-use std::time::SystemTime;
-
-/// Now, as [`ReceiptFile::attested_at`] records it.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 use cella_tee::{AttestationReport, Check, Policy, report_data_for};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -112,9 +102,6 @@ pub struct SignedReceipt {
 pub struct ReceiptFile {
     pub signed: SignedReceipt,
     pub attestation: AttestationReport,
-    /// When the client verified the attestation (unix seconds). The evidence is judged as of
-    /// then, so a receipt stays checkable after the TEE vendor's collateral expires.
-    pub attested_at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +148,8 @@ fn check(name: &'static str, ok: bool, expected: String, actual: String) -> Chec
 
 impl ReceiptFile {
     /// Every check a verifier makes, one ✔/✗ line each: the signature, the node's evidence
-    /// under `policy` (bound to the receipt's key) as of when it was attested, the
+    /// under `policy` (bound to the receipt's key) as of the invocation (the signed
+    /// `finished_at`, so a receipt stays checkable after the vendor's collateral expires), the
     /// measurement, and — when given — the input and output against their hashes.
     pub fn checks(
         &self,
@@ -169,7 +157,6 @@ impl ReceiptFile {
         input: Option<&[u8]>,
         output: Option<&[u8]>,
     ) -> Vec<Check> {
-        let attested_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(self.attested_at);
         let receipt = &self.signed.receipt;
         let mut checks = vec![match self.signed.verify_signature() {
             Ok(()) => check(
@@ -196,7 +183,19 @@ impl ReceiptFile {
             &hex::decode(&self.attestation.identity_key).unwrap_or_default(),
             &nonce,
         );
-        match policy.verify_with_anchors(&self.attestation.evidence, Some(&expected), attested_at) {
+        let invoked_at = match humantime::parse_rfc3339(&receipt.finished_at) {
+            Ok(at) => at,
+            Err(e) => {
+                checks.push(check(
+                    "finished_at",
+                    false,
+                    "an RFC 3339 time".into(),
+                    format!("{:?}: {e}", receipt.finished_at),
+                ));
+                return checks;
+            }
+        };
+        match policy.verify_with_anchors(&self.attestation.evidence, Some(&expected), invoked_at) {
             Ok(verdict) => {
                 let measurement = verdict.claims.as_ref().map(|c| c.measurement.to_hex());
                 for mut c in verdict.checks {

@@ -51,7 +51,9 @@ impl Platform {
             Err(BlobError::Missing(_)) => return None,
             Err(e) => {
                 // Never loaded: the bundle is verified and compiled instead.
-                self.metrics().integrity_failure();
+                if matches!(e, BlobError::Tampered { .. }) {
+                    self.metrics().integrity_failure();
+                }
                 tracing::warn!(function = %record.name, "precompiled code refused: {e}");
                 return None;
             }

@@ -554,12 +554,8 @@ impl Platform {
         }
     }
 
-    /// `name` or `name@version`: the record as it reads with that version current.
-    fn resolve(&self, target: &str) -> Result<FunctionRecord, RuntimeError> {
-        let Some((name, version)) = target.split_once('@') else {
-            return self.lookup(target);
-        };
-        let record = self.lookup(name)?;
+    /// The record as it reads with `version` (text from `name@version`) current.
+    fn pin(&self, record: FunctionRecord, version: &str) -> Result<FunctionRecord, RuntimeError> {
         let no_such = || RuntimeError::NoSuchVersion {
             name: record.name.clone(),
             version: version.chars().take(40).collect(),
@@ -571,38 +567,54 @@ impl Platform {
                 .join(", "),
         };
         let version: semver::Version = version.parse().map_err(|_| no_such())?;
-        let pinned = record.at(&version).ok_or_else(no_such)?;
-        // A revoked key's versions keep running only while current: no one can pin their way
-        // back to an older one.
-        if pinned.version != record.version {
-            let key = self.registry.key(&record.owner, &pinned.signer)?;
-            if !key.is_some_and(|k| k.is_active()) {
-                return Err(RuntimeError::UntrustedKey(format!(
-                    "version {} of `{}` was signed by key {}, which its owner revoked; only the \
-                     current version ({}) can run",
-                    pinned.version, record.name, pinned.signer, record.version
-                )));
-            }
-        }
-        Ok(pinned)
+        record.at(&version).ok_or_else(no_such)
     }
 
+    /// A revoked key's versions keep running only while current: no one can pin their way
+    /// back to an older one. (Called once the caller may invoke the function at all.)
+    fn require_pinnable(&self, pinned: &FunctionRecord) -> Result<(), RuntimeError> {
+        let current = pinned.versions.last().map(|v| &v.version);
+        if current == Some(&pinned.version) {
+            return Ok(());
+        }
+        let key = self.registry.key(&pinned.owner, &pinned.signer)?;
+        if key.is_some_and(|k| k.is_active()) {
+            Ok(())
+        } else {
+            Err(RuntimeError::UntrustedKey(format!(
+                "version {} of `{}` was signed by key {}, which its owner revoked; only the \
+                 current version can run",
+                pinned.version, pinned.name, pinned.signer
+            )))
+        }
+    }
+
+    /// `target` is `name` or `name@version`: access is decided on the function first, then
+    /// the version is pinned.
     fn authorize_invoke(
         &self,
         caller: &Principal,
         target: &str,
     ) -> Result<FunctionRecord, RuntimeError> {
-        let record = self.resolve(target)?;
+        let (name, version) = match target.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (target, None),
+        };
+        let record = self.lookup(name)?;
         let tenant = tenant_of(caller)?;
-        if *tenant == record.owner || record.access.allows(tenant) {
-            Ok(record)
-        } else {
-            Err(RuntimeError::Forbidden(format!(
+        if *tenant != record.owner && !record.access.allows(tenant) {
+            return Err(RuntimeError::Forbidden(format!(
                 "tenant `{tenant}` may not invoke function `{}`; its owner can grant access with \
                  `cella grant {} {tenant}`",
                 record.name, record.name
-            )))
+            )));
         }
+        let Some(version) = version else {
+            return Ok(record);
+        };
+        let pinned = self.pin(record, version)?;
+        self.require_pinnable(&pinned)?;
+        Ok(pinned)
     }
 
     /// The compiled code of `record`: from the in-memory cache, else its sealed precompiled

@@ -305,6 +305,22 @@ impl Registry {
         change: impl FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError>,
     ) -> Result<Result<T, E>, RegistryError> {
         let tx = self.db.begin_write().map_err(db)?;
+        // Seal only on top of the state the last write left: a record swapped in the
+        // meantime must not be sealed into the next version.
+        let before = state_digest(
+            &tx.open_table(META).map_err(db)?,
+            [TENANTS, TOKENS, FUNCTIONS, keys::KEYS].map(|t| (t, tx.open_table(t))),
+        )?;
+        let sealed_before = match tx.open_table(META).map_err(db)?.get(VERSION).map_err(db)? {
+            Some(sealed) => self.open_version(sealed.value())?.1,
+            None => state_digest_of_nothing(),
+        };
+        if before != sealed_before {
+            return Err(RegistryError::Tampered {
+                what: "the set of records (some were added, removed or replaced by older copies)"
+                    .into(),
+            });
+        }
         let result = match change(&tx)? {
             Ok(result) => result,
             Err(refused) => return Ok(Err(refused)),
