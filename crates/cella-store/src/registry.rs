@@ -29,6 +29,8 @@ const TENANTS: Sealed = TableDefinition::new("sealed_tenants");
 const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
 /// blinded function name → sealed JSON [`FunctionRecord`]
 const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
+/// Every table of sealed records (the digest covers them all).
+const SEALED_TABLES: [Sealed; 4] = [TENANTS, TOKENS, FUNCTIONS, keys::KEYS];
 /// settings of the registry itself; values sealed except the wrapped data key
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
 const DATA_KEY: &str = "data_key";
@@ -176,7 +178,7 @@ impl Registry {
             }
         };
         // Create every table up front so readers never see a missing table.
-        for table in [TENANTS, TOKENS, FUNCTIONS, keys::KEYS] {
+        for table in SEALED_TABLES {
             tx.open_table(table).map_err(|e| open_err(e.into()))?;
         }
         tx.commit().map_err(|e| open_err(e.into()))?;
@@ -257,21 +259,10 @@ impl Registry {
     fn check_state_digest(&self, tx: &ReadTransaction) -> Result<(), RegistryError> {
         let digest = state_digest(
             &tx.open_table(META).map_err(db)?,
-            [TENANTS, TOKENS, FUNCTIONS, keys::KEYS].map(|t| (t, tx.open_table(t))),
+            SEALED_TABLES.map(|t| (t, tx.open_table(t))),
         )?;
-        let intact = match self.stored_state(tx)? {
-            Some((_, stored)) => stored == digest,
-            // Nothing written yet: there must be nothing to cover.
-            None => digest == state_digest_of_nothing(),
-        };
-        if intact {
-            Ok(())
-        } else {
-            Err(RegistryError::Tampered {
-                what: "the set of records (some were added, removed or replaced by older copies)"
-                    .into(),
-            })
-        }
+        let sealed = self.stored_state(tx)?.map(|(_, digest)| digest);
+        require_digest(sealed, digest)
     }
 
     /// A read transaction on a database that has not fallen behind what this node has seen.
@@ -305,49 +296,38 @@ impl Registry {
         change: impl FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError>,
     ) -> Result<Result<T, E>, RegistryError> {
         let tx = self.db.begin_write().map_err(db)?;
+        let digest_now = |tx: &WriteTransaction| {
+            state_digest(
+                &tx.open_table(META).map_err(db)?,
+                SEALED_TABLES.map(|t| (t, tx.open_table(t))),
+            )
+        };
+        let stored = match tx.open_table(META).map_err(db)?.get(VERSION).map_err(db)? {
+            Some(sealed) => Some(self.open_version(sealed.value())?),
+            None => None,
+        };
         // Seal only on top of the state the last write left: a record swapped in the
         // meantime must not be sealed into the next version.
-        let before = state_digest(
-            &tx.open_table(META).map_err(db)?,
-            [TENANTS, TOKENS, FUNCTIONS, keys::KEYS].map(|t| (t, tx.open_table(t))),
-        )?;
-        let sealed_before = match tx.open_table(META).map_err(db)?.get(VERSION).map_err(db)? {
-            Some(sealed) => self.open_version(sealed.value())?.1,
-            None => state_digest_of_nothing(),
-        };
-        if before != sealed_before {
-            return Err(RegistryError::Tampered {
-                what: "the set of records (some were added, removed or replaced by older copies)"
-                    .into(),
-            });
+        require_digest(stored.map(|(_, digest)| digest), digest_now(&tx)?)?;
+        let found = stored.map_or(0, |(version, _)| version);
+        let expected = self.version();
+        if found < expected {
+            return Err(RegistryError::RolledBack { found, expected });
         }
         let result = match change(&tx)? {
             Ok(result) => result,
             Err(refused) => return Ok(Err(refused)),
         };
-        let version = {
-            let digest = state_digest(
-                &tx.open_table(META).map_err(db)?,
-                [TENANTS, TOKENS, FUNCTIONS, keys::KEYS].map(|t| (t, tx.open_table(t))),
-            )?;
-            let mut meta = tx.open_table(META).map_err(db)?;
-            let found = match meta.get(VERSION).map_err(db)? {
-                None => 0,
-                Some(sealed) => self.open_version(sealed.value())?.0,
-            };
-            let expected = self.version();
-            if found < expected {
-                return Err(RegistryError::RolledBack { found, expected });
-            }
-            let next = found + 1;
-            let sealed = self.sealer.seal(
-                META.name(),
-                VERSION.as_bytes(),
-                &version::encode(next, &digest),
-            );
-            meta.insert(VERSION, sealed.as_slice()).map_err(db)?;
-            next
-        };
+        let version = found + 1;
+        let sealed = self.sealer.seal(
+            META.name(),
+            VERSION.as_bytes(),
+            &version::encode(version, &digest_now(&tx)?),
+        );
+        tx.open_table(META)
+            .map_err(db)?
+            .insert(VERSION, sealed.as_slice())
+            .map_err(db)?;
         tx.commit().map_err(db)?;
         self.version.fetch_max(version, Ordering::SeqCst);
         if let Err(e) = self.version_file.record(version) {
@@ -659,6 +639,18 @@ where
         }
     }
     Ok(hash.finalize().into())
+}
+
+/// The records must be those `sealed` covers (nothing at all before the first write).
+fn require_digest(sealed: Option<[u8; 32]>, actual: [u8; 32]) -> Result<(), RegistryError> {
+    if sealed.unwrap_or_else(state_digest_of_nothing) == actual {
+        Ok(())
+    } else {
+        Err(RegistryError::Tampered {
+            what: "the set of records (some were added, removed or replaced by older copies)"
+                .into(),
+        })
+    }
 }
 
 fn state_digest_of_nothing() -> [u8; 32] {
