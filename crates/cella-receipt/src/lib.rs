@@ -13,7 +13,6 @@
 
 use cella_tee::{AttestationReport, Check, Policy, report_data_for};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "cella-receipt/1";
 
@@ -23,9 +22,9 @@ pub fn args_hash(args: &[String]) -> String {
 }
 const SIGNING_CONTEXT: &[u8] = b"cella receipt v1\0";
 
-/// `sha256:<hex>` of `bytes`.
+/// `sha256:<hex>` of `bytes`: the form cella writes every content hash in.
 pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+    cella_core::ContentHash::of(bytes).to_string()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
