@@ -27,22 +27,53 @@ ensure_wasm_targets() {
     fi
 }
 
+# Debian packages, installed when missing (needs root, or sudo).
+ensure_debian_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+            missing+=("$package")
+    done
+    ((${#missing[@]})) || return 0
+    step "installing Debian packages: ${missing[*]}"
+    local sudo=()
+    [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# The JavaScript plug-in embeds QuickJS, which is C: it needs clang with a WebAssembly
+# back end and Debian's wasi-libc. Debian keeps wasi-libc's headers and libraries under
+# wasm32-wasi; clang looks for a sysroot, so one is made of links, outside the checkout.
+ensure_c_for_wasm() {
+    ensure_debian_packages clang-19 lld-19 llvm-19 libclang-rt-19-dev-wasm32 wasi-libc
+    WASI_SYSROOT="$HOME/.cache/cella/wasi-sysroot"
+    mkdir -p "$WASI_SYSROOT/lib"
+    ln -sfn /usr/include/wasm32-wasi "$WASI_SYSROOT/include"
+    ln -sfn /usr/lib/wasm32-wasi "$WASI_SYSROOT/lib/wasm32-wasip1"
+    # rquickjs-sys would otherwise download a WASI SDK.
+    export RQUICKJS_SYS_NO_WASI_SDK=1
+    export CC_wasm32_wasip1=clang-19 AR_wasm32_wasip1=llvm-ar-19
+    export CFLAGS_wasm32_wasip1="--sysroot=$WASI_SYSROOT"
+}
+
 # Builds every guest (example functions and test programs) once and copies them, with the
 # sample inputs, to $CELLA_GUESTS_DIR.
 build_guests() {
     ensure_wasm_targets
+    ensure_c_for_wasm
     step "building guests into $CELLA_GUESTS_DIR"
     local target="$CARGO_TARGET_DIR/guests"
     (
         cd "$ROOT/guests"
         cargo build --locked --release --target wasm32-wasip1 --target-dir "$target" \
-            -p brotli-fn -p thumbnail -p test-programs
+            -p brotli-fn -p thumbnail -p test-programs -p quickjs-plugin
         cargo build --locked --release --target wasm32-wasip2 --target-dir "$target" \
             -p hello-http
     )
     mkdir -p "$CELLA_GUESTS_DIR"
     local p1="$target/wasm32-wasip1/release" p2="$target/wasm32-wasip2/release"
-    cp "$p1"/brotli.wasm "$p1"/thumbnail.wasm "$CELLA_GUESTS_DIR/"
+    cp "$p1"/brotli.wasm "$p1"/thumbnail.wasm "$p1"/quickjs.wasm "$CELLA_GUESTS_DIR/"
     for program in loop-forever memory-bomb output-bomb capabilities counter exit-fail echo; do
         cp "$p1/$program.wasm" "$CELLA_GUESTS_DIR/"
     done

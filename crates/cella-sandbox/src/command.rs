@@ -50,6 +50,24 @@ impl Sandbox {
         input: CommandInput,
         limits: &Limits,
     ) -> Result<CommandOutput, RunError> {
+        let (stdout, log, ()) = self
+            .command_store(program, input, limits)
+            .run(limits, async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+                start.call_async(&mut *store, ()).await
+            })
+            .await?;
+        Ok(CommandOutput { stdout, log })
+    }
+
+    /// A fresh store for a WASI command, armed with `limits`.
+    pub(crate) fn command_store(
+        &self,
+        program: &str,
+        input: CommandInput,
+        limits: &Limits,
+    ) -> CommandStore {
         let trip = Arc::new(Tripwires::default());
         let stdout = OutputPipe::new(limits.output_bytes, trip.clone());
         let stderr = LogPipe::new(self.config.log_tail_bytes);
@@ -73,14 +91,34 @@ impl Sandbox {
         );
         store.limiter(|s| &mut s.limiter);
         arm_deadline(&mut store, limits, trip.clone());
+        CommandStore {
+            store,
+            stdout,
+            stderr,
+            trip,
+        }
+    }
+}
 
-        let run = async {
-            let instance = pre.instantiate_async(&mut store).await?;
-            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-            start.call_async(&mut store, ()).await
-        };
-        let result = tokio::time::timeout(limits.timeout() + GRACE, run).await;
-        let log = stderr.tail();
+/// A command's store with its pipes and tripwires.
+pub(crate) struct CommandStore {
+    pub(crate) store: Store<CommandState>,
+    stdout: OutputPipe,
+    stderr: LogPipe,
+    trip: Arc<Tripwires>,
+}
+
+impl CommandStore {
+    /// Runs `guest` against the store under `limits`' deadline and turns how it ended into
+    /// stdout, the log and `guest`'s result — or the error that names the limit it crossed or
+    /// its exit status. Exiting with status 0 counts as success.
+    pub(crate) async fn run<R: Default>(
+        mut self,
+        limits: &Limits,
+        guest: impl AsyncFnOnce(&mut Store<CommandState>) -> wasmtime::Result<R>,
+    ) -> Result<(Bytes, LogTail, R), RunError> {
+        let result = tokio::time::timeout(limits.timeout() + GRACE, guest(&mut self.store)).await;
+        let log = self.stderr.tail();
         let status = match result {
             Err(_elapsed) => {
                 return Err(RunError::Timeout {
@@ -88,22 +126,21 @@ impl Sandbox {
                     log,
                 });
             }
-            Ok(Ok(())) => Ok(0),
+            Ok(Ok(value)) => Ok((0, value)),
             Ok(Err(e)) => match e.downcast_ref::<I32Exit>() {
-                Some(I32Exit(code)) => Ok(*code),
+                Some(I32Exit(code)) => Ok((*code, R::default())),
                 None => Err(e),
             },
         };
-        if let Ok(0) = status
-            && !trip.output()
-        {
-            return Ok(CommandOutput {
-                stdout: stdout.take(),
-                log,
-            });
-        }
-        let log = crossed_limit(&trip, limits, log)?;
-        Err(match status {
+        let code = match status {
+            Ok((0, value)) if !self.trip.output() => {
+                return Ok((self.stdout.take(), log, value));
+            }
+            Ok((code, _)) => Ok(code),
+            Err(e) => Err(e),
+        };
+        let log = crossed_limit(&self.trip, limits, log)?;
+        Err(match code {
             Ok(code) => RunError::Exit { code, log },
             Err(e) => guest_failure(e, log),
         })

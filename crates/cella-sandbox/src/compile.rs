@@ -20,6 +20,12 @@ pub enum Compiled {
     Http(ProxyPre<HttpState>),
 }
 
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Compiled").field(&self.kind()).finish()
+    }
+}
+
 impl Compiled {
     pub fn kind(&self) -> FunctionKind {
         match self {

@@ -18,6 +18,7 @@ mod error;
 mod http;
 mod limits;
 mod pipes;
+mod preinit;
 
 pub use command::{CommandInput, CommandOutput};
 pub use compile::Compiled;
@@ -25,3 +26,4 @@ pub use engine::{Sandbox, SandboxConfig};
 pub use error::{CompileError, RunError};
 pub use http::HttpResponse;
 pub use pipes::LogTail;
+pub use preinit::{INITIALIZER, Initializer, PreinitError, Preinitialized, Preinitializer};

@@ -1,0 +1,194 @@
+//! The sandbox against real guests (built by `scripts/build-guests`).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use cella_core::Limits;
+use cella_sandbox::{
+    CommandInput, Compiled, Initializer, PreinitError, Preinitializer, RunError, Sandbox,
+};
+
+fn guest(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("CELLA_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../guests/dist"));
+    let path = dir.join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the guests first (scripts/build-guests)",
+            path.display()
+        )
+    })
+}
+
+fn limits() -> Limits {
+    Limits {
+        timeout_ms: 2_000,
+        ..Limits::default()
+    }
+}
+
+/// One sandbox for all tests, as in a node.
+fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| Sandbox::new(Default::default()).unwrap())
+}
+
+/// The JavaScript plug-in's image (engine started), ready for functions' code: made once.
+async fn quickjs() -> &'static Preinitializer {
+    static QUICKJS: tokio::sync::OnceCell<Preinitializer> = tokio::sync::OnceCell::const_new();
+    QUICKJS
+        .get_or_init(async || {
+            let sandbox = sandbox();
+            let plugin = sandbox.preinitializer(&guest("quickjs.wasm")).unwrap();
+            let image = sandbox
+                .preinitialize(&plugin, Bytes::new(), &limits(), Initializer::Keep)
+                .await
+                .expect("the JavaScript plug-in pre-initialises");
+            sandbox.preinitializer(&image.wasm).unwrap()
+        })
+        .await
+}
+
+/// A function's image: the plug-in's with `source` evaluated.
+async fn js_function(sandbox: &Sandbox, source: &str) -> Result<Compiled, PreinitError> {
+    let function = sandbox
+        .preinitialize(
+            quickjs().await,
+            Bytes::copy_from_slice(source.as_bytes()),
+            &limits(),
+            Initializer::Drop,
+        )
+        .await?;
+    Ok(sandbox.compile(&function.wasm)?)
+}
+
+async fn run(sandbox: &Sandbox, compiled: &Compiled, input: &str) -> Result<String, RunError> {
+    let Compiled::Command(pre) = compiled else {
+        panic!("a JavaScript function is a command")
+    };
+    let input = CommandInput {
+        stdin: Bytes::copy_from_slice(input.as_bytes()),
+        args: Vec::new(),
+    };
+    let out = sandbox.run_command(pre, "js", input, &limits()).await?;
+    Ok(String::from_utf8(out.stdout.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn javascript_functions_run_from_their_snapshot_with_fresh_state() {
+    let sandbox = sandbox();
+    let source = r#"
+        let calls = 0;
+        globalThis.loadedAt = "deploy";
+        export default function handler(request) {
+            calls += 1;
+            globalThis.seen = (globalThis.seen || 0) + 1;
+            console.log("got", request.text());
+            const { name } = request.json();
+            return { hello: name, calls, seen: globalThis.seen, loadedAt };
+        }
+    "#;
+    let compiled = js_function(&sandbox, source).await.unwrap();
+    for _ in 0..3 {
+        let out = run(&sandbox, &compiled, r#"{"name":"ada"}"#).await.unwrap();
+        assert_eq!(
+            out,
+            r#"{"hello":"ada","calls":1,"seen":1,"loadedAt":"deploy"}"#
+        );
+    }
+}
+
+#[tokio::test]
+async fn javascript_results_map_to_bytes_and_random_is_fresh() {
+    let sandbox = sandbox();
+    let text = js_function(&sandbox, "export default (r) => r.text().toUpperCase();")
+        .await
+        .unwrap();
+    assert_eq!(run(&sandbox, &text, "abc").await.unwrap(), "ABC");
+    let nothing = js_function(&sandbox, "export default () => undefined;")
+        .await
+        .unwrap();
+    assert_eq!(run(&sandbox, &nothing, "").await.unwrap(), "");
+    let bytes = js_function(&sandbox, "export default (r) => r.bytes().reverse();")
+        .await
+        .unwrap();
+    assert_eq!(run(&sandbox, &bytes, "abc").await.unwrap(), "cba");
+    let promised = js_function(
+        &sandbox,
+        "export default async (r) => await Promise.resolve(r.body + '!');",
+    )
+    .await
+    .unwrap();
+    assert_eq!(run(&sandbox, &promised, "hi").await.unwrap(), "hi!");
+    let random = js_function(&sandbox, "export default () => String(Math.random());")
+        .await
+        .unwrap();
+    let a = run(&sandbox, &random, "").await.unwrap();
+    let b = run(&sandbox, &random, "").await.unwrap();
+    assert_ne!(a, b, "each invocation must draw its own random numbers");
+}
+
+#[tokio::test]
+async fn javascript_errors_are_clear() {
+    let sandbox = sandbox();
+    // A syntax error stops the deploy, with the engine's message.
+    let err = js_function(&sandbox, "export default function (")
+        .await
+        .unwrap_err();
+    let log = err.log().expect("the initialiser ran").to_text();
+    assert!(log.contains("SyntaxError"), "{err}: {log}");
+    let err = js_function(&sandbox, "export const x = 1;")
+        .await
+        .unwrap_err();
+    assert!(
+        err.log().unwrap().to_text().contains("no default export"),
+        "{err}"
+    );
+
+    // An exception fails the invocation, with its message and stack in the log.
+    let throws = js_function(
+        &sandbox,
+        "export default () => { throw new TypeError('nope'); };",
+    )
+    .await
+    .unwrap();
+    let err = run(&sandbox, &throws, "").await.unwrap_err();
+    assert!(matches!(err, RunError::Exit { code: 1, .. }), "{err}");
+    assert!(
+        err.log().to_text().contains("TypeError: nope"),
+        "{}",
+        err.log().to_text()
+    );
+
+    // An endless loop is stopped at the time limit.
+    let spins = js_function(&sandbox, "export default () => { for (;;) {} };")
+        .await
+        .unwrap();
+    let err = run(&sandbox, &spins, "").await.unwrap_err();
+    assert!(matches!(err, RunError::Timeout { .. }), "{err}");
+
+    // Unbounded recursion traps at the sandbox's stack limit (QuickJS does not count its
+    // stack on WASI), an error like any other.
+    let recurses = js_function(
+        &sandbox,
+        "const f = (n) => f(n + 1) + 1; export default () => f(0);",
+    )
+    .await
+    .unwrap();
+    let err = run(&sandbox, &recurses, "").await.unwrap_err();
+    assert!(
+        matches!(&err, RunError::Trap { message, .. } if message.contains("call stack exhausted")),
+        "{err}"
+    );
+
+    // An endless loop while loading stops the deploy at the time limit.
+    let err = js_function(&sandbox, "for (;;) {} export default () => 1;")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PreinitError::Run(RunError::Timeout { .. })),
+        "{err}"
+    );
+}

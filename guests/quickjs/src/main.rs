@@ -1,0 +1,268 @@
+//! cella's JavaScript plug-in: the QuickJS engine (through rquickjs) as a WASI command.
+//!
+//! It is used in two steps, so that no invocation pays for starting the engine or for parsing
+//! the function's code:
+//!
+//! 1. **Pre-initialisation** (`wizer-initialize`, run by the platform at plug-in registration and
+//!    again at deploy): the first run creates the runtime and a context; a later run reads a
+//!    function's ES module source from stdin, evaluates it and keeps its default export. The
+//!    platform snapshots memory after each step, so a function's image holds the engine with the
+//!    function's code already evaluated.
+//! 2. **Invocation** (`_start`, from that snapshot, in a fresh instance every time): stdin is
+//!    the request body, the handler's result is written to stdout, `console.log` goes to stderr
+//!    (the invocation's log), and an uncaught exception exits with status 1 and its message.
+//!
+//! What a handler gets and may return is documented in `docs/javascript.md`.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use rquickjs::function::{Func, Rest};
+use rquickjs::{
+    CatchResultExt, CaughtError, Coerced, Context, Ctx, Function, Module, Object, Persistent,
+    Runtime, TypedArray, Value,
+};
+
+/// The context keeps its runtime alive.
+struct Engine {
+    context: Context,
+    handler: Option<Persistent<Function<'static>>>,
+}
+
+thread_local! {
+    /// Filled by pre-initialisation and therefore part of the snapshot.
+    static ENGINE: RefCell<Option<Engine>> = const { RefCell::new(None) };
+}
+
+/// Pre-initialisation entry point (the name the platform's snapshotter calls). Idempotent:
+/// the engine is created once; a non-empty stdin is a function's module, evaluated once.
+#[unsafe(export_name = "wizer-initialize")]
+pub extern "C" fn initialize() {
+    if let Err(message) = initialize_inner() {
+        eprintln!("{message}");
+        std::process::exit(1);
+    }
+}
+
+fn initialize_inner() -> Result<(), String> {
+    let mut source = String::new();
+    std::io::stdin()
+        .read_to_string(&mut source)
+        .map_err(|e| format!("the function's source is not UTF-8 text: {e}"))?;
+    ENGINE.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(new_engine()?);
+        }
+        let engine = slot.as_mut().expect("just created");
+        if source.trim().is_empty() {
+            return Ok(());
+        }
+        if engine.handler.is_some() {
+            return Err("this image already holds a function".to_owned());
+        }
+        engine.handler = Some(load_module(&engine.context, source)?);
+        Ok(())
+    })
+}
+
+fn new_engine() -> Result<Engine, String> {
+    let runtime = Runtime::new().map_err(|e| format!("starting QuickJS: {e}"))?;
+    let context = Context::full(&runtime).map_err(|e| format!("creating a context: {e}"))?;
+    context.with(|ctx| install_console(&ctx).map_err(|e| format!("installing console: {e}")))?;
+    Ok(Engine {
+        context,
+        handler: None,
+    })
+}
+
+/// Evaluates the function's ES module and keeps its default export, which must be a function.
+fn load_module(context: &Context, source: String) -> Result<Persistent<Function<'static>>, String> {
+    context.with(|ctx| {
+        let (module, done) = Module::declare(ctx.clone(), "function.js", source)
+            .and_then(|m| m.eval())
+            .catch(&ctx)
+            .map_err(|e| describe("the module failed to load", e))?;
+        done.finish::<()>()
+            .catch(&ctx)
+            .map_err(|e| describe("the module failed to evaluate", e))?;
+        let handler: Value = module
+            .get("default")
+            .catch(&ctx)
+            .map_err(|e| describe("reading the default export", e))?;
+        let Some(handler) = handler.into_function() else {
+            return Err("the module has no default export that is a function: \
+                 write `export default function handler(request) { … }`"
+                .to_owned());
+        };
+        Ok(Persistent::save(&ctx, handler))
+    })
+}
+
+/// `console.log`/`info`/`debug` and `console.warn`/`error` all go to stderr, the invocation's
+/// log; stdout is reserved for the response.
+fn install_console(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+    let console = Object::new(ctx.clone())?;
+    for level in ["log", "info", "debug", "warn", "error"] {
+        console.set(
+            level,
+            Func::from(|args: Rest<Coerced<String>>| {
+                let line: Vec<String> = args.0.into_iter().map(|a| a.0).collect();
+                eprintln!("{}", line.join(" "));
+            }),
+        )?;
+    }
+    ctx.globals().set("console", console)
+}
+
+fn main() -> ExitCode {
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut input) {
+        eprintln!("reading the request: {e}");
+        return ExitCode::FAILURE;
+    }
+    let result = ENGINE.with_borrow(|engine| match engine {
+        Some(Engine {
+            handler: Some(handler),
+            context,
+        }) => invoke(context, handler.clone(), input),
+        _ => Err("this image holds no function: deploy JavaScript source with this plug-in".into()),
+    });
+    match result {
+        Ok(output) => {
+            let mut stdout = std::io::stdout().lock();
+            if stdout
+                .write_all(&output)
+                .and_then(|()| stdout.flush())
+                .is_err()
+            {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// QuickJS does not check its stack depth on WASI: unbounded recursion ends when the sandbox's
+/// limit on the WebAssembly stack traps the invocation.
+fn invoke(
+    context: &Context,
+    handler: Persistent<Function<'static>>,
+    input: Vec<u8>,
+) -> Result<Vec<u8>, String> {
+    context.with(|ctx| {
+        fresh_randomness(&ctx).map_err(|e| format!("seeding Math.random: {e}"))?;
+
+        let request =
+            request_object(&ctx, input).map_err(|e| format!("building the request: {e}"))?;
+        let handler = handler
+            .restore(&ctx)
+            .map_err(|e| format!("restoring the handler: {e}"))?;
+        let returned: Value = handler
+            .call((request,))
+            .catch(&ctx)
+            .map_err(|e| describe("Uncaught", e))?;
+        let value = match returned.as_promise() {
+            Some(promise) => promise
+                .finish::<Value>()
+                .catch(&ctx)
+                .map_err(|e| describe("Uncaught (in promise)", e))?,
+            None => returned,
+        };
+        response_bytes(&ctx, value)
+    })
+}
+
+/// The snapshot froze QuickJS's random state; every invocation must draw its own, or two
+/// invocations of one function would see the same `Math.random()` sequence.
+fn fresh_randomness(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+    let random = Function::new(ctx.clone(), || {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).expect("WASI random_get");
+        (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+    })?;
+    let math: Object = ctx.globals().get("Math")?;
+    math.set("random", random)
+}
+
+/// `request.text()`, `request.json()` and `request.bytes()` read the body; `request.body` is
+/// the same text as `text()`.
+fn request_object<'js>(ctx: &Ctx<'js>, input: Vec<u8>) -> rquickjs::Result<Object<'js>> {
+    let text = String::from_utf8_lossy(&input).into_owned();
+    let request = Object::new(ctx.clone())?;
+    request.set("body", text.clone())?;
+    let bytes = TypedArray::<u8>::new(ctx.clone(), input)?;
+    request.set("__bytes", bytes)?;
+    let make: Function = ctx.eval(
+        "(function (request) {
+            Object.defineProperty(request, '__bytes', { enumerable: false });
+            request.text = function () { return this.body; };
+            request.json = function () { return JSON.parse(this.body); };
+            request.bytes = function () { return this.__bytes; };
+            return request;
+        })",
+    )?;
+    make.call((request,))
+}
+
+/// A string is sent as UTF-8, bytes as they are, `undefined`/`null` as nothing, and any other
+/// value as its JSON.
+fn response_bytes<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> Result<Vec<u8>, String> {
+    if value.is_undefined() || value.is_null() {
+        return Ok(Vec::new());
+    }
+    if let Some(text) = value.as_string() {
+        return text
+            .to_string()
+            .map(String::into_bytes)
+            .map_err(|e| e.to_string());
+    }
+    // SAFETY (both): the bytes are copied out at once, while no JavaScript runs that could
+    // detach or resize the buffer.
+    if let Ok(bytes) = TypedArray::<u8>::from_value(value.clone())
+        && let Some(slice) = unsafe { bytes.as_bytes() }
+    {
+        return Ok(slice.to_vec());
+    }
+    if let Some(buffer) = value
+        .as_object()
+        .and_then(|o| rquickjs::ArrayBuffer::from_object(o.clone()))
+        && let Some(slice) = unsafe { buffer.as_bytes() }
+    {
+        return Ok(slice.to_vec());
+    }
+    match ctx.json_stringify(value).catch(ctx) {
+        Ok(Some(json)) => json
+            .to_string()
+            .map(String::into_bytes)
+            .map_err(|e| e.to_string()),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(describe("the handler's result is not JSON-serialisable", e)),
+    }
+}
+
+fn describe(what: &str, error: CaughtError<'_>) -> String {
+    match error {
+        CaughtError::Exception(exception) => {
+            let message = exception.message().unwrap_or_default();
+            let name = exception
+                .get::<_, Coerced<String>>("name")
+                .map(|n| n.0)
+                .unwrap_or_else(|_| "Error".to_owned());
+            let stack = exception.stack().unwrap_or_default();
+            format!("{what}: {name}: {message}\n{}", stack.trim_end())
+        }
+        CaughtError::Value(value) => {
+            let shown = value
+                .get::<Coerced<String>>()
+                .map(|s| s.0)
+                .unwrap_or_else(|_| "a value".to_owned());
+            format!("{what}: {shown}")
+        }
+        CaughtError::Error(e) => format!("{what}: {e}"),
+    }
+}
