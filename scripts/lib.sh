@@ -79,4 +79,5 @@ build_guests() {
     done
     cp "$p2/hello-http.wasm" "$CELLA_GUESTS_DIR/"
     cp "$ROOT/guests/samples/gradient.png" "$CELLA_GUESTS_DIR/sample.png"
+    cp "$ROOT/guests/samples/hello.js" "$CELLA_GUESTS_DIR/hello.js"
 }

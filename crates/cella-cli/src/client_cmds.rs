@@ -108,26 +108,41 @@ pub(crate) async fn tenant_list(remote: &Remote) -> anyhow::Result<()> {
     }
 }
 
+/// How `cella deploy` bundles a file that is not a bundle yet.
+pub(crate) struct DeployArgs<'a> {
+    pub limits: &'a [String],
+    pub key: Option<&'a Path>,
+    /// The JavaScript plug-in for a .js file.
+    pub engine: &'a str,
+}
+
+fn is_javascript(file: &Path) -> bool {
+    matches!(
+        file.extension().and_then(|e| e.to_str()),
+        Some("js" | "mjs")
+    )
+}
+
 pub(crate) async fn deploy(
     remote: &Remote,
     name: &str,
     file: &Path,
-    limits: &[String],
-    key: Option<&Path>,
+    how: DeployArgs<'_>,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let client = client(remote).await?;
     let record = if cella_bundle::looks_like_bundle(&bytes) {
-        if !limits.is_empty() {
+        if !how.limits.is_empty() {
             anyhow::bail!("a bundle's limits are in its signed manifest; drop --limit");
         }
         client.deploy_bundle(name, bytes).await
     } else {
-        let key = crate::bundle_cmds::signing_key(key)?;
-        client
-            .with_signing_key(key)
-            .deploy(name, bytes, limits)
-            .await
+        let client = client.with_signing_key(crate::bundle_cmds::signing_key(how.key)?);
+        if is_javascript(file) {
+            client.deploy_js(name, bytes, how.engine, how.limits).await
+        } else {
+            client.deploy(name, bytes, how.limits).await
+        }
     }
     .map_err(explain)?;
     match remote.format {
@@ -137,6 +152,39 @@ pub(crate) async fn deploy(
                 "deployed `{}` {} ({}, {} bytes) {} signed by {}",
                 record.name, record.version, record.kind, record.size, record.hash, record.signer
             );
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn plugin_add(remote: &Remote, name: &str, file: &Path) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let plugin = client(remote)
+        .await?
+        .add_plugin(name, wasm)
+        .await
+        .map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&plugin),
+        Format::Text => {
+            println!(
+                "plug-in `{}` {} ({} bytes), image {} ({} bytes)",
+                plugin.name, plugin.hash, plugin.size, plugin.image, plugin.image_size
+            );
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn plugin_list(remote: &Remote) -> anyhow::Result<()> {
+    let plugins = client(remote).await?.plugins().await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&plugins),
+        Format::Text => {
+            println!("{:<16} {:<72} IMAGE", "NAME", "HASH");
+            for p in &plugins {
+                println!("{:<16} {:<72} {}", p.name, p.hash, p.image);
+            }
             Ok(())
         }
     }

@@ -5,19 +5,24 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use cella_bundle::{Bundle, BundleKind, Manifest, SigningKey};
+use cella_bundle::{Bundle, BundleKind, Manifest, PluginRef, SigningKey};
 use cella_client::{Client, Method};
+use cella_core::Plugin;
 use cella_runtime::Platform;
 use cella_store::Principal;
 
 const TENANT: &str = "demo";
+
+/// The JavaScript plug-in the demo registers (as the operator) and its module.
+const JS_ENGINE: &str = "quickjs";
+const JS_ENGINE_FILE: &str = "quickjs.wasm";
 
 struct Example {
     name: &'static str,
     file: &'static str,
 }
 
-const EXAMPLES: [Example; 3] = [
+const EXAMPLES: [Example; 4] = [
     Example {
         name: "brotli",
         file: "brotli.wasm",
@@ -30,7 +35,50 @@ const EXAMPLES: [Example; 3] = [
         name: "hello-http",
         file: "hello-http.wasm",
     },
+    Example {
+        name: "hello-js",
+        file: "hello.js",
+    },
 ];
+
+fn read_example(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| {
+        format!(
+            "example {} not found; build the examples with ./scripts/build-guests \
+             (./scripts/up does) or point --guests at them",
+            path.display()
+        )
+    })
+}
+
+/// Registers the JavaScript engine as the operator would. A name always means one module:
+/// if an earlier run registered another build of it, this one gets a name of its own.
+async fn register_js_engine(platform: &Platform, guests: &Path) -> anyhow::Result<Plugin> {
+    let wasm = read_example(&guests.join(JS_ENGINE_FILE))?;
+    let started = Instant::now();
+    let plugin = match platform
+        .add_plugin(&Principal::Admin, JS_ENGINE, wasm.clone().into())
+        .await
+    {
+        Err(e) if e.code() == cella_runtime::ErrorCode::Conflict => {
+            let hash = cella_core::ContentHash::of(&wasm).to_string();
+            let name = format!("{JS_ENGINE}-{}", &hash["sha256:".len()..][..12]);
+            platform
+                .add_plugin(&Principal::Admin, &name, wasm.into())
+                .await?
+        }
+        other => other?,
+    };
+    println!(
+        "plug-in  {:<10} {} image {} ({} bytes, {} ms)",
+        plugin.name,
+        plugin.hash,
+        plugin.image,
+        plugin.image_size,
+        started.elapsed().as_millis()
+    );
+    Ok(plugin)
+}
 
 pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow::Result<()> {
     let token = match platform.create_tenant(&Principal::Admin, TENANT).await {
@@ -45,15 +93,9 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
     };
     let tenant = Principal::Tenant(TENANT.parse()?);
     let key = demo_signing_key(platform, &tenant).await?;
+    let js_engine = register_js_engine(platform, guests).await?;
     for example in &EXAMPLES {
-        let path = guests.join(example.file);
-        let wasm = std::fs::read(&path).with_context(|| {
-            format!(
-                "example function {} not found; build the examples with ./scripts/build-guests \
-                 (./scripts/up does) or point --guests at them",
-                path.display()
-            )
-        })?;
+        let payload = read_example(&guests.join(example.file))?;
         // Each start deploys the next version: versions only move forward.
         let version = match platform.function(&tenant, example.name) {
             Ok(current) => semver::Version::new(
@@ -63,17 +105,26 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
             ),
             Err(_) => semver::Version::new(1, 0, 0),
         };
-        let kind = BundleKind::detect(&wasm).context("an example is not WebAssembly")?;
+        let (kind, plugins) = match BundleKind::detect(&payload) {
+            Some(kind) => (kind, Vec::new()),
+            None => (
+                BundleKind::Js,
+                vec![PluginRef {
+                    name: js_engine.name.to_string(),
+                    hash: js_engine.hash,
+                }],
+            ),
+        };
         let mut bundle = Bundle::new(
             Manifest {
                 name: example.name.parse()?,
                 version,
                 kind,
-                plugins: Vec::new(),
+                plugins,
                 permissions: Default::default(),
                 limits: Default::default(),
             },
-            wasm,
+            payload,
         );
         bundle.sign(&key);
         let record = platform
@@ -112,6 +163,7 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
         "  cella invoke thumbnail --data @{} --arg 64 --arg grayscale -o /tmp/thumb.png",
         png.display()
     );
+    println!("  cella invoke hello-js --data '{{\"name\":\"ada\"}}'");
     println!("  cella invoke brotli --data 'prove it' -o /tmp/out.br --receipt /tmp/receipt.json");
     println!("  cella verify-receipt /tmp/receipt.json --input 'prove it' --output /tmp/out.br");
     println!("  cella functions");
@@ -259,6 +311,20 @@ async fn smoke_test(client: &Client, guests: &Path) -> anyhow::Result<()> {
         "✔ hello-http  GET /hello → {} {:?} ({} ms)",
         status.as_u16(),
         String::from_utf8_lossy(&body).trim(),
+        started.elapsed().as_millis()
+    );
+
+    let started = Instant::now();
+    let greeted = client
+        .invoke("hello-js", br#"{"name":"ada"}"#.to_vec(), &[])
+        .await?;
+    let reply: serde_json::Value =
+        serde_json::from_slice(&greeted.output).context("hello-js did not answer with JSON")?;
+    if reply["message"] != "Hello, ada!" || reply["invocations"] != 1 {
+        bail!("hello-js answered {reply}");
+    }
+    println!(
+        "✔ hello-js    {{\"name\":\"ada\"}} → {reply} ({} ms, JavaScript from its snapshot)",
         started.elapsed().as_millis()
     );
     Ok(())

@@ -100,18 +100,23 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Deploy a signed bundle (or a .wasm file, bundled as the next version and signed with
-    /// your key) as function NAME.
+    /// Deploy a signed bundle (or a .wasm or .js file, bundled as the next version and signed
+    /// with your key) as function NAME.
     Deploy {
         name: String,
-        /// A bundle from `cella bundle build`/`sign`, or a .wasm file.
+        /// A bundle from `cella bundle build`/`sign`, a .wasm file, or a JavaScript module
+        /// (.js/.mjs) whose default export is the handler.
         file: PathBuf,
-        /// For a .wasm file: a limit (`timeout=2s`, `memory=64MiB`, `output=1MiB`; repeatable).
+        /// For a .wasm or .js file: a limit (`timeout=2s`, `memory=64MiB`, `output=1MiB`;
+        /// repeatable).
         #[arg(long = "limit", value_name = "KEY=VALUE")]
         limits: Vec<String>,
-        /// For a .wasm file: the signing key (default: `default.key` from `cella keygen`).
+        /// For a .wasm or .js file: the signing key (default: `default.key` from `cella keygen`).
         #[arg(long, env = "CELLA_KEY")]
         key: Option<PathBuf>,
+        /// For a .js file: the node's JavaScript plug-in that runs it.
+        #[arg(long, default_value = "quickjs")]
+        engine: String,
         #[command(flatten)]
         remote: Remote,
     },
@@ -141,6 +146,14 @@ enum Command {
     Bundle {
         #[command(subcommand)]
         command: BundleCommand,
+    },
+    /// Register (admin token) and list plug-ins: pre-initialised WebAssembly images that
+    /// functions share, such as the JavaScript engine.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Register, list and revoke the public keys your bundles are signed with.
     Keys {
@@ -270,6 +283,15 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum PluginCommand {
+    /// Register a module exporting `wizer-initialize` as plug-in NAME: the node runs the
+    /// initialiser once and keeps the measured image.
+    Add { name: String, file: PathBuf },
+    /// List plug-ins with their hashes (what manifests name) and image measurements.
+    List,
+}
+
+#[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant and print its token (shown once).
     Create { name: String },
@@ -320,8 +342,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             limits,
             key,
+            engine,
             remote,
-        } => c::deploy(&remote, &name, &file, &limits, key.as_deref()).await,
+        } => {
+            let how = c::DeployArgs {
+                limits: &limits,
+                key: key.as_deref(),
+                engine: &engine,
+            };
+            c::deploy(&remote, &name, &file, how).await
+        }
         Command::Keygen { name, dir } => bundle_cmds::keygen(&name, dir.as_deref()),
         Command::Bundle { command } => match command {
             BundleCommand::Build {
@@ -347,6 +377,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output,
             } => bundle_cmds::sign(&bundle, key.as_deref(), output.as_deref()),
             BundleCommand::Inspect { bundle, format } => bundle_cmds::inspect(&bundle, format),
+        },
+        Command::Plugin { command, remote } => match command {
+            PluginCommand::Add { name, file } => c::plugin_add(&remote, &name, &file).await,
+            PluginCommand::List => c::plugin_list(&remote).await,
         },
         Command::Keys { command, remote } => match command {
             KeysCommand::Add { key } => c::keys_add(&remote, &key).await,

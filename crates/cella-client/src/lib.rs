@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 
 use bytes::Bytes;
-use cella_core::FunctionRecord;
+use cella_core::{FunctionRecord, Plugin};
 pub use cella_tee::AttestationReport;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -433,6 +433,55 @@ impl Client {
         wasm: Vec<u8>,
         limits: &[String],
     ) -> Result<FunctionRecord, ClientError> {
+        // Whatever is not a component is sent as a command: the node says what is wrong.
+        let kind = cella_bundle::BundleKind::detect(&wasm)
+            .unwrap_or(cella_bundle::BundleKind::WasiCommand);
+        self.deploy_payload(name, kind, Vec::new(), wasm, limits)
+            .await
+    }
+
+    /// Like [`Client::deploy`], for a JavaScript module run by the node's JavaScript plug-in
+    /// `engine` (`quickjs`), named in the manifest with the hash the node lists for it.
+    pub async fn deploy_js(
+        &self,
+        name: &str,
+        source: Vec<u8>,
+        engine: &str,
+        limits: &[String],
+    ) -> Result<FunctionRecord, ClientError> {
+        let plugin = self
+            .plugins()
+            .await?
+            .into_iter()
+            .find(|p| p.name.as_str() == engine)
+            .ok_or_else(|| {
+                ClientError::Invalid(format!(
+                    "the node has no plug-in `{engine}` to run JavaScript; its operator adds one \
+                     with `cella plugin add {engine} FILE.wasm`"
+                ))
+            })?;
+        let engine = cella_bundle::PluginRef {
+            name: plugin.name.to_string(),
+            hash: plugin.hash,
+        };
+        self.deploy_payload(
+            name,
+            cella_bundle::BundleKind::Js,
+            vec![engine],
+            source,
+            limits,
+        )
+        .await
+    }
+
+    async fn deploy_payload(
+        &self,
+        name: &str,
+        kind: cella_bundle::BundleKind,
+        plugins: Vec<cella_bundle::PluginRef>,
+        payload: Vec<u8>,
+        limits: &[String],
+    ) -> Result<FunctionRecord, ClientError> {
         let invalid = |detail: String| ClientError::Invalid(detail);
         let key = self.signer.as_ref().ok_or_else(|| {
             invalid(
@@ -460,20 +509,33 @@ impl Client {
                 .set(setting)
                 .map_err(|e| invalid(e.to_string()))?;
         }
-        // Whatever is not a component is sent as a command: the node says what is wrong.
-        let kind = cella_bundle::BundleKind::detect(&wasm)
-            .unwrap_or(cella_bundle::BundleKind::WasiCommand);
         let manifest = cella_bundle::Manifest {
             name: cella_core::FunctionName::new(name).map_err(|e| invalid(e.to_string()))?,
             version,
             kind,
-            plugins: Vec::new(),
+            plugins,
             permissions: Default::default(),
             limits: manifest_limits,
         };
-        let mut bundle = cella_bundle::Bundle::new(manifest, wasm);
+        let mut bundle = cella_bundle::Bundle::new(manifest, payload);
         bundle.sign(key);
         self.deploy_bundle(name, bundle.encode()).await
+    }
+
+    /// Registers `wasm` as plug-in `name` (admin token only).
+    pub async fn add_plugin(&self, name: &str, wasm: Vec<u8>) -> Result<Plugin, ClientError> {
+        let path = format!("/v1/plugins/{}", segment(name));
+        self.json(self.request(Method::PUT, &path).body(wasm)).await
+    }
+
+    /// The plug-ins the node has.
+    pub async fn plugins(&self) -> Result<Vec<Plugin>, ClientError> {
+        #[derive(Deserialize)]
+        struct Plugins {
+            plugins: Vec<Plugin>,
+        }
+        let list: Plugins = self.json(self.request(Method::GET, "/v1/plugins")).await?;
+        Ok(list.plugins)
     }
 
     /// Registers a public key (`ed25519:<hex>`) for this client's tenant.

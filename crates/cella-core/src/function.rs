@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ContentHash, FunctionKind, FunctionName, Limits, TenantName};
+use crate::{ContentHash, FunctionKind, FunctionName, Limits, PluginUse, TenantName};
 
 /// The current time as RFC 3339 (UTC, seconds), the format of every timestamp cella records.
 pub fn now_rfc3339() -> String {
@@ -40,6 +40,9 @@ pub struct FunctionVersion {
     /// Id of the tenant key that signed the bundle.
     pub signer: String,
     pub deployed_at: String,
+    /// The plug-ins its image is made from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginUse>,
 }
 
 /// One deployed function: what runs (its current version, by hash), whose it is, how, who may
@@ -54,6 +57,8 @@ pub struct FunctionRecord {
     pub size: u64,
     pub limits: Limits,
     pub signer: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginUse>,
     pub created_at: String,
     pub updated_at: String,
     pub access: Access,
@@ -73,6 +78,7 @@ impl FunctionRecord {
             size: first.size,
             limits: first.limits,
             signer: first.signer.clone(),
+            plugins: first.plugins.clone(),
             created_at: at.clone(),
             updated_at: at,
             access: Access::default(),
@@ -103,5 +109,6 @@ impl FunctionRecord {
         self.size = version.size;
         self.limits = version.limits;
         self.signer = version.signer.clone();
+        self.plugins = version.plugins.clone();
     }
 }

@@ -12,6 +12,9 @@ pub enum FunctionKind {
     WasiCommand,
     /// A WASI 0.2 component exporting `wasi:http/incoming-handler` (the `wasi:http/proxy` world).
     WasiHttp,
+    /// JavaScript run by a JavaScript plug-in: at deploy its code is evaluated into an image of
+    /// the engine, which then runs like a WASI command.
+    Js,
 }
 
 impl FunctionKind {
@@ -19,6 +22,7 @@ impl FunctionKind {
         match self {
             FunctionKind::WasiCommand => "wasi-command",
             FunctionKind::WasiHttp => "wasi-http",
+            FunctionKind::Js => "js",
         }
     }
 }

@@ -7,9 +7,11 @@ mod hash;
 mod kind;
 mod limits;
 mod names;
+mod plugin;
 
 pub use function::{Access, FunctionRecord, FunctionVersion, now_rfc3339};
 pub use hash::{ContentHash, HashParseError};
 pub use kind::FunctionKind;
 pub use limits::{LimitError, Limits, LimitsOverride, parse_size};
-pub use names::{FunctionName, NameError, TenantName};
+pub use names::{FunctionName, NameError, PluginName, TenantName};
+pub use plugin::{Plugin, PluginUse};

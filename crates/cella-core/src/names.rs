@@ -106,6 +106,11 @@ name_type!(
     "tenant"
 );
 name_type!(
+    /// The name of a plug-in the operator registered (`quickjs`).
+    PluginName,
+    "plug-in"
+);
+name_type!(
     /// The name of a deployed function. Function names are global on a cella platform (like
     /// bucket names): the first tenant to deploy a name owns it.
     FunctionName,

@@ -31,6 +31,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/tenants/{name}/token", post(rotate_token))
         .route("/v1/keys", post(add_key).get(list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}", put(add_plugin))
         .route("/v1/functions", get(list_functions))
         .route(
             "/v1/functions/{name}",
@@ -225,6 +227,25 @@ async fn deploy(
         StatusCode::OK
     };
     Ok((status, Json(record)))
+}
+
+/// The body is the plug-in's WebAssembly module (operator only).
+async fn add_plugin(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let module = read_limited(body, state.config.max_upload_bytes, "uploaded plug-in").await?;
+    let plugin = state.platform.add_plugin(&caller, &name, module).await?;
+    Ok((StatusCode::CREATED, Json(plugin)))
+}
+
+async fn list_plugins(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({ "plugins": state.platform.plugins(&caller)? })))
 }
 
 #[derive(Deserialize)]

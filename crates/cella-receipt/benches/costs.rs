@@ -43,6 +43,7 @@ fn receipt(identity_key: &[u8]) -> Receipt {
             name: "brotli".into(),
             version: "1.2.0".into(),
             hash: sha256(b"bundle"),
+            plugins: Vec::new(),
         },
         limits_hash: sha256(b"limits"),
         args_hash: cella_receipt::args_hash(&[]),

@@ -44,6 +44,17 @@ pub struct Function {
     pub version: String,
     /// The bundle hash of the version that ran.
     pub hash: String,
+    /// The plug-in images the function's image was made from (absent when none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginImage>,
+}
+
+/// A plug-in by name and the measurement (SHA-256) of the image that ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginImage {
+    pub name: String,
+    pub image: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +271,7 @@ mod tests {
                 name: "echo".into(),
                 version: "1.0.0".into(),
                 hash: sha256(b"bundle"),
+                plugins: Vec::new(),
             },
             limits_hash: sha256(b"limits"),
             args_hash: args_hash(&["decompress".into()]),

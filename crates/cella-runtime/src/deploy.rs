@@ -7,7 +7,8 @@
 use bytes::Bytes;
 use cella_bundle::{Bundle, BundleKind, VerifyingKey};
 use cella_core::{
-    ContentHash, FunctionKind, FunctionName, FunctionRecord, FunctionVersion, Limits,
+    ContentHash, FunctionKind, FunctionName, FunctionRecord, FunctionVersion, Limits, Plugin,
+    PluginUse,
 };
 use cella_sandbox::Compiled;
 use cella_store::{BlobError, Principal, TenantKey};
@@ -48,14 +49,20 @@ impl Platform {
             return Err(taken(&name));
         }
         let hash = bundle.hash().0;
-        let compiled = self.compile(Bytes::from(bundle.payload.clone())).await?;
-        if compiled.kind() != kind {
-            return Err(RuntimeError::Invalid(format!(
-                "the manifest says `kind = \"{kind}\"` but the payload is a {} function; fix \
-                 `kind` in the manifest",
-                compiled.kind()
-            )));
-        }
+        let plugins: Vec<PluginUse> = self
+            .resolve_plugins(&bundle.manifest.plugins)?
+            .iter()
+            .map(Plugin::used)
+            .collect();
+        let compiled = self
+            .build(
+                &name,
+                kind,
+                &plugins,
+                &limits,
+                Bytes::from(bundle.payload.clone()),
+            )
+            .await?;
         self.blobs().put_as(&hash, &bundle_bytes).await?;
         let version = bundle.manifest.version.clone();
         let record = FunctionRecord::new(
@@ -69,6 +76,7 @@ impl Platform {
                 limits,
                 signer: signer.id().to_string(),
                 deployed_at: cella_core::now_rfc3339(),
+                plugins,
             },
         );
         let registry = self.registry().clone();
@@ -139,7 +147,53 @@ impl Platform {
                 tampered("it is not the bundle the registry names".into()).into(),
             ));
         }
-        self.compile(Bytes::from(bundle.payload)).await
+        self.build(
+            &record.name,
+            record.kind,
+            &record.plugins,
+            &record.limits,
+            Bytes::from(bundle.payload),
+        )
+        .await
+    }
+
+    /// A verified payload → the code that runs: WebAssembly is compiled as it is; JavaScript
+    /// is evaluated into an image of its engine plug-in first.
+    async fn build(
+        &self,
+        name: &FunctionName,
+        kind: FunctionKind,
+        plugins: &[PluginUse],
+        limits: &Limits,
+        payload: Bytes,
+    ) -> Result<Compiled, RuntimeError> {
+        if kind == FunctionKind::Js {
+            let [engine] = plugins else {
+                return Err(RuntimeError::Invalid(format!(
+                    "a JavaScript function names exactly one plug-in, its engine; add \
+                     `[[plugins]] name = \"quickjs\"` with the hash `cella plugin list` shows \
+                     (it names {})",
+                    plugins.len()
+                )));
+            };
+            return self.js_image(name.as_str(), engine, payload, limits).await;
+        }
+        if !plugins.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "only JavaScript functions use plug-ins so far; remove `plugins` from the \
+                 manifest of a WebAssembly function"
+                    .into(),
+            ));
+        }
+        let compiled = self.compile(payload).await?;
+        if compiled.kind() != kind {
+            return Err(RuntimeError::Invalid(format!(
+                "the manifest says `kind = \"{kind}\"` but the payload is a {} function; fix \
+                 `kind` in the manifest",
+                compiled.kind()
+            )));
+        }
+        Ok(compiled)
     }
 
     /// Registers a public key for the calling tenant.
@@ -212,18 +266,6 @@ fn active_key(
 /// The function kind a bundle's manifest declares, if this platform runs it.
 fn supported_kind(bundle: &Bundle) -> Result<FunctionKind, RuntimeError> {
     let manifest = &bundle.manifest;
-    if !manifest.plugins.is_empty() {
-        return Err(RuntimeError::Invalid(format!(
-            "the bundle needs plug-ins ({}), and this platform has none registered; remove \
-             `plugins` from the manifest",
-            manifest
-                .plugins
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
     if !manifest.permissions.is_empty() {
         return Err(RuntimeError::Invalid(format!(
             "the bundle asks for permissions ({}); this platform grants none yet (functions get \
@@ -239,11 +281,7 @@ fn supported_kind(bundle: &Bundle) -> Result<FunctionKind, RuntimeError> {
     match manifest.kind {
         BundleKind::WasiCommand => Ok(FunctionKind::WasiCommand),
         BundleKind::WasiHttp => Ok(FunctionKind::WasiHttp),
-        BundleKind::Js => Err(RuntimeError::Invalid(
-            "JavaScript functions need the JavaScript plug-in, which this platform does not have \
-             yet; deploy WebAssembly (kind `wasi-command` or `wasi-http`)"
-                .into(),
-        )),
+        BundleKind::Js => Ok(FunctionKind::Js),
     }
 }
 

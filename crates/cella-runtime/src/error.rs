@@ -2,7 +2,7 @@
 //! map to their protocol (the gateway maps them to HTTP statuses).
 
 use cella_core::{FunctionKind, FunctionName, LimitError, NameError};
-use cella_sandbox::{CompileError, RunError};
+use cella_sandbox::{CompileError, PreinitError, RunError};
 use cella_store::{BlobError, RegistryError};
 
 /// Stable error codes: part of the API, documented in the README. Never rename one.
@@ -116,6 +116,10 @@ pub enum RuntimeError {
         version: String,
         known: String,
     },
+    #[error("{what} failed to load: {source}")]
+    Preinit { what: String, source: PreinitError },
+    #[error("{0}")]
+    NoSuchPlugin(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -124,9 +128,15 @@ impl RuntimeError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RuntimeError::Forbidden(_) => ErrorCode::Forbidden,
-            RuntimeError::NoSuchFunction(_) | RuntimeError::NoSuchVersion { .. } => {
-                ErrorCode::NotFound
-            }
+            RuntimeError::NoSuchFunction(_)
+            | RuntimeError::NoSuchVersion { .. }
+            | RuntimeError::NoSuchPlugin(_) => ErrorCode::NotFound,
+            RuntimeError::Preinit { source, .. } => match source {
+                PreinitError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
+                PreinitError::Unsupported(_) | PreinitError::Compile(_) => ErrorCode::InvalidWasm,
+                // The code itself failed (a syntax error, an exception, a limit).
+                PreinitError::Run(_) | PreinitError::Exited { .. } => ErrorCode::InvalidBundle,
+            },
             RuntimeError::Bundle(_) => ErrorCode::InvalidBundle,
             RuntimeError::UntrustedKey(_) => ErrorCode::UntrustedKey,
             RuntimeError::OldVersion(_) => ErrorCode::Conflict,
@@ -159,7 +169,9 @@ impl RuntimeError {
             RuntimeError::Registry(
                 RegistryError::NoSuchFunction(_) | RegistryError::NoSuchKey(_),
             ) => ErrorCode::NotFound,
-            RuntimeError::Registry(RegistryError::KeyExists { .. }) => ErrorCode::Conflict,
+            RuntimeError::Registry(
+                RegistryError::KeyExists { .. } | RegistryError::PluginExists { .. },
+            ) => ErrorCode::Conflict,
             RuntimeError::Blob(_) | RuntimeError::Registry(_) | RuntimeError::Internal(_) => {
                 ErrorCode::Internal
             }
@@ -172,6 +184,10 @@ impl RuntimeError {
             RuntimeError::Run { source, .. } if !source.log().bytes.is_empty() => {
                 Some(source.log().to_text())
             }
+            RuntimeError::Preinit { source, .. } => source
+                .log()
+                .filter(|log| !log.bytes.is_empty())
+                .map(|log| log.to_text()),
             _ => None,
         }
     }

@@ -16,6 +16,7 @@ mod error;
 mod logs;
 mod metrics;
 mod platform;
+mod plugins;
 
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use error::{ErrorCode, RuntimeError};

@@ -17,6 +17,7 @@ use crate::attestation::{Identity, MAX_NONCE_BYTES, TeeMode};
 use crate::code_cache::CodeCache;
 use crate::concurrency::ConcurrencyLimits;
 use crate::logs::{InvocationLog, InvocationLogs, invocation_id};
+use crate::plugins::PluginImages;
 use crate::{Metrics, RuntimeError};
 
 /// Settings of one platform (one `cella up` process).
@@ -101,6 +102,7 @@ pub struct Platform {
     /// Sealed precompiled code, local to this node (see `artifacts.rs`).
     artifacts: BlobStore,
     code: CodeCache,
+    plugin_images: PluginImages,
     logs: InvocationLogs,
     concurrency: ConcurrencyLimits,
     metrics: Metrics,
@@ -128,12 +130,12 @@ pub(crate) fn tenant_of(caller: &Principal) -> Result<&TenantName, RuntimeError>
     }
 }
 
-fn require_admin(caller: &Principal) -> Result<(), RuntimeError> {
+pub(crate) fn require_admin(caller: &Principal, action: &str) -> Result<(), RuntimeError> {
     match caller {
         Principal::Admin => Ok(()),
-        Principal::Tenant(_) => Err(RuntimeError::Forbidden(
-            "only the platform's admin token may manage tenants".into(),
-        )),
+        Principal::Tenant(_) => Err(RuntimeError::Forbidden(format!(
+            "only the platform's admin token may {action}"
+        ))),
     }
 }
 
@@ -166,6 +168,7 @@ impl Platform {
             blobs,
             artifacts,
             code: CodeCache::default(),
+            plugin_images: PluginImages::default(),
             logs: InvocationLogs::default(),
             concurrency: ConcurrencyLimits::new(
                 config.tenant_concurrency,
@@ -241,6 +244,10 @@ impl Platform {
         &self.code
     }
 
+    pub(crate) fn plugin_images(&self) -> &PluginImages {
+        &self.plugin_images
+    }
+
     /// The blob store (operators' tools and tests that play a hostile storage host use it).
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs
@@ -262,7 +269,7 @@ impl Platform {
         caller: &Principal,
         name: &str,
     ) -> Result<(Tenant, Token), RuntimeError> {
-        require_admin(caller)?;
+        require_admin(caller, "manage tenants")?;
         let name = TenantName::new(name)?;
         let registry = self.registry.clone();
         blocking(move || Ok(registry.create_tenant(&name)?)).await
@@ -274,14 +281,14 @@ impl Platform {
         caller: &Principal,
         name: &str,
     ) -> Result<Token, RuntimeError> {
-        require_admin(caller)?;
+        require_admin(caller, "manage tenants")?;
         let name = TenantName::new(name)?;
         let registry = self.registry.clone();
         blocking(move || Ok(registry.rotate_tenant_token(&name)?)).await
     }
 
     pub fn tenants(&self, caller: &Principal) -> Result<Vec<Tenant>, RuntimeError> {
-        require_admin(caller)?;
+        require_admin(caller, "manage tenants")?;
         Ok(self.registry.tenants()?)
     }
 
@@ -415,6 +422,14 @@ impl Platform {
                 name: function.name.to_string(),
                 version: function.version.to_string(),
                 hash: function.hash.to_string(),
+                plugins: function
+                    .plugins
+                    .iter()
+                    .map(|p| cella_receipt::PluginImage {
+                        name: p.name.to_string(),
+                        image: p.image.to_string(),
+                    })
+                    .collect(),
             },
             limits_hash: cella_receipt::sha256(
                 &serde_json::to_vec(&function.limits).expect("limits serialize"),

@@ -97,7 +97,8 @@ impl Sandbox {
     ) -> Result<Compiled, CompileError> {
         let stale = |e: wasmtime::Error| CompileError::Invalid(format!("precompiled code: {e:#}"));
         match kind {
-            FunctionKind::WasiCommand => {
+            // A JavaScript function's image is a WASI command module.
+            FunctionKind::WasiCommand | FunctionKind::Js => {
                 // SAFETY: wasmtime requires the bytes to be trusted output of `serialize` from
                 // a compatible engine. They are: the caller authenticated them (AEAD with a key
                 // only this platform holds, bound to this engine's fingerprint), and wasmtime
@@ -164,7 +165,7 @@ mod tests {
             b"#!/bin/sh\necho hi\n",
             b"\0asm\x02\0\0\0",
         ] {
-            let err = sandbox.compile(bytes).err().expect("must be refused");
+            let err = sandbox.compile(bytes).expect_err("must be refused");
             assert!(
                 matches!(
                     err,

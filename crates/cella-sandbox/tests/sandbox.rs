@@ -90,9 +90,9 @@ async fn javascript_functions_run_from_their_snapshot_with_fresh_state() {
             return { hello: name, calls, seen: globalThis.seen, loadedAt };
         }
     "#;
-    let compiled = js_function(&sandbox, source).await.unwrap();
+    let compiled = js_function(sandbox, source).await.unwrap();
     for _ in 0..3 {
-        let out = run(&sandbox, &compiled, r#"{"name":"ada"}"#).await.unwrap();
+        let out = run(sandbox, &compiled, r#"{"name":"ada"}"#).await.unwrap();
         assert_eq!(
             out,
             r#"{"hello":"ada","calls":1,"seen":1,"loadedAt":"deploy"}"#
@@ -103,30 +103,30 @@ async fn javascript_functions_run_from_their_snapshot_with_fresh_state() {
 #[tokio::test]
 async fn javascript_results_map_to_bytes_and_random_is_fresh() {
     let sandbox = sandbox();
-    let text = js_function(&sandbox, "export default (r) => r.text().toUpperCase();")
+    let text = js_function(sandbox, "export default (r) => r.text().toUpperCase();")
         .await
         .unwrap();
-    assert_eq!(run(&sandbox, &text, "abc").await.unwrap(), "ABC");
-    let nothing = js_function(&sandbox, "export default () => undefined;")
+    assert_eq!(run(sandbox, &text, "abc").await.unwrap(), "ABC");
+    let nothing = js_function(sandbox, "export default () => undefined;")
         .await
         .unwrap();
-    assert_eq!(run(&sandbox, &nothing, "").await.unwrap(), "");
-    let bytes = js_function(&sandbox, "export default (r) => r.bytes().reverse();")
+    assert_eq!(run(sandbox, &nothing, "").await.unwrap(), "");
+    let bytes = js_function(sandbox, "export default (r) => r.bytes().reverse();")
         .await
         .unwrap();
-    assert_eq!(run(&sandbox, &bytes, "abc").await.unwrap(), "cba");
+    assert_eq!(run(sandbox, &bytes, "abc").await.unwrap(), "cba");
     let promised = js_function(
-        &sandbox,
+        sandbox,
         "export default async (r) => await Promise.resolve(r.body + '!');",
     )
     .await
     .unwrap();
-    assert_eq!(run(&sandbox, &promised, "hi").await.unwrap(), "hi!");
-    let random = js_function(&sandbox, "export default () => String(Math.random());")
+    assert_eq!(run(sandbox, &promised, "hi").await.unwrap(), "hi!");
+    let random = js_function(sandbox, "export default () => String(Math.random());")
         .await
         .unwrap();
-    let a = run(&sandbox, &random, "").await.unwrap();
-    let b = run(&sandbox, &random, "").await.unwrap();
+    let a = run(sandbox, &random, "").await.unwrap();
+    let b = run(sandbox, &random, "").await.unwrap();
     assert_ne!(a, b, "each invocation must draw its own random numbers");
 }
 
@@ -134,12 +134,12 @@ async fn javascript_results_map_to_bytes_and_random_is_fresh() {
 async fn javascript_errors_are_clear() {
     let sandbox = sandbox();
     // A syntax error stops the deploy, with the engine's message.
-    let err = js_function(&sandbox, "export default function (")
+    let err = js_function(sandbox, "export default function (")
         .await
         .unwrap_err();
     let log = err.log().expect("the initialiser ran").to_text();
     assert!(log.contains("SyntaxError"), "{err}: {log}");
-    let err = js_function(&sandbox, "export const x = 1;")
+    let err = js_function(sandbox, "export const x = 1;")
         .await
         .unwrap_err();
     assert!(
@@ -149,12 +149,12 @@ async fn javascript_errors_are_clear() {
 
     // An exception fails the invocation, with its message and stack in the log.
     let throws = js_function(
-        &sandbox,
+        sandbox,
         "export default () => { throw new TypeError('nope'); };",
     )
     .await
     .unwrap();
-    let err = run(&sandbox, &throws, "").await.unwrap_err();
+    let err = run(sandbox, &throws, "").await.unwrap_err();
     assert!(matches!(err, RunError::Exit { code: 1, .. }), "{err}");
     assert!(
         err.log().to_text().contains("TypeError: nope"),
@@ -163,28 +163,28 @@ async fn javascript_errors_are_clear() {
     );
 
     // An endless loop is stopped at the time limit.
-    let spins = js_function(&sandbox, "export default () => { for (;;) {} };")
+    let spins = js_function(sandbox, "export default () => { for (;;) {} };")
         .await
         .unwrap();
-    let err = run(&sandbox, &spins, "").await.unwrap_err();
+    let err = run(sandbox, &spins, "").await.unwrap_err();
     assert!(matches!(err, RunError::Timeout { .. }), "{err}");
 
     // Unbounded recursion traps at the sandbox's stack limit (QuickJS does not count its
     // stack on WASI), an error like any other.
     let recurses = js_function(
-        &sandbox,
+        sandbox,
         "const f = (n) => f(n + 1) + 1; export default () => f(0);",
     )
     .await
     .unwrap();
-    let err = run(&sandbox, &recurses, "").await.unwrap_err();
+    let err = run(sandbox, &recurses, "").await.unwrap_err();
     assert!(
         matches!(&err, RunError::Trap { message, .. } if message.contains("call stack exhausted")),
         "{err}"
     );
 
     // An endless loop while loading stops the deploy at the time limit.
-    let err = js_function(&sandbox, "for (;;) {} export default () => 1;")
+    let err = js_function(sandbox, "for (;;) {} export default () => 1;")
         .await
         .unwrap_err();
     assert!(

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cella_core::{Access, ContentHash, FunctionName, FunctionRecord, TenantName};
+use cella_core::{Access, ContentHash, FunctionName, FunctionRecord, PluginName, TenantName};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
     WriteTransaction,
@@ -30,7 +30,7 @@ const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
 /// blinded function name → sealed JSON [`FunctionRecord`]
 const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
 /// Every table of sealed records (the digest covers them all).
-const SEALED_TABLES: [Sealed; 4] = [TENANTS, TOKENS, FUNCTIONS, keys::KEYS];
+const SEALED_TABLES: [Sealed; 5] = [TENANTS, TOKENS, FUNCTIONS, keys::KEYS, plugins::PLUGINS];
 /// settings of the registry itself; values sealed except the wrapped data key
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
 const DATA_KEY: &str = "data_key";
@@ -98,6 +98,11 @@ pub enum RegistryError {
     KeyExists { id: String, revoked: bool },
     #[error("no key {0} is registered for this tenant; see `cella keys list`")]
     NoSuchKey(String),
+    #[error(
+        "plug-in `{name}` is already registered as another module ({hash}); a name always \
+         means the same code, so register the new module under a new name (e.g. `{name}-2`)"
+    )]
+    PluginExists { name: PluginName, hash: String },
 }
 
 fn db(e: impl Into<redb::Error>) -> RegistryError {
@@ -614,7 +619,7 @@ impl Registry {
 /// record: what one version of the registry holds. Sealed with the version at every write.
 fn state_digest<M, T>(
     meta: &M,
-    tables: [(Sealed, Result<T, redb::TableError>); 4],
+    tables: [(Sealed, Result<T, redb::TableError>); SEALED_TABLES.len()],
 ) -> Result<[u8; 32], RegistryError>
 where
     M: ReadableTable<&'static str, &'static [u8]>,
@@ -697,6 +702,7 @@ fn unwrap_data_key(
 }
 
 mod keys;
+mod plugins;
 pub use keys::TenantKey;
 
 #[cfg(test)]

@@ -94,6 +94,7 @@ fn redeploy_keeps_access_and_check_can_refuse() {
                 limits: Limits::default(),
                 signer: "ed25519:01".into(),
                 deployed_at: now(),
+                plugins: Vec::new(),
             },
         )
     };

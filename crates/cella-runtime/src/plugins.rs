@@ -1,0 +1,163 @@
+//! Plug-ins (PIE's plug-in enclaves, in software). The operator registers a module that
+//! exports `wizer-initialize`; the platform runs that initialiser once, inside the sandbox, and
+//! keeps the snapshot — the plug-in's *image*, measured by its SHA-256 and sealed in the blob
+//! store. A function that names the plug-in gets its own image made from that one at deploy
+//! (for JavaScript: the engine with the function's module already evaluated), and every
+//! invocation instantiates that image afresh; the engine maps it copy-on-write, so an instance
+//! pays only for the pages it writes however large the plug-in's state is.
+//!
+//! An image is loaded back from the untrusted blob store only if it authenticates and hashes
+//! to the measurement the registry holds; anything else is refused and counted.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use cella_bundle::PluginRef;
+use cella_core::{ContentHash, Limits, Plugin, PluginName, PluginUse, now_rfc3339};
+use cella_sandbox::{Compiled, Initializer, Preinitializer};
+use cella_store::{BlobError, Principal};
+
+use crate::RuntimeError;
+use crate::platform::{Platform, blocking, require_admin};
+
+/// Pre-initialisers of plug-in images, by measurement: each image is compiled once per process.
+#[derive(Default)]
+pub(crate) struct PluginImages {
+    loaded: tokio::sync::Mutex<HashMap<ContentHash, Preinitializer>>,
+}
+
+impl Platform {
+    /// Registers `module` as plug-in `name` (operator only): pre-initialises it, measures and
+    /// seals the image. The same module again under its name returns the existing record.
+    pub async fn add_plugin(
+        &self,
+        caller: &Principal,
+        name: &str,
+        module: Bytes,
+    ) -> Result<Plugin, RuntimeError> {
+        require_admin(caller, "register plug-ins")?;
+        let name = PluginName::new(name)?;
+        let hash = ContentHash::of(&module);
+        if let Some(existing) = self.registry().plugin(&name)?
+            && existing.hash == hash
+        {
+            return Ok(existing);
+        }
+        let what = format!("plug-in `{name}`");
+        let failed = move |source| RuntimeError::Preinit { what, source };
+        let sandbox = self.sandbox().clone();
+        let wasm = module.clone();
+        let preinitializer = blocking({
+            let failed = failed.clone();
+            move || sandbox.preinitializer(&wasm).map_err(failed)
+        })
+        .await?;
+        let image = self
+            .sandbox()
+            .preinitialize(
+                &preinitializer,
+                Bytes::new(),
+                &self.config().max_limits,
+                Initializer::Keep,
+            )
+            .await
+            .map_err(failed)?;
+        let image_size = image.wasm.len() as u64;
+        let image_hash = self.blobs().put(Bytes::from(image.wasm)).await?;
+        let plugin = Plugin {
+            name,
+            hash,
+            image: image_hash,
+            size: module.len() as u64,
+            image_size,
+            added_at: now_rfc3339(),
+        };
+        let registry = self.registry().clone();
+        let plugin = blocking(move || Ok(registry.add_plugin(plugin)?)).await?;
+        tracing::info!(
+            plugin = %plugin.name, hash = %plugin.hash, image = %plugin.image,
+            "plug-in registered"
+        );
+        Ok(plugin)
+    }
+
+    /// The registered plug-ins. Anyone authenticated may list them: tenants name them, by hash,
+    /// in their manifests.
+    pub fn plugins(&self, _caller: &Principal) -> Result<Vec<Plugin>, RuntimeError> {
+        Ok(self.registry().plugins()?)
+    }
+
+    /// The plug-ins a manifest names, each registered under that name with that very hash.
+    pub(crate) fn resolve_plugins(&self, refs: &[PluginRef]) -> Result<Vec<Plugin>, RuntimeError> {
+        refs.iter()
+            .map(|wanted| {
+                let name = PluginName::new(wanted.name.as_str())?;
+                match self.registry().plugin(&name)? {
+                    Some(plugin) if plugin.hash == wanted.hash => Ok(plugin),
+                    Some(plugin) => Err(RuntimeError::NoSuchPlugin(format!(
+                        "the manifest names plug-in `{name}` with hash {}, but `{name}` on this \
+                         platform is {}; put that hash in the manifest (`cella plugin list`) if \
+                         you trust it",
+                        wanted.hash, plugin.hash
+                    ))),
+                    None => Err(RuntimeError::NoSuchPlugin(format!(
+                        "the manifest needs plug-in `{name}`, which this platform does not \
+                         have; see `cella plugin list` (the operator adds plug-ins with `cella \
+                         plugin add`)"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    /// The image a function's code is added to: loaded once, verified against its measurement.
+    async fn plugin_image(&self, plugin: &PluginUse) -> Result<Preinitializer, RuntimeError> {
+        let mut loaded = self.plugin_images().loaded.lock().await;
+        if let Some(found) = loaded.get(&plugin.image) {
+            return Ok(found.clone());
+        }
+        let image = match self.blobs().get_verified(&plugin.image).await {
+            Ok(image) => image,
+            Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
+                self.metrics().integrity_failure();
+                tracing::error!(plugin = %plugin.name, "refusing the plug-in's image: {e}");
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let sandbox = self.sandbox().clone();
+        let name = plugin.name.clone();
+        let preinitializer = blocking(move || {
+            sandbox
+                .preinitializer(&image)
+                .map_err(|source| RuntimeError::Preinit {
+                    what: format!("plug-in `{name}`"),
+                    source,
+                })
+        })
+        .await?;
+        loaded.insert(plugin.image, preinitializer.clone());
+        Ok(preinitializer)
+    }
+
+    /// A JavaScript function's code: its module evaluated into the engine plug-in's image,
+    /// snapshotted and compiled. Runs the function's top-level code under its own limits.
+    pub(crate) async fn js_image(
+        &self,
+        function: &str,
+        engine: &PluginUse,
+        source: Bytes,
+        limits: &Limits,
+    ) -> Result<Compiled, RuntimeError> {
+        let preinitializer = self.plugin_image(engine).await?;
+        let image = self
+            .sandbox()
+            .preinitialize(&preinitializer, source, limits, Initializer::Drop)
+            .await
+            .map_err(|source| RuntimeError::Preinit {
+                what: format!("function `{function}`'s JavaScript"),
+                source,
+            })?;
+        self.compile(Bytes::from(image.wasm)).await
+    }
+}
