@@ -38,10 +38,16 @@ impl Platform {
         require_admin(caller, "register plug-ins")?;
         let name = PluginName::new(name)?;
         let hash = ContentHash::of(&module);
-        if let Some(existing) = self.registry().plugin(&name)?
-            && existing.hash == hash
-        {
-            return Ok(existing);
+        if let Some(existing) = self.registry().plugin(&name)? {
+            if existing.hash == hash {
+                return Ok(existing);
+            }
+            // Refused before any work; the registry checks again when it writes.
+            return Err(cella_store::RegistryError::PluginExists {
+                name,
+                hash: existing.hash.to_string(),
+            }
+            .into());
         }
         let what = format!("plug-in `{name}`");
         let failed = move |source| RuntimeError::Preinit { what, source };

@@ -10,4 +10,5 @@ mod functions;
 mod http_passthrough;
 mod invariants;
 mod limits;
+mod plugins;
 mod validation;
