@@ -364,10 +364,7 @@ pub(crate) async fn invoke(
 ) -> anyhow::Result<()> {
     let input = read_data(request.data)?;
     let (client, report) = attested_client(remote).await?;
-    // A fresh nonce ties the receipt to this request.
-    let mut nonce = [0u8; 32];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| anyhow::anyhow!("no random numbers for the nonce: {e}"))?;
+    let nonce = fresh_nonce()?;
     let result = client
         .invoke_with(
             name,
@@ -383,6 +380,37 @@ pub(crate) async fn invoke(
     if let Some(path) = request.receipt {
         save_receipt(path, &result, report, &nonce)?;
     }
+    write_output(&result, output)
+}
+
+pub(crate) async fn chain(
+    remote: &Remote,
+    steps: &[String],
+    request: InvokeInput<'_>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let input = read_data(request.data)?;
+    let (client, report) = attested_client(remote).await?;
+    let nonce = fresh_nonce()?;
+    let result = client
+        .invoke_chain(steps, input, Some(&nonce))
+        .await
+        .map_err(explain)?;
+    if let Some(path) = request.receipt {
+        save_receipt(path, &result, report, &nonce)?;
+    }
+    write_output(&result, output)
+}
+
+/// A fresh nonce ties the receipt to this request.
+fn fresh_nonce() -> anyhow::Result<[u8; 32]> {
+    let mut nonce = [0u8; 32];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| anyhow::anyhow!("no random numbers for the nonce: {e}"))?;
+    Ok(nonce)
+}
+
+fn write_output(result: &cella_client::Invocation, output: Option<&Path>) -> anyhow::Result<()> {
     match output {
         Some(path) => {
             std::fs::write(path, &result.output)

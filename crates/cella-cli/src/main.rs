@@ -184,6 +184,24 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Run functions as a chain inside the node (`a | b | c`): each step's output is the
+    /// next one's input and never leaves the node; prints the last output.
+    Chain {
+        /// The steps in order: `NAME` or `NAME@VERSION`.
+        #[arg(required = true)]
+        steps: Vec<String>,
+        /// Save the node's signed receipt (naming every step), with its attestation report.
+        #[arg(long, value_name = "FILE")]
+        receipt: Option<PathBuf>,
+        /// Input of the first step: `@FILE`, `-` for stdin, or literal text.
+        #[arg(long, short = 'd')]
+        data: Option<String>,
+        /// Write the output to this file instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List your functions, or show one.
     Functions {
         name: Option<String>,
@@ -409,6 +427,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 expect_hash: expect_hash.as_deref(),
             };
             c::invoke(&remote, &name, input, output.as_deref()).await
+        }
+        Command::Chain {
+            steps,
+            receipt,
+            data,
+            output,
+            remote,
+        } => {
+            let input = c::InvokeInput {
+                data: data.as_deref(),
+                args: &[],
+                receipt: receipt.as_deref(),
+                expect_hash: None,
+            };
+            c::chain(&remote, &steps, input, output.as_deref()).await
         }
         Command::Functions { name, remote } => c::functions(&remote, name.as_deref()).await,
         Command::Delete { name, remote } => c::delete(&remote, &name).await,

@@ -593,7 +593,32 @@ impl Client {
         if let Some(expected) = options.expect_hash {
             builder = builder.header("cella-expect-hash", expected);
         }
-        if let Some(nonce) = options.nonce {
+        self.invocation(builder, options.nonce).await
+    }
+
+    /// Runs `steps` (`name` or `name@version`) as a chain inside the node: each step's output
+    /// is the next one's input and never leaves the node; the last output comes back with one
+    /// receipt naming every step.
+    pub async fn invoke_chain(
+        &self,
+        steps: &[String],
+        input: Vec<u8>,
+        nonce: Option<&[u8]>,
+    ) -> Result<Invocation, ClientError> {
+        let query: Vec<(&str, &str)> = steps.iter().map(|s| ("step", s.as_str())).collect();
+        let builder = self
+            .request(Method::POST, "/v1/chain")
+            .query(&query)
+            .body(input);
+        self.invocation(builder, nonce).await
+    }
+
+    async fn invocation(
+        &self,
+        mut builder: RequestBuilder,
+        nonce: Option<&[u8]>,
+    ) -> Result<Invocation, ClientError> {
+        if let Some(nonce) = nonce {
             builder = builder.header("cella-nonce", hex::encode(nonce));
         }
         let response = self.send(builder).await?;

@@ -31,6 +31,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/tenants/{name}/token", post(rotate_token))
         .route("/v1/keys", post(add_key).get(list_keys))
         .route("/v1/keys/{id}", axum::routing::delete(revoke_key))
+        .route("/v1/chain", post(chain))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}", put(add_plugin))
         .route("/v1/functions", get(list_functions))
@@ -411,6 +412,42 @@ fn request_nonce(headers: &HeaderMap) -> ApiResult<Option<Vec<u8>>> {
                 format!("`{NONCE_HEADER}` must be hex (at most 64 bytes)"),
             )
         })
+}
+
+/// `POST /v1/chain?step=a&step=b@1.2.0&step=c`: the body is the first step's input, the
+/// response the last step's output; the steps pass data to each other inside the node.
+async fn chain(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let mut steps = Vec::new();
+    for (key, value) in query_pairs(&query) {
+        match key.as_str() {
+            "step" => steps.push(value),
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "unknown query parameter `{other}`; name the chain's functions in order \
+                         as `?step=NAME` (repeatable; `NAME@VERSION` pins one)"
+                    ),
+                ));
+            }
+        }
+    }
+    let options = InvokeOptions {
+        expect: expected_hash(&headers)?,
+        nonce: request_nonce(&headers)?,
+    };
+    let input = read_limited(body, state.config.max_body_bytes, "request body").await?;
+    let output = state
+        .platform
+        .invoke_chain(&caller, &steps, &options, input)
+        .await?;
+    Ok(invocation_response(output))
 }
 
 fn invocation_response(output: InvokeOutput) -> Response {

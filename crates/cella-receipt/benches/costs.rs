@@ -45,6 +45,7 @@ fn receipt(identity_key: &[u8]) -> Receipt {
             hash: sha256(b"bundle"),
             plugins: Vec::new(),
         },
+        chain: Vec::new(),
         limits_hash: sha256(b"limits"),
         args_hash: cella_receipt::args_hash(&[]),
         input_hash: sha256(b"input"),

@@ -62,7 +62,7 @@ pub struct PluginImage {
 pub struct Resources {
     /// Wall-clock time of the invocation, in microseconds.
     pub wall_time_us: u64,
-    /// The memory the function was allowed.
+    /// The memory the function was allowed (for a chain, the most any step was).
     pub memory_limit_bytes: u64,
 }
 
@@ -73,13 +73,21 @@ pub struct Receipt {
     pub format: String,
     pub invocation_id: String,
     pub node: Node,
+    /// The function that ran; for a chain, its first step.
     pub function: Function,
-    /// `sha256:` of the limits the function ran under (canonical JSON).
+    /// For a chain, its later steps in order: each step's output was the next one's input,
+    /// passed inside the node and recorded nowhere. Absent for a single function.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chain: Vec<Function>,
+    /// `sha256:` of the limits the function ran under (canonical JSON); for a chain, of the
+    /// JSON array of every step's limits.
     pub limits_hash: String,
     /// `sha256:` of the arguments (their compact JSON array), which shape the output as much
     /// as the input does.
     pub args_hash: String,
+    /// `sha256:` of the input (for a chain, the first step's).
     pub input_hash: String,
+    /// `sha256:` of the output (for a chain, the last step's).
     pub output_hash: String,
     pub resources: Resources,
     pub started_at: String,
@@ -273,6 +281,7 @@ mod tests {
                 hash: sha256(b"bundle"),
                 plugins: Vec::new(),
             },
+            chain: Vec::new(),
             limits_hash: sha256(b"limits"),
             args_hash: args_hash(&["decompress".into()]),
             input_hash: sha256(b"in"),

@@ -9,6 +9,7 @@
 
 mod artifacts;
 mod attestation;
+mod chain;
 mod code_cache;
 mod concurrency;
 mod deploy;
@@ -19,6 +20,7 @@ mod platform;
 mod plugins;
 
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
+pub use chain::MAX_CHAIN_STEPS;
 pub use error::{ErrorCode, RuntimeError};
 pub use logs::InvocationLog;
 pub use metrics::Metrics;

@@ -372,23 +372,49 @@ impl Platform {
         options: &InvokeOptions,
         input: CommandInput,
     ) -> Result<InvokeOutput, RuntimeError> {
-        if let Some(nonce) = &options.nonce
-            && nonce.len() > MAX_NONCE_BYTES
-        {
-            return Err(RuntimeError::Invalid(format!(
-                "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",
-                nonce.len()
-            )));
-        }
+        check_nonce(options)?;
         let started = Instant::now();
         let started_at = cella_core::now_rfc3339();
         let input_hash = cella_receipt::sha256(&input.stdin);
         let args_hash = cella_receipt::args_hash(&input.args);
+        let (function, output, invocation_id) = self
+            .invoke_step(caller, target, options.expect.as_ref(), input)
+            .await?;
+        let duration = started.elapsed();
+        let receipt = self.sign_receipt(Receipted {
+            invocation_id: &invocation_id,
+            steps: std::slice::from_ref(&function),
+            args_hash,
+            input_hash,
+            output: &output.stdout,
+            duration,
+            started_at,
+            nonce: options.nonce.as_deref(),
+        });
+        Ok(InvokeOutput {
+            receipt,
+            invocation_id,
+            output: output.stdout,
+            log: output.log,
+            function,
+            duration,
+        })
+    }
+
+    /// One run of a command (or JavaScript) function, without a receipt: an invocation, or
+    /// one step of a chain.
+    pub(crate) async fn invoke_step(
+        &self,
+        caller: &Principal,
+        target: &str,
+        expect: Option<&ContentHash>,
+        input: CommandInput,
+    ) -> Result<(FunctionRecord, CommandOutput, String), RuntimeError> {
         let (invocation_id, function, output) = self
             .invocation(
                 caller,
                 target,
-                options.expect.as_ref(),
+                expect,
                 |o: &CommandOutput| &o.log,
                 async |record, compiled| match compiled {
                     Compiled::Command(pre) => self
@@ -402,56 +428,61 @@ impl Platform {
                     Compiled::Http(_) => Err(RuntimeError::WrongKind {
                         name: record.name.clone(),
                         kind: FunctionKind::WasiHttp,
-                        hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
+                        hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke \
+                               (and a chain runs only command and JavaScript functions)",
                     }),
                 },
             )
             .await?;
-        let duration = started.elapsed();
+        Ok((function, output, invocation_id))
+    }
+
+    /// Signs, with the node's attested key, what ran: `steps` is the function, or every step
+    /// of a chain in order.
+    pub(crate) fn sign_receipt(&self, what: Receipted<'_>) -> cella_receipt::SignedReceipt {
         let (tee, measurement) = self.tee();
-        let receipt = self.identity.sign_receipt(cella_receipt::Receipt {
+        let described: Vec<cella_receipt::Function> =
+            what.steps.iter().map(receipt_function).collect();
+        let (first, rest) = described
+            .split_first()
+            .expect("an invocation runs at least one function");
+        // A chain's limits are all its steps'; one function's are its own.
+        let limits_hash = match what.steps {
+            [one] => {
+                cella_receipt::sha256(&serde_json::to_vec(&one.limits).expect("limits serialize"))
+            }
+            steps => {
+                let all: Vec<_> = steps.iter().map(|s| s.limits).collect();
+                cella_receipt::sha256(&serde_json::to_vec(&all).expect("limits serialize"))
+            }
+        };
+        self.identity.sign_receipt(cella_receipt::Receipt {
             format: cella_receipt::FORMAT.into(),
-            invocation_id: invocation_id.clone(),
+            invocation_id: what.invocation_id.to_owned(),
             node: cella_receipt::Node {
                 tee: tee.to_string(),
                 measurement: measurement.to_hex(),
                 identity_key: self.identity.public_key_hex(),
                 registry_version: self.registry.version(),
             },
-            function: cella_receipt::Function {
-                name: function.name.to_string(),
-                version: function.version.to_string(),
-                hash: function.hash.to_string(),
-                plugins: function
-                    .plugins
-                    .iter()
-                    .map(|p| cella_receipt::PluginImage {
-                        name: p.name.to_string(),
-                        image: p.image.to_string(),
-                    })
-                    .collect(),
-            },
-            limits_hash: cella_receipt::sha256(
-                &serde_json::to_vec(&function.limits).expect("limits serialize"),
-            ),
-            args_hash,
-            input_hash,
-            output_hash: cella_receipt::sha256(&output.stdout),
+            function: first.clone(),
+            chain: rest.to_vec(),
+            limits_hash,
+            args_hash: what.args_hash,
+            input_hash: what.input_hash,
+            output_hash: cella_receipt::sha256(what.output),
             resources: cella_receipt::Resources {
-                wall_time_us: duration.as_micros() as u64,
-                memory_limit_bytes: function.limits.memory_bytes,
+                wall_time_us: what.duration.as_micros() as u64,
+                memory_limit_bytes: what
+                    .steps
+                    .iter()
+                    .map(|s| s.limits.memory_bytes)
+                    .max()
+                    .unwrap_or(0),
             },
-            started_at,
+            started_at: what.started_at,
             finished_at: cella_core::now_rfc3339(),
-            nonce: options.nonce.as_deref().map(hex::encode),
-        });
-        Ok(InvokeOutput {
-            receipt,
-            invocation_id,
-            output: output.stdout,
-            log: output.log,
-            function,
-            duration,
+            nonce: what.nonce.map(hex::encode),
         })
     }
 
@@ -606,6 +637,14 @@ impl Platform {
 
     /// `target` is `name` or `name@version`: access is decided on the function first, then
     /// the version is pinned.
+    pub(crate) fn authorize(
+        &self,
+        caller: &Principal,
+        target: &str,
+    ) -> Result<FunctionRecord, RuntimeError> {
+        self.authorize_invoke(caller, target)
+    }
+
     fn authorize_invoke(
         &self,
         caller: &Principal,
@@ -652,6 +691,45 @@ impl Platform {
         let compiled = blocking(move || Ok(sandbox.compile(&wasm)?)).await?;
         self.metrics.compiled();
         Ok(compiled)
+    }
+}
+
+/// A caller's nonce is echoed in receipts: it must be short.
+pub(crate) fn check_nonce(options: &InvokeOptions) -> Result<(), RuntimeError> {
+    match &options.nonce {
+        Some(nonce) if nonce.len() > MAX_NONCE_BYTES => Err(RuntimeError::Invalid(format!(
+            "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",
+            nonce.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// What a receipt is signed over.
+pub(crate) struct Receipted<'a> {
+    pub invocation_id: &'a str,
+    pub steps: &'a [FunctionRecord],
+    pub args_hash: String,
+    pub input_hash: String,
+    pub output: &'a [u8],
+    pub duration: Duration,
+    pub started_at: String,
+    pub nonce: Option<&'a [u8]>,
+}
+
+fn receipt_function(record: &FunctionRecord) -> cella_receipt::Function {
+    cella_receipt::Function {
+        name: record.name.to_string(),
+        version: record.version.to_string(),
+        hash: record.hash.to_string(),
+        plugins: record
+            .plugins
+            .iter()
+            .map(|p| cella_receipt::PluginImage {
+                name: p.name.to_string(),
+                image: p.image.to_string(),
+            })
+            .collect(),
     }
 }
 

@@ -6,6 +6,7 @@ mod harness;
 mod access;
 mod attestation;
 mod bundles;
+mod chains;
 mod functions;
 mod http_passthrough;
 mod invariants;
