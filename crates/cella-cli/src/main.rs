@@ -1,6 +1,7 @@
 //! `cella`: run a node (`cella up`) and talk to one (everything else).
 #![forbid(unsafe_code)]
 
+mod bench;
 mod bundle_cmds;
 mod client_cmds;
 mod config;
@@ -70,6 +71,8 @@ pub(crate) enum Format {
 enum Command {
     /// Run a single-node platform: HTTP API, sandbox, embedded stores.
     Up(up::UpArgs),
+    /// Measure start-up, autoscaling and chaining against PIE's modes (a table and JSON).
+    Bench(bench::BenchArgs),
     /// Show the configuration `cella up` would run with, and where each value came from.
     Config {
         #[command(subcommand)]
@@ -396,6 +399,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } => bundle_cmds::sign(&bundle, key.as_deref(), output.as_deref()),
             BundleCommand::Inspect { bundle, format } => bundle_cmds::inspect(&bundle, format),
         },
+        Command::Bench(args) => bench::run(args).await,
         Command::Plugin { command, remote } => match command {
             PluginCommand::Add { name, file } => c::plugin_add(&remote, &name, &file).await,
             PluginCommand::List => c::plugin_list(&remote).await,

@@ -61,6 +61,27 @@ impl Sandbox {
         Ok(CommandOutput { stdout, log })
     }
 
+    /// Instantiates `pre` ahead of its request, for comparisons with platforms that keep warm
+    /// instances (PIE's "warm" mode). cella itself never reuses or pre-creates instances: each
+    /// invocation gets a fresh one ([`Sandbox::run_command`]).
+    pub async fn prepare_command(
+        &self,
+        pre: &InstancePre<CommandState>,
+        program: &str,
+        input: CommandInput,
+        limits: &Limits,
+    ) -> Result<PreparedCommand, RunError> {
+        let mut store = self.command_store(program, input, limits);
+        match pre.instantiate_async(&mut store.store).await {
+            Ok(instance) => Ok(PreparedCommand {
+                store,
+                instance,
+                limits: *limits,
+            }),
+            Err(e) => Err(crate::limits::guest_failure(e, LogTail::default())),
+        }
+    }
+
     /// A fresh store for a WASI command, armed with `limits`.
     pub(crate) fn command_store(
         &self,
@@ -97,6 +118,28 @@ impl Sandbox {
             stderr,
             trip,
         }
+    }
+}
+
+/// An instance created before its request (see [`Sandbox::prepare_command`]).
+pub struct PreparedCommand {
+    store: CommandStore,
+    instance: wasmtime::Instance,
+    limits: Limits,
+}
+
+impl PreparedCommand {
+    /// Runs the instance's `_start` once; the instance is gone afterwards.
+    pub async fn run(self) -> Result<CommandOutput, RunError> {
+        let instance = self.instance;
+        let (stdout, log, ()) = self
+            .store
+            .run(&self.limits, async |store| {
+                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+                start.call_async(&mut *store, ()).await
+            })
+            .await?;
+        Ok(CommandOutput { stdout, log })
     }
 }
 

@@ -20,7 +20,10 @@ mod limits;
 mod pipes;
 mod preinit;
 
-pub use command::{CommandInput, CommandOutput};
+pub use command::{CommandInput, CommandOutput, CommandState, PreparedCommand};
+
+/// A compiled WASI command with its imports resolved.
+pub type CommandPre = wasmtime::InstancePre<CommandState>;
 pub use compile::Compiled;
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{CompileError, RunError};

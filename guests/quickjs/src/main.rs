@@ -126,7 +126,17 @@ fn main() -> ExitCode {
             handler: Some(handler),
             context,
         }) => invoke(context, handler.clone(), input),
-        _ => Err("this image holds no function: deploy JavaScript source with this plug-in".into()),
+        _ => match std::env::args().nth(1) {
+            // Without a snapshot: start the engine and evaluate the module on every request
+            // (the naive port `cella bench startup` compares against).
+            Some(source) => new_engine().and_then(|engine| {
+                let handler = load_module(&engine.context, source)?;
+                invoke(&engine.context, handler, input)
+            }),
+            None => Err(
+                "this image holds no function: deploy JavaScript source with this plug-in".into(),
+            ),
+        },
     });
     match result {
         Ok(output) => {
