@@ -67,13 +67,13 @@ build_guests() {
     (
         cd "$ROOT/guests"
         cargo build --locked --release --target wasm32-wasip1 --target-dir "$target" \
-            -p brotli-fn -p thumbnail -p test-programs -p quickjs-plugin
+            -p brotli-fn -p thumbnail -p test-programs -p quickjs-plugin -p primes-plugin
         cargo build --locked --release --target wasm32-wasip2 --target-dir "$target" \
             -p hello-http
     )
     mkdir -p "$CELLA_GUESTS_DIR"
     local p1="$target/wasm32-wasip1/release" p2="$target/wasm32-wasip2/release"
-    cp "$p1"/brotli.wasm "$p1"/thumbnail.wasm "$p1"/quickjs.wasm "$CELLA_GUESTS_DIR/"
+    cp "$p1"/brotli.wasm "$p1"/thumbnail.wasm "$p1"/quickjs.wasm "$p1"/primes.wasm "$CELLA_GUESTS_DIR/"
     for program in loop-forever memory-bomb output-bomb capabilities counter exit-fail echo; do
         cp "$p1/$program.wasm" "$CELLA_GUESTS_DIR/"
     done

@@ -112,8 +112,8 @@ pub(crate) async fn tenant_list(remote: &Remote) -> anyhow::Result<()> {
 pub(crate) struct DeployArgs<'a> {
     pub limits: &'a [String],
     pub key: Option<&'a Path>,
-    /// The JavaScript plug-in for a .js file.
-    pub engine: &'a str,
+    /// The plug-in the function is made from (for a .js file, default `quickjs`).
+    pub plugin: Option<&'a str>,
 }
 
 fn is_javascript(file: &Path) -> bool {
@@ -138,10 +138,18 @@ pub(crate) async fn deploy(
         client.deploy_bundle(name, bytes).await
     } else {
         let client = client.with_signing_key(crate::bundle_cmds::signing_key(how.key)?);
-        if is_javascript(file) {
-            client.deploy_js(name, bytes, how.engine, how.limits).await
-        } else {
-            client.deploy(name, bytes, how.limits).await
+        match (is_javascript(file), how.plugin) {
+            (true, engine) => {
+                let engine = engine.unwrap_or("quickjs");
+                client.deploy_js(name, bytes, engine, how.limits).await
+            }
+            (false, Some(plugin)) => {
+                let kind = cella_bundle::BundleKind::WasiCommand;
+                client
+                    .deploy_from_plugin(name, kind, plugin, bytes, how.limits)
+                    .await
+            }
+            (false, None) => client.deploy(name, bytes, how.limits).await,
         }
     }
     .map_err(explain)?;

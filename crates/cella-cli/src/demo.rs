@@ -183,7 +183,7 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
 
 /// The policy the demo's users verify the node with: this build's measurement pinned and, on
 /// the simulated TEE, its platform key trusted and simulated evidence allowed (it is a demo).
-fn demo_policy(platform: &Platform) -> anyhow::Result<cella_tee::Policy> {
+pub(crate) fn demo_policy(platform: &Platform) -> anyhow::Result<cella_tee::Policy> {
     let (tee, measurement) = platform.tee();
     let anchor = match platform.sim_anchor_file() {
         Some(path) => std::fs::read_to_string(path)

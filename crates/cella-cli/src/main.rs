@@ -103,12 +103,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Deploy a signed bundle (or a .wasm or .js file, bundled as the next version and signed
-    /// with your key) as function NAME.
+    /// Deploy a signed bundle (or a .wasm or .js file, or a plug-in's configuration with
+    /// --plugin, bundled as the next version and signed with your key) as function NAME.
     Deploy {
         name: String,
-        /// A bundle from `cella bundle build`/`sign`, a .wasm file, or a JavaScript module
-        /// (.js/.mjs) whose default export is the handler.
+        /// A bundle from `cella bundle build`/`sign`, a .wasm file, a JavaScript module
+        /// (.js/.mjs) whose default export is the handler, or with --plugin the configuration
+        /// the plug-in's initialiser reads.
         file: PathBuf,
         /// For a .wasm or .js file: a limit (`timeout=2s`, `memory=64MiB`, `output=1MiB`;
         /// repeatable).
@@ -117,9 +118,10 @@ enum Command {
         /// For a .wasm or .js file: the signing key (default: `default.key` from `cella keygen`).
         #[arg(long, env = "CELLA_KEY")]
         key: Option<PathBuf>,
-        /// For a .js file: the node's JavaScript plug-in that runs it.
-        #[arg(long, default_value = "quickjs")]
-        engine: String,
+        /// The node's plug-in the function is made from (for a .js file: the JavaScript
+        /// engine, `quickjs` unless given).
+        #[arg(long)]
+        plugin: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -363,13 +365,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             limits,
             key,
-            engine,
+            plugin,
             remote,
         } => {
             let how = c::DeployArgs {
                 limits: &limits,
                 key: key.as_deref(),
-                engine: &engine,
+                plugin: plugin.as_deref(),
             };
             c::deploy(&remote, &name, &file, how).await
         }

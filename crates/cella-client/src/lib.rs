@@ -449,29 +449,38 @@ impl Client {
         engine: &str,
         limits: &[String],
     ) -> Result<FunctionRecord, ClientError> {
-        let plugin = self
+        self.deploy_from_plugin(name, cella_bundle::BundleKind::Js, engine, source, limits)
+            .await
+    }
+
+    /// Like [`Client::deploy`], for a function made from the node's plug-in `plugin`: `payload`
+    /// (JavaScript for kind `js`, else the plug-in's configuration) goes to the plug-in's
+    /// initialiser at deploy. The manifest names the plug-in with the hash the node lists.
+    pub async fn deploy_from_plugin(
+        &self,
+        name: &str,
+        kind: cella_bundle::BundleKind,
+        plugin: &str,
+        payload: Vec<u8>,
+        limits: &[String],
+    ) -> Result<FunctionRecord, ClientError> {
+        let found = self
             .plugins()
             .await?
             .into_iter()
-            .find(|p| p.name.as_str() == engine)
+            .find(|p| p.name.as_str() == plugin)
             .ok_or_else(|| {
                 ClientError::Invalid(format!(
-                    "the node has no plug-in `{engine}` to run JavaScript; its operator adds one \
-                     with `cella plugin add {engine} FILE.wasm`"
+                    "the node has no plug-in `{plugin}`; see `cella plugin list` (its operator \
+                     adds one with `cella plugin add {plugin} FILE.wasm`)"
                 ))
             })?;
-        let engine = cella_bundle::PluginRef {
-            name: plugin.name.to_string(),
-            hash: plugin.hash,
+        let plugin = cella_bundle::PluginRef {
+            name: found.name.to_string(),
+            hash: found.hash,
         };
-        self.deploy_payload(
-            name,
-            cella_bundle::BundleKind::Js,
-            vec![engine],
-            source,
-            limits,
-        )
-        .await
+        self.deploy_payload(name, kind, vec![plugin], payload, limits)
+            .await
     }
 
     async fn deploy_payload(

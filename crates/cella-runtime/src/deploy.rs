@@ -157,8 +157,10 @@ impl Platform {
         .await
     }
 
-    /// A verified payload → the code that runs: WebAssembly is compiled as it is; JavaScript
-    /// is evaluated into an image of its engine plug-in first.
+    /// A verified payload → the code that runs. A function that names a plug-in is made from
+    /// the plug-in's image: its payload (JavaScript source, or a plug-in's configuration) is
+    /// given to the plug-in's initialiser and the snapshot is the function's image. Otherwise
+    /// the payload is WebAssembly, compiled as it is.
     async fn build(
         &self,
         name: &FunctionName,
@@ -167,23 +169,28 @@ impl Platform {
         limits: &Limits,
         payload: Bytes,
     ) -> Result<Compiled, RuntimeError> {
-        if kind == FunctionKind::Js {
-            let [engine] = plugins else {
+        match (kind, plugins) {
+            (FunctionKind::WasiHttp, [_, ..]) => {
+                return Err(RuntimeError::Invalid(
+                    "a `wasi-http` function cannot be made from a plug-in; remove `plugins` \
+                     from its manifest"
+                        .into(),
+                ));
+            }
+            (_, [plugin]) => {
+                return self
+                    .function_image(name.as_str(), plugin, payload, limits)
+                    .await;
+            }
+            (FunctionKind::Js, _) | (_, [_, _, ..]) => {
                 return Err(RuntimeError::Invalid(format!(
-                    "a JavaScript function names exactly one plug-in, its engine; add \
-                     `[[plugins]] name = \"quickjs\"` with the hash `cella plugin list` shows \
-                     (it names {})",
+                    "a function is made from at most one plug-in, and a JavaScript function \
+                     from exactly one, its engine (add `[[plugins]] name = \"quickjs\"` with \
+                     the hash `cella plugin list` shows); this manifest names {}",
                     plugins.len()
                 )));
-            };
-            return self.js_image(name.as_str(), engine, payload, limits).await;
-        }
-        if !plugins.is_empty() {
-            return Err(RuntimeError::Invalid(
-                "only JavaScript functions use plug-ins so far; remove `plugins` from the \
-                 manifest of a WebAssembly function"
-                    .into(),
-            ));
+            }
+            _ => {}
         }
         let compiled = self.compile(payload).await?;
         if compiled.kind() != kind {

@@ -2,7 +2,8 @@
 //! exports `wizer-initialize`; the platform runs that initialiser once, inside the sandbox, and
 //! keeps the snapshot — the plug-in's *image*, measured by its SHA-256 and sealed in the blob
 //! store. A function that names the plug-in gets its own image made from that one at deploy
-//! (for JavaScript: the engine with the function's module already evaluated), and every
+//! (for JavaScript: the engine with the function's module already evaluated; for a plug-in
+//! holding a model or table: its state, configured by the function's payload), and every
 //! invocation instantiates that image afresh; the engine maps it copy-on-write, so an instance
 //! pays only for the pages it writes however large the plug-in's state is.
 //!
@@ -146,22 +147,23 @@ impl Platform {
         Ok(preinitializer)
     }
 
-    /// A JavaScript function's code: its module evaluated into the engine plug-in's image,
-    /// snapshotted and compiled. Runs the function's top-level code under its own limits.
-    pub(crate) async fn js_image(
+    /// A function's image made from `plugin`'s: the plug-in's initialiser runs again with the
+    /// function's payload on stdin (a JavaScript engine evaluates it as the function's module),
+    /// under the function's own limits; the snapshot is compiled.
+    pub(crate) async fn function_image(
         &self,
         function: &str,
-        engine: &PluginUse,
-        source: Bytes,
+        plugin: &PluginUse,
+        payload: Bytes,
         limits: &Limits,
     ) -> Result<Compiled, RuntimeError> {
-        let preinitializer = self.plugin_image(engine).await?;
+        let preinitializer = self.plugin_image(plugin).await?;
         let image = self
             .sandbox()
-            .preinitialize(&preinitializer, source, limits, Initializer::Drop)
+            .preinitialize(&preinitializer, payload, limits, Initializer::Drop)
             .await
             .map_err(|source| RuntimeError::Preinit {
-                what: format!("function `{function}`'s JavaScript"),
+                what: format!("function `{function}` (made from plug-in `{}`)", plugin.name),
                 source,
             })?;
         self.compile(Bytes::from(image.wasm)).await

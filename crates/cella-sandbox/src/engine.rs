@@ -63,6 +63,10 @@ fn pooling(config: &SandboxConfig) -> wasmtime::PoolingAllocationConfig {
         .async_stack_keep_resident(64 * 1024)
         // Unmapping in batches takes fewer TLB shootdowns across cores.
         .decommit_batch_size(16)
+        // Where the kernel can say which pages an instance wrote (Linux 6.7+), reset only
+        // those: otherwise the first `keep_resident_bytes` are reset whole — a copy of the
+        // image — and a plug-in holding a large table would cost its size per invocation.
+        .pagemap_scan(wasmtime::Enabled::Auto)
         // Bounds the resident memory kept by warm, unused slots.
         .max_unused_warm_slots(n.min(32));
     pool
@@ -84,6 +88,10 @@ impl Sandbox {
             .wasm_component_model(true)
             .max_wasm_stack(config.max_wasm_stack)
             .parallel_compilation(true)
+            // Always map initial memory copy-on-write from an image, however large the state
+            // a pre-initialised plug-in holds: a fresh instance must not copy it (the default
+            // gives up on images above 16 MiB).
+            .memory_guaranteed_dense_image_size(config.max_memory_bytes)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling(
                 &config,
             )));

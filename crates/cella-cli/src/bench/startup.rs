@@ -6,6 +6,9 @@
 //!   cella never does this, it is the bound to compare with);
 //! - **plug-in cold**: what cella does — a fresh instance per request from the shared,
 //!   pre-initialised, precompiled image.
+//!
+//! The functions: a small Rust guest (`echo`), the JavaScript hello, and the lookup-table
+//! plug-in (`primes`, an 8 MiB sieve that the naive port builds on every request).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -103,7 +106,66 @@ async fn subjects(sandbox: &Sandbox, guests: &Path) -> anyhow::Result<Vec<Subjec
         input: Bytes::from_static(br#"{"name":"ada"}"#),
         expected: br#"{"message":"Hello, ada!","invocations":1}"#,
     };
-    Ok(vec![rust, js])
+
+    let primes = read_guest(guests, "primes.wasm")?;
+    let model = Subject {
+        name: "model",
+        bundle: signed_bundle("primes", primes.clone())?,
+        cold_args: Vec::new(),
+        image: sandbox.compile(&model_image(sandbox, &primes, "").await?)?,
+        input: Bytes::from_static(b"1000003"),
+        expected: b"{\"n\":1000003,\"prime\":true,\"next\":1000033}\n",
+    };
+    Ok(vec![rust, js, model])
+}
+
+/// The lookup-table plug-in's image, configured as a function would configure it.
+async fn model_image(sandbox: &Sandbox, plugin: &[u8], config: &str) -> anyhow::Result<Vec<u8>> {
+    let image = sandbox
+        .preinitialize(
+            &sandbox.preinitializer(plugin)?,
+            Bytes::copy_from_slice(config.as_bytes()),
+            &limits(),
+            Initializer::Drop,
+        )
+        .await?;
+    Ok(image.wasm)
+}
+
+/// Plug-in cold latency of the lookup-table function with tables of different sizes: what a
+/// request costs must not grow with the state the image holds.
+async fn model_sizes(sandbox: &Arc<Sandbox>, guests: &Path, scale: f64) -> anyhow::Result<Value> {
+    let plugin = read_guest(guests, "primes.wasm")?;
+    println!("\nmodel: plug-in cold latency by table size");
+    println!("{:<10} {:>12} {:>10} {:>10}", "table", "image", "p50", "p99");
+    let mut out = Vec::new();
+    for (label, limit) in [("1 MiB", 1u64 << 24), ("16 MiB", 1 << 28)] {
+        let image = model_image(sandbox, &plugin, &format!("limit={limit}")).await?;
+        let subject = Subject {
+            name: "model",
+            bundle: Bytes::new(),
+            cold_args: Vec::new(),
+            image: sandbox.compile(&image)?,
+            input: Bytes::from_static(b"1000003"),
+            expected: b"{\"n\":1000003,\"prime\":true,\"next\":1000033}\n",
+        };
+        let mut latencies = Latencies::default();
+        for _ in 0..scaled(300, scale, 10) {
+            latencies.push(timed_request(sandbox, &subject, Mode::PluginCold).await?);
+        }
+        println!(
+            "{:<10} {:>8} KiB {:>10} {:>10}",
+            label,
+            image.len() / 1024,
+            shown(latencies.p50()),
+            shown(latencies.p99())
+        );
+        let mut entry = latencies.to_json();
+        entry["table"] = json!(label);
+        entry["image_bytes"] = json!(image.len());
+        out.push(entry);
+    }
+    Ok(Value::Array(out))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -244,8 +306,13 @@ pub(super) async fn startup(guests: &Path, scale: f64) -> anyhow::Result<Value> 
         }
         results.push(json!({ "function": subject.name, "modes": modes }));
     }
+    let sizes = model_sizes(&sandbox, guests, scale).await?;
     let memory = memory_per_instance(&sandbox, &subjects).await?;
-    Ok(json!({ "latency": results, "memory_per_live_instance": memory }))
+    Ok(json!({
+        "latency": results,
+        "model_by_table_size": sizes,
+        "memory_per_live_instance": memory,
+    }))
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {

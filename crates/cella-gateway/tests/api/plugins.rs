@@ -219,3 +219,60 @@ async fn a_plugin_image_changed_in_storage_is_refused() {
         "integrity_error",
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holding_a_large_table_serves_functions_from_its_image() {
+    let node = Node::start().await;
+    let token = node.admin.create_tenant("acme").await.unwrap().token;
+    let acme = signed_client(&node.url, token).await;
+    // Registration builds the 8 MiB table once; the image carries it.
+    let primes = node
+        .admin
+        .add_plugin("primes", guest("primes.wasm"))
+        .await
+        .unwrap();
+    assert!(primes.image_size > 8_000_000, "{primes:?}");
+    let command = cella_bundle::BundleKind::WasiCommand;
+
+    // The plug-in's own table (empty configuration) and a smaller one a function asks for.
+    acme.deploy_from_plugin("primes", command, "primes", Vec::new(), &[])
+        .await
+        .unwrap();
+    acme.deploy_from_plugin("small", command, "primes", b"limit=1000".to_vec(), &[])
+        .await
+        .unwrap();
+    let out = acme
+        .invoke("primes", b"97 100, 1000003".to_vec(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.output),
+        "{\"n\":97,\"prime\":true,\"next\":101}\n\
+         {\"n\":100,\"prime\":false,\"next\":101}\n\
+         {\"n\":1000003,\"prime\":true,\"next\":1000033}\n"
+    );
+    let receipt = out.receipt.unwrap().receipt;
+    assert_eq!(receipt.function.plugins[0].image, primes.image.to_string());
+    let out = acme.invoke("small", b"991".to_vec(), &[]).await.unwrap();
+    assert_eq!(&out.output[..], b"{\"n\":991,\"prime\":true,\"next\":997}\n");
+    let err = acme.invoke("small", b"5000".to_vec(), &[]).await;
+    match &err {
+        Err(ClientError::Api { log: Some(log), .. }) => {
+            assert!(log.contains("beyond this table"), "{log}")
+        }
+        other => panic!("expected the guest's message, got {other:?}"),
+    }
+    assert_api_error(err, 502, "function_failed");
+
+    // A configuration the plug-in refuses stops the deploy, with its message.
+    let err = acme
+        .deploy_from_plugin("bad", command, "primes", b"limit=lots".to_vec(), &[])
+        .await;
+    match &err {
+        Err(ClientError::Api { log: Some(log), .. }) => {
+            assert!(log.contains("limit="), "{log}")
+        }
+        other => panic!("expected the plug-in's message, got {other:?}"),
+    }
+    assert_api_error(err, 400, "invalid_bundle");
+}
