@@ -163,7 +163,10 @@ impl Platform {
             .preinitialize(&preinitializer, payload, limits, Initializer::Drop)
             .await
             .map_err(|source| RuntimeError::Preinit {
-                what: format!("function `{function}` (made from plug-in `{}`)", plugin.name),
+                what: format!(
+                    "function `{function}` (made from plug-in `{}`)",
+                    plugin.name
+                ),
                 source,
             })?;
         self.compile(Bytes::from(image.wasm)).await

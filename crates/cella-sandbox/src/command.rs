@@ -131,6 +131,12 @@ pub struct PreparedCommand {
 impl PreparedCommand {
     /// Runs the instance's `_start` once; the instance is gone afterwards.
     pub async fn run(self) -> Result<CommandOutput, RunError> {
+        Ok(self.run_and_keep().await?.0)
+    }
+
+    /// Runs the instance's `_start` once and keeps the finished instance alive (to measure
+    /// what a live instance holds); dropping the [`FinishedCommand`] frees it.
+    pub async fn run_and_keep(mut self) -> Result<(CommandOutput, FinishedCommand), RunError> {
         let instance = self.instance;
         let (stdout, log, ()) = self
             .store
@@ -139,9 +145,12 @@ impl PreparedCommand {
                 start.call_async(&mut *store, ()).await
             })
             .await?;
-        Ok(CommandOutput { stdout, log })
+        Ok((CommandOutput { stdout, log }, FinishedCommand(self.store)))
     }
 }
+
+/// An instance that has run, kept alive (see [`PreparedCommand::run_and_keep`]).
+pub struct FinishedCommand(#[allow(dead_code)] CommandStore);
 
 /// A command's store with its pipes and tripwires.
 pub(crate) struct CommandStore {
@@ -156,7 +165,7 @@ impl CommandStore {
     /// stdout, the log and `guest`'s result — or the error that names the limit it crossed or
     /// its exit status. Exiting with status 0 counts as success.
     pub(crate) async fn run<R: Default>(
-        mut self,
+        &mut self,
         limits: &Limits,
         guest: impl AsyncFnOnce(&mut Store<CommandState>) -> wasmtime::Result<R>,
     ) -> Result<(Bytes, LogTail, R), RunError> {

@@ -20,7 +20,7 @@ mod limits;
 mod pipes;
 mod preinit;
 
-pub use command::{CommandInput, CommandOutput, CommandState, PreparedCommand};
+pub use command::{CommandInput, CommandOutput, CommandState, FinishedCommand, PreparedCommand};
 
 /// A compiled WASI command with its imports resolved.
 pub type CommandPre = wasmtime::InstancePre<CommandState>;

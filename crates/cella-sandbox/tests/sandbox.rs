@@ -192,3 +192,51 @@ async fn javascript_errors_are_clear() {
         "{err}"
     );
 }
+
+/// PIE's three modes as the benchmark runs them: cold (compile per request), warm (instances
+/// created ahead, each used once) and plug-in cold (fresh instance from the shared image).
+/// In each, a guest that changes globals, heap and fresh memory sees initial values next time.
+#[tokio::test]
+async fn every_start_up_mode_begins_from_fresh_state() {
+    let sandbox = sandbox();
+    let counter = guest("counter.wasm");
+    let fresh = "count=1 heap=1 dirty=0\n";
+    let input = || CommandInput::default();
+
+    for _ in 0..3 {
+        let cold = sandbox.compile(&counter).unwrap();
+        let Compiled::Command(pre) = &cold else {
+            panic!("a command")
+        };
+        let out = sandbox
+            .run_command(pre, "counter", input(), &limits())
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), fresh, "cold");
+    }
+
+    let image = sandbox.compile(&counter).unwrap();
+    let Compiled::Command(pre) = &image else {
+        panic!("a command")
+    };
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        warm.push(
+            sandbox
+                .prepare_command(pre, "counter", input(), &limits())
+                .await
+                .unwrap(),
+        );
+    }
+    for instance in warm {
+        let out = instance.run().await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), fresh, "warm");
+    }
+    for _ in 0..5 {
+        let out = sandbox
+            .run_command(pre, "counter", input(), &limits())
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), fresh, "plug-in cold");
+    }
+}

@@ -46,8 +46,8 @@ pub(super) async fn chain(guests: &Path, scale: f64) -> anyhow::Result<Value> {
 
     let key = cella_bundle::SigningKey::generate();
     let public = key.verifying_key().to_string();
-    let client = Client::with_policy(&url, Some(token.secret().to_owned()), &policy)?
-        .with_signing_key(key);
+    let client =
+        Client::with_policy(&url, Some(token.secret().to_owned()), &policy)?.with_signing_key(key);
     client.add_key(&public).await?;
     let echo = read_guest(guests, "echo.wasm")?;
     let limits = ["memory=256MiB".to_owned(), "output=32MiB".to_owned()];

@@ -137,7 +137,10 @@ async fn model_image(sandbox: &Sandbox, plugin: &[u8], config: &str) -> anyhow::
 async fn model_sizes(sandbox: &Arc<Sandbox>, guests: &Path, scale: f64) -> anyhow::Result<Value> {
     let plugin = read_guest(guests, "primes.wasm")?;
     println!("\nmodel: plug-in cold latency by table size");
-    println!("{:<10} {:>12} {:>10} {:>10}", "table", "image", "p50", "p99");
+    println!(
+        "{:<10} {:>12} {:>10} {:>10}",
+        "table", "image", "p50", "p99"
+    );
     let mut out = Vec::new();
     for (label, limit) in [("1 MiB", 1u64 << 24), ("16 MiB", 1 << 28)] {
         let image = model_image(sandbox, &plugin, &format!("limit={limit}")).await?;
@@ -337,16 +340,17 @@ fn memory_now() -> (u64, u64) {
     (field(&status, "VmRSS:"), field(&rollup, "Private_Dirty:"))
 }
 
-/// RSS and private dirty memory added per live (instantiated, not yet run) instance: for
+/// RSS and private dirty memory added per live instance (one that has served a request): for
 /// cold, each instance with its own freshly compiled code; for warm and plug-in cold,
 /// instances of the shared image.
 async fn memory_per_instance(
     sandbox: &Arc<Sandbox>,
     subjects: &[Subject],
 ) -> anyhow::Result<Value> {
-    // Measured after instantiation: a plug-in instance maps the shared image copy-on-write
-    // into a pre-reserved pool slot, so it owns no pages until its guest writes some.
-    println!("\nmemory per live instance (instantiated, before it runs)");
+    // Measured with every instance kept alive after it ran: a plug-in instance maps the
+    // shared image copy-on-write into a pre-reserved pool slot, so it owns only the pages its
+    // guest wrote.
+    println!("\nmemory per live instance (kept alive after one request)");
     println!(
         "{:<10} {:<13} {:>12} {:>14}",
         "function", "mode", "RSS", "private dirty"
@@ -371,11 +375,10 @@ async fn memory_per_instance(
                     stdin: subject.input.clone(),
                     args: subject.cold_args.clone(),
                 };
-                live.push(
-                    sandbox
-                        .prepare_command(command(compiled)?, subject.name, input, &limits())
-                        .await?,
-                );
+                let prepared = sandbox
+                    .prepare_command(command(compiled)?, subject.name, input, &limits())
+                    .await?;
+                live.push(prepared.run_and_keep().await?.1);
             }
             let (rss_after, dirty_after) = memory_now();
             drop(live);

@@ -254,7 +254,10 @@ async fn a_plugin_holding_a_large_table_serves_functions_from_its_image() {
     let receipt = out.receipt.unwrap().receipt;
     assert_eq!(receipt.function.plugins[0].image, primes.image.to_string());
     let out = acme.invoke("small", b"991".to_vec(), &[]).await.unwrap();
-    assert_eq!(&out.output[..], b"{\"n\":991,\"prime\":true,\"next\":997}\n");
+    assert_eq!(
+        &out.output[..],
+        b"{\"n\":991,\"prime\":true,\"next\":997}\n"
+    );
     let err = acme.invoke("small", b"5000".to_vec(), &[]).await;
     match &err {
         Err(ClientError::Api { log: Some(log), .. }) => {
