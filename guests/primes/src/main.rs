@@ -73,13 +73,19 @@ pub extern "C" fn initialize() {
         Some(n) => match n.trim().parse::<u64>() {
             Ok(n) if (16..=1 << 34).contains(&n) => n,
             _ => {
-                eprintln!("`limit=` takes a number from 16 to 2^34, not `{}`", n.trim());
+                eprintln!(
+                    "`limit=` takes a number from 16 to 2^34, not `{}`",
+                    n.trim()
+                );
                 std::process::exit(1);
             }
         },
         None if config.trim().is_empty() => DEFAULT_LIMIT,
         None => {
-            eprintln!("the configuration is `limit=N` or nothing, not `{}`", config.trim());
+            eprintln!(
+                "the configuration is `limit=N` or nothing, not `{}`",
+                config.trim()
+            );
             std::process::exit(1);
         }
     };
@@ -107,9 +113,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         match (sieve.is_prime(n), sieve.next_prime(n)) {
-            (Some(prime), Some(next)) => {
-                out.push_str(&format!("{{\"n\":{n},\"prime\":{prime},\"next\":{next}}}\n"))
-            }
+            (Some(prime), Some(next)) => out.push_str(&format!(
+                "{{\"n\":{n},\"prime\":{prime},\"next\":{next}}}\n"
+            )),
             _ => {
                 eprintln!("{n} is beyond this table (numbers below {})", sieve.limit);
                 return ExitCode::FAILURE;
