@@ -226,6 +226,13 @@ async fn verify_first(
             ""
         }
     );
+    for plugin in &result.plugins {
+        println!(
+            "✔ plug-in     {} image {}… stated under the attested key",
+            plugin.name,
+            &plugin.image[..20]
+        );
+    }
     Ok(result.report)
 }
 

@@ -198,6 +198,47 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
         "{deployed}"
     );
 
+    // The operator registers the JavaScript engine; the tenant deploys a .js file and chains.
+    let quickjs = guests_dir().join("quickjs.wasm");
+    let added = ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["plugin", "add", "quickjs", quickjs.to_str().unwrap()],
+    ));
+    assert!(added.starts_with("plug-in `quickjs` sha256:"), "{added}");
+    let listed = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["plugin", "list"],
+    ));
+    assert!(listed.contains("quickjs"), "{listed}");
+    let hello = guests_dir().join("hello.js");
+    let deployed = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &[
+            "deploy",
+            "hello",
+            hello.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        deployed.starts_with("deployed `hello` 0.1.0 (js"),
+        "{deployed}"
+    );
+    let chained = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["chain", "echo", "hello", "--data", r#"{"name":"cli"}"#],
+    ));
+    assert_eq!(chained, r#"{"message":"Hello, cli!","invocations":1}"#);
+
     // The same code as a signed bundle, built and checked offline, then pinned by hash.
     let bundle = data.path().join("echo.cella");
     ok(cella(

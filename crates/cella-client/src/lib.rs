@@ -95,6 +95,18 @@ pub struct NodeVerification {
     pub report: AttestationReport,
     #[serde(flatten)]
     pub verification: Verification,
+    /// The node's plug-ins, from its signed statement (empty if it has none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<cella_receipt::PluginClaim>,
+}
+
+/// `GET /v1/attestation`: the evidence and the signed plug-in list.
+#[derive(Deserialize)]
+struct Attestation {
+    #[serde(flatten)]
+    report: AttestationReport,
+    #[serde(default)]
+    plugins: Option<cella_receipt::SignedPluginList>,
 }
 
 impl NodeVerification {
@@ -322,6 +334,11 @@ impl Client {
 
     /// Fetches evidence about the node bound to `nonce` (unverified).
     pub async fn attestation(&self, nonce: &[u8]) -> Result<AttestationReport, ClientError> {
+        Ok(self.attestation_with_plugins(nonce).await?.report)
+    }
+
+    /// The evidence and, from nodes that have them, the plug-in list signed for `nonce`.
+    async fn attestation_with_plugins(&self, nonce: &[u8]) -> Result<Attestation, ClientError> {
         let builder = self
             .request(Method::GET, "/v1/attestation")
             .query(&[("nonce", hex::encode(nonce))]);
@@ -335,7 +352,7 @@ impl Client {
     pub async fn verify_node(&self, policy: &Policy) -> Result<NodeVerification, ClientError> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).expect("the operating system's random generator");
-        let report = self.attestation(&nonce).await?;
+        let Attestation { report, plugins } = self.attestation_with_plugins(&nonce).await?;
         let identity = hex::decode(&report.identity_key).map_err(|_| ClientError::Protocol {
             url: self.base.clone(),
             detail: "the identity key is not hex".into(),
@@ -369,9 +386,38 @@ impl Client {
                 fix: None,
             },
         });
+        // The plug-ins the node runs functions on, in the node's own words: signed by the key
+        // the evidence binds, for this nonce. Listed only when there are some (or the
+        // statement does not verify).
+        let mut verified_plugins = Vec::new();
+        if let Some(statement) = plugins {
+            let checked = statement.verify(&report.identity_key, &nonce);
+            if checked.is_err() || !statement.list.plugins.is_empty() {
+                verification.checks.push(Check {
+                    name: "plug-ins",
+                    ok: checked.is_ok(),
+                    expected: "a list signed by the node key for this nonce".into(),
+                    actual: match &checked {
+                        Ok(()) => statement
+                            .list
+                            .plugins
+                            .iter()
+                            .map(|p| format!("{} (image {})", p.name, p.image))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        Err(e) => e.to_string(),
+                    },
+                    fix: None,
+                });
+            }
+            if checked.is_ok() {
+                verified_plugins = statement.list.plugins;
+            }
+        }
         Ok(NodeVerification {
             report,
             verification,
+            plugins: verified_plugins,
         })
     }
 

@@ -69,10 +69,18 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 
 /// Evidence about this node bound to its identity key and `?nonce=HEX`. No token needed: a
 /// client verifies the node before it sends anything secret.
+/// The evidence, and the plug-in list signed by the key the evidence binds, for one nonce.
+#[derive(serde::Serialize)]
+struct Attestation {
+    #[serde(flatten)]
+    report: cella_tee::AttestationReport,
+    plugins: cella_receipt::SignedPluginList,
+}
+
 async fn attestation(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<cella_tee::AttestationReport>> {
+) -> ApiResult<Json<Attestation>> {
     let mut nonce = Vec::new();
     for (key, value) in query_pairs(&query) {
         match key.as_str() {
@@ -92,7 +100,10 @@ async fn attestation(
             }
         }
     }
-    Ok(Json(state.platform.attest(&nonce)?))
+    Ok(Json(Attestation {
+        report: state.platform.attest(&nonce)?,
+        plugins: state.platform.plugin_statement(&nonce)?,
+    }))
 }
 
 async fn no_such_endpoint(method: Method, uri: Uri) -> ApiError {

@@ -14,6 +14,10 @@
 use cella_tee::{AttestationReport, Check, Policy, report_data_for};
 use serde::{Deserialize, Serialize};
 
+mod plugins;
+
+pub use plugins::{PLUGINS_FORMAT, PluginClaim, PluginList, PluginListError, SignedPluginList};
+
 pub const FORMAT: &str = "cella-receipt/1";
 
 /// `sha256:` of a function's arguments, as receipts record them.

@@ -96,6 +96,11 @@ impl Identity {
         cella_receipt::SignedReceipt::sign(receipt, |message| self.cert.sign(message))
     }
 
+    /// Signs a statement with the identity key (ECDSA P-256/SHA-256, DER).
+    pub(crate) fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.cert.sign(message)
+    }
+
     pub(crate) fn public_key_hex(&self) -> String {
         hex::encode(&self.cert.public_key)
     }

@@ -244,6 +244,10 @@ impl Platform {
         &self.code
     }
 
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     pub(crate) fn plugin_images(&self) -> &PluginImages {
         &self.plugin_images
     }

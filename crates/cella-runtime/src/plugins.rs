@@ -94,6 +94,27 @@ impl Platform {
         Ok(self.registry().plugins()?)
     }
 
+    /// The registered plug-ins as a statement signed by the node's identity key for `nonce`
+    /// (served with the attestation evidence, which binds that key).
+    pub fn plugin_statement(
+        &self,
+        nonce: &[u8],
+    ) -> Result<cella_receipt::SignedPluginList, RuntimeError> {
+        let claims = self
+            .registry()
+            .plugins()?
+            .into_iter()
+            .map(|p| cella_receipt::PluginClaim {
+                name: p.name.to_string(),
+                hash: p.hash.to_string(),
+                image: p.image.to_string(),
+            })
+            .collect();
+        Ok(cella_receipt::SignedPluginList::sign(nonce, claims, |m| {
+            self.identity().sign(m)
+        }))
+    }
+
     /// The plug-ins a manifest names, each registered under that name with that very hash.
     pub(crate) fn resolve_plugins(&self, refs: &[PluginRef]) -> Result<Vec<Plugin>, RuntimeError> {
         refs.iter()

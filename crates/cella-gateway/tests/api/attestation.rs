@@ -182,3 +182,62 @@ async fn over_ra_tls_the_evidence_is_bound_to_the_connection() {
             .any(|c| c.name == "measurement" && !c.ok)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_states_its_plugins_under_its_attested_key() {
+    let node = Node::start().await;
+    let client = node.anonymous();
+    let measurement = client.attestation(b"").await.unwrap().measurement;
+    let policy = Policy {
+        measurements: vec![measurement],
+        allow_simulated: true,
+        sim_anchors: vec![anchor(&node)],
+        ..Policy::default()
+    };
+    // No plug-ins: no line, nothing to list.
+    let before = client.verify_node(&policy).await.unwrap();
+    assert!(before.plugins.is_empty());
+    assert!(
+        !before
+            .verification
+            .checks
+            .iter()
+            .any(|c| c.name == "plug-ins")
+    );
+
+    let plugin = node
+        .admin
+        .add_plugin("quickjs", crate::harness::guest("quickjs.wasm"))
+        .await
+        .unwrap();
+    let after = client.verify_node(&policy).await.unwrap();
+    assert!(after.passed(), "{:?}", after.verification.checks);
+    let line = after
+        .verification
+        .checks
+        .iter()
+        .find(|c| c.name == "plug-ins")
+        .expect("a plug-ins line");
+    assert!(
+        line.ok && line.actual.contains(&plugin.image.to_string()),
+        "{line:?}"
+    );
+    assert_eq!(after.plugins.len(), 1);
+    assert_eq!(after.plugins[0].hash, plugin.hash.to_string());
+
+    // The statement is bound to the nonce: one fetched for another nonce does not verify.
+    let raw: serde_json::Value = reqwest::get(format!("{}/v1/attestation?nonce=01", node.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let statement: cella_receipt::SignedPluginList =
+        serde_json::from_value(raw["plugins"].clone()).unwrap();
+    let key = raw["identity_key"].as_str().unwrap();
+    statement.verify(key, &[1]).unwrap();
+    assert_eq!(
+        statement.verify(key, &[2]),
+        Err(cella_receipt::PluginListError::Stale)
+    );
+}
