@@ -63,29 +63,22 @@ impl Platform {
                 .await
                 .map_err(|e| in_step(index, steps.len(), step, e))?;
             data = output.stdout.clone();
-            ran.push(function.clone());
-            last = Some((function, output, invocation_id));
+            ran.push(function);
+            last = Some((output, invocation_id));
         }
-        let (function, output, invocation_id) = last.expect("a chain has at least one step");
-        let duration = started.elapsed();
-        let receipt = self.sign_receipt(Receipted {
-            invocation_id: &invocation_id,
-            steps: &ran,
-            args_hash: cella_receipt::args_hash(&[]),
-            input_hash,
-            output: &output.stdout,
-            duration,
-            started_at,
-            nonce: options.nonce.as_deref(),
-        });
-        Ok(InvokeOutput {
-            receipt,
+        let (output, invocation_id) = last.expect("a chain has at least one step");
+        Ok(self.answer(
+            ran,
             invocation_id,
-            output: output.stdout,
-            log: output.log,
-            function,
-            duration,
-        })
+            output,
+            Receipted {
+                args_hash: cella_receipt::args_hash(&[]),
+                input_hash,
+                started,
+                started_at,
+                nonce: options.nonce.as_deref(),
+            },
+        ))
     }
 }
 

@@ -384,25 +384,18 @@ impl Platform {
         let (function, output, invocation_id) = self
             .invoke_step(caller, target, options.expect.as_ref(), input)
             .await?;
-        let duration = started.elapsed();
-        let receipt = self.sign_receipt(Receipted {
-            invocation_id: &invocation_id,
-            steps: std::slice::from_ref(&function),
-            args_hash,
-            input_hash,
-            output: &output.stdout,
-            duration,
-            started_at,
-            nonce: options.nonce.as_deref(),
-        });
-        Ok(InvokeOutput {
-            receipt,
+        Ok(self.answer(
+            vec![function],
             invocation_id,
-            output: output.stdout,
-            log: output.log,
-            function,
-            duration,
-        })
+            output,
+            Receipted {
+                args_hash,
+                input_hash,
+                started,
+                started_at,
+                nonce: options.nonce.as_deref(),
+            },
+        ))
     }
 
     /// One run of a command (or JavaScript) function, without a receipt: an invocation, or
@@ -441,17 +434,23 @@ impl Platform {
         Ok((function, output, invocation_id))
     }
 
-    /// Signs, with the node's attested key, what ran: `steps` is the function, or every step
-    /// of a chain in order.
-    pub(crate) fn sign_receipt(&self, what: Receipted<'_>) -> cella_receipt::SignedReceipt {
+    /// The answer to an invocation (`steps` is the function, or every step of a chain in
+    /// order, and `output` the last one's), with a receipt signed by the node's attested key.
+    pub(crate) fn answer(
+        &self,
+        mut steps: Vec<FunctionRecord>,
+        invocation_id: String,
+        output: CommandOutput,
+        what: Receipted<'_>,
+    ) -> InvokeOutput {
+        let duration = what.started.elapsed();
         let (tee, measurement) = self.tee();
-        let described: Vec<cella_receipt::Function> =
-            what.steps.iter().map(receipt_function).collect();
+        let described: Vec<cella_receipt::Function> = steps.iter().map(receipt_function).collect();
         let (first, rest) = described
             .split_first()
             .expect("an invocation runs at least one function");
         // A chain's limits are all its steps'; one function's are its own.
-        let limits_hash = match what.steps {
+        let limits_hash = match steps.as_slice() {
             [one] => {
                 cella_receipt::sha256(&serde_json::to_vec(&one.limits).expect("limits serialize"))
             }
@@ -460,9 +459,10 @@ impl Platform {
                 cella_receipt::sha256(&serde_json::to_vec(&all).expect("limits serialize"))
             }
         };
-        self.identity.sign_receipt(cella_receipt::Receipt {
+        let memory_limit_bytes = steps.iter().map(|s| s.limits.memory_bytes).max();
+        let receipt = self.identity.sign_receipt(cella_receipt::Receipt {
             format: cella_receipt::FORMAT.into(),
-            invocation_id: what.invocation_id.to_owned(),
+            invocation_id: invocation_id.clone(),
             node: cella_receipt::Node {
                 tee: tee.to_string(),
                 measurement: measurement.to_hex(),
@@ -474,20 +474,25 @@ impl Platform {
             limits_hash,
             args_hash: what.args_hash,
             input_hash: what.input_hash,
-            output_hash: cella_receipt::sha256(what.output),
+            output_hash: cella_receipt::sha256(&output.stdout),
             resources: cella_receipt::Resources {
-                wall_time_us: what.duration.as_micros() as u64,
-                memory_limit_bytes: what
-                    .steps
-                    .iter()
-                    .map(|s| s.limits.memory_bytes)
-                    .max()
-                    .unwrap_or(0),
+                wall_time_us: duration.as_micros() as u64,
+                memory_limit_bytes: memory_limit_bytes.unwrap_or(0),
             },
             started_at: what.started_at,
             finished_at: cella_core::now_rfc3339(),
             nonce: what.nonce.map(hex::encode),
-        })
+        });
+        InvokeOutput {
+            receipt,
+            invocation_id,
+            output: output.stdout,
+            log: output.log,
+            function: steps
+                .pop()
+                .expect("an invocation runs at least one function"),
+            duration,
+        }
     }
 
     /// Serves one HTTP request with a `wasi:http` component function (`target` and `expect`
@@ -709,14 +714,11 @@ pub(crate) fn check_nonce(options: &InvokeOptions) -> Result<(), RuntimeError> {
     }
 }
 
-/// What a receipt is signed over.
+/// What a receipt states besides the functions and the output.
 pub(crate) struct Receipted<'a> {
-    pub invocation_id: &'a str,
-    pub steps: &'a [FunctionRecord],
     pub args_hash: String,
     pub input_hash: String,
-    pub output: &'a [u8],
-    pub duration: Duration,
+    pub started: Instant,
     pub started_at: String,
     pub nonce: Option<&'a [u8]>,
 }

@@ -11,6 +11,17 @@ fn anchor(node: &Node) -> String {
         .to_owned()
 }
 
+/// A policy that accepts this node: its measurement pinned, its simulated platform trusted.
+async fn accepting(node: &Node) -> Policy {
+    let measurement = node.anonymous().attestation(b"").await.unwrap().measurement;
+    Policy {
+        measurements: vec![measurement],
+        allow_simulated: true,
+        sim_anchors: vec![anchor(node)],
+        ..Policy::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evidence_binds_the_identity_key_and_nonce_and_needs_no_token() {
     let node = Node::start().await;
@@ -37,13 +48,7 @@ async fn evidence_binds_the_identity_key_and_nonce_and_needs_no_token() {
 async fn verify_node_passes_only_under_a_policy_that_accepts_this_node() {
     let node = Node::start().await;
     let client = node.anonymous();
-    let measurement = client.attestation(b"").await.unwrap().measurement;
-    let policy = Policy {
-        measurements: vec![measurement],
-        allow_simulated: true,
-        sim_anchors: vec![anchor(&node)],
-        ..Policy::default()
-    };
+    let policy = accepting(&node).await;
     let ok = client.verify_node(&policy).await.unwrap();
     assert!(ok.passed(), "{:#?}", ok.verification.checks);
     let names: Vec<&str> = ok.verification.checks.iter().map(|c| c.name).collect();
@@ -187,13 +192,7 @@ async fn over_ra_tls_the_evidence_is_bound_to_the_connection() {
 async fn the_node_states_its_plugins_under_its_attested_key() {
     let node = Node::start().await;
     let client = node.anonymous();
-    let measurement = client.attestation(b"").await.unwrap().measurement;
-    let policy = Policy {
-        measurements: vec![measurement],
-        allow_simulated: true,
-        sim_anchors: vec![anchor(&node)],
-        ..Policy::default()
-    };
+    let policy = accepting(&node).await;
     // No plug-ins: no line, nothing to list.
     let before = client.verify_node(&policy).await.unwrap();
     assert!(before.plugins.is_empty());
