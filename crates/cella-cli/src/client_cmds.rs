@@ -135,6 +135,9 @@ pub(crate) async fn deploy(
         if !how.limits.is_empty() {
             anyhow::bail!("a bundle's limits are in its signed manifest; drop --limit");
         }
+        if how.plugin.is_some() {
+            anyhow::bail!("a bundle's plug-ins are in its signed manifest; drop --plugin");
+        }
         client.deploy_bundle(name, bytes).await
     } else {
         let client = client.with_signing_key(crate::bundle_cmds::signing_key(how.key)?);
@@ -328,6 +331,23 @@ pub(crate) fn verify_receipt(
                 r.function.hash,
                 r.finished_at
             );
+            for step in &r.chain {
+                println!(
+                    "  then `{}` {} ({}), its input the previous step's output",
+                    step.name, step.version, step.hash
+                );
+            }
+            for plugin in r
+                .function
+                .plugins
+                .iter()
+                .chain(r.chain.iter().flat_map(|f| &f.plugins))
+            {
+                println!(
+                    "  made from plug-in `{}` image {}",
+                    plugin.name, plugin.image
+                );
+            }
             print!("{}", crate::tee_cmds::check_lines(&checks));
         }
     }

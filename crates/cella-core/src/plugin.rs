@@ -1,6 +1,7 @@
-//! Plug-ins: pre-initialised WebAssembly images the operator registers once and every function
-//! that names one shares copy-on-write — a language runtime, a library, or initial state such
-//! as a model (PIE's plug-in enclaves, in software).
+//! Plug-ins: pre-initialised WebAssembly images the operator registers once — a language
+//! runtime, a library, or initial state such as a model (PIE's plug-in enclaves, in software).
+//! A function that names one gets its own image made from it at deploy; every instance of that
+//! image maps it copy-on-write.
 
 use serde::{Deserialize, Serialize};
 

@@ -67,8 +67,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// Evidence about this node bound to its identity key and `?nonce=HEX`. No token needed: a
-/// client verifies the node before it sends anything secret.
 /// The evidence, and the plug-in list signed by the key the evidence binds, for one nonce.
 #[derive(serde::Serialize)]
 struct Attestation {
@@ -77,6 +75,8 @@ struct Attestation {
     plugins: cella_receipt::SignedPluginList,
 }
 
+/// Evidence about this node bound to its identity key and `?nonce=HEX`. No token needed: a
+/// client verifies the node before it sends anything secret.
 async fn attestation(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,

@@ -8,7 +8,10 @@
 //!
 //! Format `cella-receipt/1`: the [`Receipt`] as compact JSON, fields in the order below,
 //! prefixed by `"cella receipt v1\0"`, signed with ECDSA P-256/SHA-256 (ASN.1 DER signature,
-//! hex) by the key in `node.identity_key` (an uncompressed P-256 point, hex).
+//! hex) by the key in `node.identity_key` (an uncompressed P-256 point, hex). Format
+//! `cella-receipt/2` is the same with the fields `/1` lacks: `function.plugins` and `chain`. A
+//! receipt uses `/2` only when it has them, so verifiers that know only `/1` refuse it by its
+//! format instead of misreading it.
 #![forbid(unsafe_code)]
 
 use cella_tee::{AttestationReport, Check, Policy, report_data_for};
@@ -19,6 +22,17 @@ mod plugins;
 pub use plugins::{PLUGINS_FORMAT, PluginClaim, PluginList, PluginListError, SignedPluginList};
 
 pub const FORMAT: &str = "cella-receipt/1";
+/// The format of receipts that name plug-ins or a chain's steps.
+pub const FORMAT_V2: &str = "cella-receipt/2";
+
+/// The format a receipt with `function` and `chain` must declare.
+pub fn format_for(function: &Function, chain: &[Function]) -> &'static str {
+    if chain.is_empty() && function.plugins.is_empty() {
+        FORMAT
+    } else {
+        FORMAT_V2
+    }
+}
 
 /// `sha256:` of a function's arguments, as receipts record them.
 pub fn args_hash(args: &[String]) -> String {
@@ -128,7 +142,7 @@ pub struct ReceiptFile {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {
-    #[error("the receipt is in format `{0}`; this cella reads `{FORMAT}`")]
+    #[error("the receipt is in format `{0}`; this cella reads `{FORMAT}` and `{FORMAT_V2}`")]
     Format(String),
     #[error("the receipt's signature does not verify under the node key it names")]
     BadSignature,
@@ -145,7 +159,8 @@ impl SignedReceipt {
 
     /// Checks the signature against the identity key the receipt names.
     pub fn verify_signature(&self) -> Result<(), ReceiptError> {
-        if self.receipt.format != FORMAT {
+        let receipt = &self.receipt;
+        if receipt.format != format_for(&receipt.function, &receipt.chain) {
             return Err(ReceiptError::Format(self.receipt.format.clone()));
         }
         let key = hex::decode(&self.receipt.node.identity_key)

@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use bytes::Bytes;
+use cella_core::FunctionKind;
 use cella_sandbox::CommandInput;
 use cella_store::Principal;
 
@@ -41,10 +42,21 @@ impl Platform {
             ));
         }
         crate::platform::check_nonce(options)?;
-        // All or nothing: a step the caller may not invoke stops the chain before anything runs.
+        // All or nothing: a step the caller may not invoke, or that a chain cannot run, stops
+        // the chain before anything runs. (Each step is authorized again when it runs: access
+        // may change in between.)
         for (index, step) in steps.iter().enumerate() {
-            self.authorize(caller, step)
+            let record = self
+                .authorize_invoke(caller, step)
                 .map_err(|e| in_step(index, steps.len(), step, e))?;
+            if record.kind == FunctionKind::WasiHttp {
+                return Err(RuntimeError::WrongKind {
+                    name: record.name,
+                    kind: record.kind,
+                    hint: "a chain runs command and JavaScript functions, which read their input \
+                           and write their output; call a `wasi-http` function on its own",
+                });
+            }
         }
         let started = Instant::now();
         let started_at = cella_core::now_rfc3339();

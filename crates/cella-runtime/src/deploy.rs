@@ -54,6 +54,12 @@ impl Platform {
             .iter()
             .map(Plugin::used)
             .collect();
+        // Making an image from a plug-in runs the tenant's code in an instance: it counts
+        // against the same limits as an invocation.
+        let _slot = match plugins.is_empty() {
+            true => None,
+            false => Some(self.concurrency().acquire(caller)?),
+        };
         let compiled = self
             .build(
                 &name,
@@ -121,18 +127,11 @@ impl Platform {
         &self,
         record: &FunctionRecord,
     ) -> Result<Compiled, RuntimeError> {
-        let refuse = |e: RuntimeError| {
-            self.metrics().integrity_failure();
-            tracing::error!(function = %record.name, "refusing to run: {e}");
-            e
-        };
-        let bytes = match self.blobs().get_authenticated(&record.hash).await {
-            Ok(bytes) => bytes,
-            Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
-                return Err(refuse(e.into()));
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let subject = format!("to run function `{}`", record.name);
+        let refuse = |e: RuntimeError| self.refuse(&subject, e);
+        let bytes = self
+            .checked_from_storage(&subject, self.blobs().get_authenticated(&record.hash))
+            .await?;
         let tampered = |detail: String| BlobError::Tampered {
             hash: record.hash,
             detail,

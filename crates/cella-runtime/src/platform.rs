@@ -213,12 +213,7 @@ impl Platform {
     /// Evidence about this node bound to its identity key and the client's `nonce`. Anyone may
     /// ask: clients verify a node before they send it a token or data.
     pub fn attest(&self, nonce: &[u8]) -> Result<AttestationReport, RuntimeError> {
-        if nonce.len() > MAX_NONCE_BYTES {
-            return Err(RuntimeError::Invalid(format!(
-                "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",
-                nonce.len()
-            )));
-        }
+        check_nonce_length(nonce)?;
         self.identity.attest(nonce)
     }
 
@@ -242,6 +237,10 @@ impl Platform {
 
     pub(crate) fn code_cache(&self) -> &CodeCache {
         &self.code
+    }
+
+    pub(crate) fn concurrency(&self) -> &ConcurrencyLimits {
+        &self.concurrency
     }
 
     pub(crate) fn identity(&self) -> &Identity {
@@ -425,8 +424,7 @@ impl Platform {
                     Compiled::Http(_) => Err(RuntimeError::WrongKind {
                         name: record.name.clone(),
                         kind: FunctionKind::WasiHttp,
-                        hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke \
-                               (and a chain runs only command and JavaScript functions)",
+                        hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
                     }),
                 },
             )
@@ -461,7 +459,7 @@ impl Platform {
         };
         let memory_limit_bytes = steps.iter().map(|s| s.limits.memory_bytes).max();
         let receipt = self.identity.sign_receipt(cella_receipt::Receipt {
-            format: cella_receipt::FORMAT.into(),
+            format: cella_receipt::format_for(first, rest).into(),
             invocation_id: invocation_id.clone(),
             node: cella_receipt::Node {
                 tee: tee.to_string(),
@@ -646,15 +644,7 @@ impl Platform {
 
     /// `target` is `name` or `name@version`: access is decided on the function first, then
     /// the version is pinned.
-    pub(crate) fn authorize(
-        &self,
-        caller: &Principal,
-        target: &str,
-    ) -> Result<FunctionRecord, RuntimeError> {
-        self.authorize_invoke(caller, target)
-    }
-
-    fn authorize_invoke(
+    pub(crate) fn authorize_invoke(
         &self,
         caller: &Principal,
         target: &str,
@@ -695,6 +685,30 @@ impl Platform {
             .await
     }
 
+    /// What untrusted storage returned for `subject`, unless it failed authentication or is
+    /// missing: that is refused, counted and logged, never used.
+    pub(crate) async fn checked_from_storage(
+        &self,
+        subject: &str,
+        fetch: impl Future<Output = Result<Bytes, cella_store::BlobError>>,
+    ) -> Result<Bytes, RuntimeError> {
+        use cella_store::BlobError;
+        match fetch.await {
+            Ok(bytes) => Ok(bytes),
+            Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
+                Err(self.refuse(subject, e.into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Counts and logs a refusal to use `subject` because it failed a check.
+    pub(crate) fn refuse(&self, subject: &str, e: RuntimeError) -> RuntimeError {
+        self.metrics.integrity_failure();
+        tracing::error!("refusing {subject}: {e}");
+        e
+    }
+
     pub(crate) async fn compile(&self, wasm: Bytes) -> Result<Compiled, RuntimeError> {
         let sandbox = self.sandbox.clone();
         let compiled = blocking(move || Ok(sandbox.compile(&wasm)?)).await?;
@@ -705,13 +719,17 @@ impl Platform {
 
 /// A caller's nonce is echoed in receipts: it must be short.
 pub(crate) fn check_nonce(options: &InvokeOptions) -> Result<(), RuntimeError> {
-    match &options.nonce {
-        Some(nonce) if nonce.len() > MAX_NONCE_BYTES => Err(RuntimeError::Invalid(format!(
+    options.nonce.as_deref().map_or(Ok(()), check_nonce_length)
+}
+
+fn check_nonce_length(nonce: &[u8]) -> Result<(), RuntimeError> {
+    if nonce.len() > MAX_NONCE_BYTES {
+        return Err(RuntimeError::Invalid(format!(
             "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",
             nonce.len()
-        ))),
-        _ => Ok(()),
+        )));
     }
+    Ok(())
 }
 
 /// What a receipt states besides the functions and the output.

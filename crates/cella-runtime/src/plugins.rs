@@ -11,12 +11,14 @@
 //! to the measurement the registry holds; anything else is refused and counted.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use cella_bundle::PluginRef;
 use cella_core::{ContentHash, Limits, Plugin, PluginName, PluginUse, now_rfc3339};
 use cella_sandbox::{Compiled, Initializer, Preinitializer};
-use cella_store::{BlobError, Principal};
+use cella_store::Principal;
+use tokio::sync::OnceCell;
 
 use crate::RuntimeError;
 use crate::platform::{Platform, blocking, require_admin};
@@ -24,7 +26,7 @@ use crate::platform::{Platform, blocking, require_admin};
 /// Pre-initialisers of plug-in images, by measurement: each image is compiled once per process.
 #[derive(Default)]
 pub(crate) struct PluginImages {
-    loaded: tokio::sync::Mutex<HashMap<ContentHash, Preinitializer>>,
+    loaded: Mutex<HashMap<ContentHash, Arc<OnceCell<Preinitializer>>>>,
 }
 
 impl Platform {
@@ -59,16 +61,18 @@ impl Platform {
             move || sandbox.preinitializer(&wasm).map_err(failed)
         })
         .await?;
-        let image = self
-            .sandbox()
-            .preinitialize(
-                &preinitializer,
-                Bytes::new(),
-                &self.config().max_limits,
-                Initializer::Keep,
-            )
-            .await
-            .map_err(failed)?;
+        let image = {
+            let _slot = self.concurrency().acquire(caller)?;
+            self.sandbox()
+                .preinitialize(
+                    &preinitializer,
+                    Bytes::new(),
+                    &self.config().max_limits,
+                    Initializer::Keep,
+                )
+                .await
+                .map_err(failed)?
+        };
         let image_size = image.wasm.len() as u64;
         let image_hash = self.blobs().put(Bytes::from(image.wasm)).await?;
         let plugin = Plugin {
@@ -138,34 +142,36 @@ impl Platform {
             .collect()
     }
 
-    /// The image a function's code is added to: loaded once, verified against its measurement.
+    /// The image a function's code is added to: loaded once per process (concurrent callers
+    /// wait for the first), verified against its measurement.
     async fn plugin_image(&self, plugin: &PluginUse) -> Result<Preinitializer, RuntimeError> {
-        let mut loaded = self.plugin_images().loaded.lock().await;
-        if let Some(found) = loaded.get(&plugin.image) {
-            return Ok(found.clone());
-        }
-        let image = match self.blobs().get_verified(&plugin.image).await {
-            Ok(image) => image,
-            Err(e @ (BlobError::Tampered { .. } | BlobError::Missing(_))) => {
-                self.metrics().integrity_failure();
-                tracing::error!(plugin = %plugin.name, "refusing the plug-in's image: {e}");
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let sandbox = self.sandbox().clone();
-        let name = plugin.name.clone();
-        let preinitializer = blocking(move || {
-            sandbox
-                .preinitializer(&image)
-                .map_err(|source| RuntimeError::Preinit {
-                    what: format!("plug-in `{name}`"),
-                    source,
-                })
+        let slot = self
+            .plugin_images()
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(plugin.image)
+            .or_default()
+            .clone();
+        slot.get_or_try_init(async || {
+            let subject = format!("the image of plug-in `{}`", plugin.name);
+            let image = self
+                .checked_from_storage(&subject, self.blobs().get_verified(&plugin.image))
+                .await?;
+            let sandbox = self.sandbox().clone();
+            let name = plugin.name.clone();
+            blocking(move || {
+                sandbox
+                    .preinitializer(&image)
+                    .map_err(|source| RuntimeError::Preinit {
+                        what: format!("plug-in `{name}`"),
+                        source,
+                    })
+            })
+            .await
         })
-        .await?;
-        loaded.insert(plugin.image, preinitializer.clone());
-        Ok(preinitializer)
+        .await
+        .cloned()
     }
 
     /// A function's image made from `plugin`'s: the plug-in's initialiser runs again with the

@@ -88,10 +88,6 @@ impl Sandbox {
             .wasm_component_model(true)
             .max_wasm_stack(config.max_wasm_stack)
             .parallel_compilation(true)
-            // Always map initial memory copy-on-write from an image, however large the state
-            // a pre-initialised plug-in holds: a fresh instance must not copy it (the default
-            // gives up on images above 16 MiB).
-            .memory_guaranteed_dense_image_size(config.max_memory_bytes)
             .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling(
                 &config,
             )));

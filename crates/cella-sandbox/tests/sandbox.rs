@@ -139,6 +139,8 @@ async fn javascript_errors_are_clear() {
         .unwrap_err();
     let log = err.log().expect("the initialiser ran").to_text();
     assert!(log.contains("SyntaxError"), "{err}: {log}");
+    let err = js_function(sandbox, "  \n").await.unwrap_err();
+    assert!(err.log().unwrap().to_text().contains("empty"), "{err}");
     let err = js_function(sandbox, "export const x = 1;")
         .await
         .unwrap_err();

@@ -27,6 +27,8 @@ use rquickjs::{
 /// The context keeps its runtime alive.
 struct Engine {
     context: Context,
+    /// Gives a request object its methods; made once, part of the snapshot.
+    make_request: Persistent<Function<'static>>,
     handler: Option<Persistent<Function<'static>>>,
 }
 
@@ -51,12 +53,20 @@ fn initialize_inner() -> Result<(), String> {
         .read_to_string(&mut source)
         .map_err(|e| format!("the function's source is not UTF-8 text: {e}"))?;
     ENGINE.with_borrow_mut(|slot| {
-        if slot.is_none() {
+        let first = slot.is_none();
+        if first {
             *slot = Some(new_engine()?);
         }
         let engine = slot.as_mut().expect("just created");
         if source.trim().is_empty() {
-            return Ok(());
+            // Starting the engine is the plug-in's own initialisation; a function must bring
+            // a module.
+            return match first {
+                true => Ok(()),
+                false => Err("the function's module is empty: write \
+                              `export default function handler(request) { … }`"
+                    .to_owned()),
+            };
         }
         if engine.handler.is_some() {
             return Err("this image already holds a function".to_owned());
@@ -69,12 +79,29 @@ fn initialize_inner() -> Result<(), String> {
 fn new_engine() -> Result<Engine, String> {
     let runtime = Runtime::new().map_err(|e| format!("starting QuickJS: {e}"))?;
     let context = Context::full(&runtime).map_err(|e| format!("creating a context: {e}"))?;
-    context.with(|ctx| install_console(&ctx).map_err(|e| format!("installing console: {e}")))?;
+    let make_request = context.with(|ctx| {
+        install_console(&ctx).map_err(|e| format!("installing console: {e}"))?;
+        install_random(&ctx).map_err(|e| format!("installing Math.random: {e}"))?;
+        let make: Function = ctx
+            .eval(REQUEST_METHODS)
+            .map_err(|e| format!("compiling the request helper: {e}"))?;
+        Ok::<_, String>(Persistent::save(&ctx, make))
+    })?;
     Ok(Engine {
         context,
+        make_request,
         handler: None,
     })
 }
+
+/// Adds the body readers to a request object.
+const REQUEST_METHODS: &str = "(function (request) {
+    Object.defineProperty(request, '__bytes', { enumerable: false });
+    request.text = function () { return this.body; };
+    request.json = function () { return JSON.parse(this.body); };
+    request.bytes = function () { return this.__bytes; };
+    return request;
+})";
 
 /// Evaluates the function's ES module and keeps its default export, which must be a function.
 fn load_module(context: &Context, source: String) -> Result<Persistent<Function<'static>>, String> {
@@ -122,20 +149,24 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let result = ENGINE.with_borrow(|engine| match engine {
-        Some(Engine {
-            handler: Some(handler),
-            context,
-        }) => invoke(context, handler.clone(), input),
-        _ => match std::env::args().nth(1) {
-            // Without a snapshot: start the engine and evaluate the module on every request
-            // (the naive port `cella bench startup` compares against).
+        Some(
+            engine @ Engine {
+                handler: Some(handler),
+                ..
+            },
+        ) => invoke(engine, handler.clone(), input),
+        Some(_) => {
+            Err("this image holds no function: deploy JavaScript source with this plug-in".into())
+        }
+        // The module as built, never pre-initialised: start the engine and evaluate argv[1] on
+        // every request (the naive port `cella bench startup` compares against). A deployed
+        // function always runs from an image that holds its own module.
+        None => match std::env::args().nth(1) {
             Some(source) => new_engine().and_then(|engine| {
                 let handler = load_module(&engine.context, source)?;
-                invoke(&engine.context, handler, input)
+                invoke(&engine, handler, input)
             }),
-            None => Err(
-                "this image holds no function: deploy JavaScript source with this plug-in".into(),
-            ),
+            None => Err("no module: pass one as the first argument".into()),
         },
     });
     match result {
@@ -160,15 +191,13 @@ fn main() -> ExitCode {
 /// QuickJS does not check its stack depth on WASI: unbounded recursion ends when the sandbox's
 /// limit on the WebAssembly stack traps the invocation.
 fn invoke(
-    context: &Context,
+    engine: &Engine,
     handler: Persistent<Function<'static>>,
     input: Vec<u8>,
 ) -> Result<Vec<u8>, String> {
-    context.with(|ctx| {
-        fresh_randomness(&ctx).map_err(|e| format!("seeding Math.random: {e}"))?;
-
-        let request =
-            request_object(&ctx, input).map_err(|e| format!("building the request: {e}"))?;
+    engine.context.with(|ctx| {
+        let request = request_object(&ctx, &engine.make_request, input)
+            .map_err(|e| format!("building the request: {e}"))?;
         let handler = handler
             .restore(&ctx)
             .map_err(|e| format!("restoring the handler: {e}"))?;
@@ -187,9 +216,10 @@ fn invoke(
     })
 }
 
-/// The snapshot froze QuickJS's random state; every invocation must draw its own, or two
-/// invocations of one function would see the same `Math.random()` sequence.
-fn fresh_randomness(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+/// `Math.random` draws from the host's random source at every call. QuickJS's own generator
+/// keeps its state in memory, which a snapshot would freeze: every instance of an image would
+/// then see the same sequence.
+fn install_random(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
     let random = Function::new(ctx.clone(), || {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).expect("WASI random_get");
@@ -201,22 +231,17 @@ fn fresh_randomness(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
 
 /// `request.text()`, `request.json()` and `request.bytes()` read the body; `request.body` is
 /// the same text as `text()`.
-fn request_object<'js>(ctx: &Ctx<'js>, input: Vec<u8>) -> rquickjs::Result<Object<'js>> {
+fn request_object<'js>(
+    ctx: &Ctx<'js>,
+    make_request: &Persistent<Function<'static>>,
+    input: Vec<u8>,
+) -> rquickjs::Result<Object<'js>> {
     let text = String::from_utf8_lossy(&input).into_owned();
     let request = Object::new(ctx.clone())?;
-    request.set("body", text.clone())?;
+    request.set("body", text)?;
     let bytes = TypedArray::<u8>::new(ctx.clone(), input)?;
     request.set("__bytes", bytes)?;
-    let make: Function = ctx.eval(
-        "(function (request) {
-            Object.defineProperty(request, '__bytes', { enumerable: false });
-            request.text = function () { return this.body; };
-            request.json = function () { return JSON.parse(this.body); };
-            request.bytes = function () { return this.__bytes; };
-            return request;
-        })",
-    )?;
-    make.call((request,))
+    make_request.clone().restore(ctx)?.call((request,))
 }
 
 /// A string is sent as UTF-8, bytes as they are, `undefined`/`null` as nothing, and any other

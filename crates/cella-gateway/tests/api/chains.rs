@@ -69,7 +69,13 @@ async fn a_chain_passes_data_between_steps_inside_the_node() {
         .await
         .unwrap();
     assert_eq!(&out.output[..], br#"{"wrapped":"PIPE ME"}"#);
-    let receipt = out.receipt.unwrap().receipt;
+    let signed = out.receipt.unwrap();
+    signed.verify_signature().unwrap();
+    let receipt = signed.receipt;
+    assert_eq!(
+        receipt.format, "cella-receipt/2",
+        "a chain needs the newer format"
+    );
     assert_eq!(receipt.function.name, "echo");
     let later: Vec<_> = receipt.chain.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(later, ["upper", "wrap"]);
