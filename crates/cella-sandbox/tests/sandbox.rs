@@ -242,3 +242,24 @@ async fn every_start_up_mode_begins_from_fresh_state() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), fresh, "plug-in cold");
     }
 }
+
+/// The engine module as built, never pre-initialised, evaluates its first argument on every
+/// request (the naive port the benchmark compares against); nothing else runs JavaScript
+/// from arguments.
+#[tokio::test]
+async fn the_raw_engine_evaluates_its_argument() {
+    let sandbox = sandbox();
+    let raw = sandbox.compile(&guest("quickjs.wasm")).unwrap();
+    let Compiled::Command(pre) = &raw else {
+        panic!("a command")
+    };
+    let input = CommandInput {
+        stdin: Bytes::from_static(b"ada"),
+        args: vec!["export default (r) => 'hi ' + r.text();".into()],
+    };
+    let out = sandbox
+        .run_command(pre, "quickjs", input, &limits())
+        .await
+        .unwrap();
+    assert_eq!(&out.stdout[..], b"hi ada");
+}

@@ -24,12 +24,13 @@ use rquickjs::{
     Runtime, TypedArray, Value,
 };
 
-/// The context keeps its runtime alive.
+/// The context keeps its runtime alive. Fields drop in order: the values the context holds
+/// go first (QuickJS refuses to free a runtime that still has live objects).
 struct Engine {
-    context: Context,
     /// Gives a request object its methods; made once, part of the snapshot.
     make_request: Persistent<Function<'static>>,
     handler: Option<Persistent<Function<'static>>>,
+    context: Context,
 }
 
 thread_local! {
@@ -88,9 +89,9 @@ fn new_engine() -> Result<Engine, String> {
         Ok::<_, String>(Persistent::save(&ctx, make))
     })?;
     Ok(Engine {
-        context,
         make_request,
         handler: None,
+        context,
     })
 }
 
