@@ -722,7 +722,7 @@ pub(crate) fn check_nonce(options: &InvokeOptions) -> Result<(), RuntimeError> {
     options.nonce.as_deref().map_or(Ok(()), check_nonce_length)
 }
 
-fn check_nonce_length(nonce: &[u8]) -> Result<(), RuntimeError> {
+pub(crate) fn check_nonce_length(nonce: &[u8]) -> Result<(), RuntimeError> {
     if nonce.len() > MAX_NONCE_BYTES {
         return Err(RuntimeError::Invalid(format!(
             "the nonce has {} bytes; send at most {MAX_NONCE_BYTES} (hex-encoded)",

@@ -104,6 +104,7 @@ impl Platform {
         &self,
         nonce: &[u8],
     ) -> Result<cella_receipt::SignedPluginList, RuntimeError> {
+        crate::platform::check_nonce_length(nonce)?;
         let claims = self
             .registry()
             .plugins()?

@@ -1,6 +1,7 @@
 //! A `wasi:http/proxy` component: answers every request with a greeting that echoes the method
-//! and path, and echoes the request body back under `/echo`. The same .wasm runs under
-//! `wasmtime serve` and under cella's HTTP pass-through.
+//! and path, echoes the request body back under `/echo`, and under `/fetch?URL` tries an
+//! outgoing request and reports what happened. The same .wasm runs under `wasmtime serve` and
+//! under cella's HTTP pass-through.
 
 use wstd::http::body::Body;
 use wstd::http::{Error, Request, Response, StatusCode};
@@ -12,6 +13,19 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
         "/echo" => {
             let body = request.body_mut().contents().await?.to_vec();
             Ok(Response::new(body.into()))
+        }
+        "/fetch" => {
+            let target = request
+                .uri()
+                .query()
+                .unwrap_or("http://example.com/")
+                .to_owned();
+            let outgoing = Request::get(target.as_str()).body(Body::empty())?;
+            let report = match wstd::http::Client::new().send(outgoing).await {
+                Ok(response) => format!("fetch {target}: GRANTED {}\n", response.status()),
+                Err(e) => format!("fetch {target}: denied ({e})\n"),
+            };
+            Ok(Response::new(report.into()))
         }
         "/teapot" => Ok(Response::builder()
             .status(StatusCode::IM_A_TEAPOT)

@@ -74,6 +74,44 @@ async fn a_guest_gets_no_files_no_environment_and_no_network() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_cannot_make_outgoing_requests() {
+    // A server the function would like to reach, counting who connects.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}/", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    acme.deploy("hello", guest("hello-http.wasm"), &[])
+        .await
+        .unwrap();
+    let (status, _, body) = acme
+        .http(
+            cella_client::Method::GET,
+            "hello",
+            &format!("/fetch?{target}"),
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&body);
+    assert_eq!(status.as_u16(), 200, "{report}");
+    assert!(report.contains(": denied ("), "{report}");
+    assert!(!report.contains("GRANTED"), "{report}");
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the network"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_functions_and_tokens_survive_a_restart() {
     let node = Node::start().await;
     let created = node.admin.create_tenant("acme").await.unwrap();
