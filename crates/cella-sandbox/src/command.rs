@@ -97,7 +97,8 @@ impl Sandbox {
         argv.extend(input.args);
 
         // Nothing is inherited from the host: no env, no preopened directories, no sockets.
-        let wasi = crate::http::deny_network(&mut wasmtime_wasi::WasiCtxBuilder::new())
+        let wasi = self
+            .guest_wasi()
             .stdin(MemoryInputPipe::new(input.stdin))
             .stdout(stdout.clone())
             .stderr(stderr.clone())

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use wasmtime::{Config, Engine};
 
+use wasmtime_wasi::WasiCtxBuilder;
+
+use crate::clock::{
+    GuardedClocks, GuestMonotonicClock, GuestWallClock, SystemTimeSource, TimeSource,
+};
 use crate::command::CommandState;
 use crate::error::CompileError;
 use crate::http::HttpState;
@@ -78,11 +83,21 @@ pub struct Sandbox {
     pub(crate) command_linker: wasmtime::Linker<CommandState>,
     pub(crate) http_linker: wasmtime::component::Linker<HttpState>,
     pub(crate) config: SandboxConfig,
+    pub(crate) clocks: Arc<GuardedClocks>,
     _ticker: EpochTicker,
 }
 
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Self, CompileError> {
+        Self::with_time_source(config, Box::new(SystemTimeSource::default()))
+    }
+
+    /// A sandbox whose guests read time from `source` through the guarded clocks (tests play
+    /// a lying host with it).
+    pub fn with_time_source(
+        config: SandboxConfig,
+        source: Box<dyn TimeSource>,
+    ) -> Result<Self, CompileError> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .wasm_component_model(true)
@@ -100,8 +115,24 @@ impl Sandbox {
             command_linker,
             http_linker,
             config,
+            clocks: GuardedClocks::new(source),
             _ticker: ticker,
         })
+    }
+
+    /// How often the host's clocks were corrected because they went backwards or jumped.
+    pub fn clock_corrections(&self) -> u64 {
+        self.clocks.corrections()
+    }
+
+    /// The WASI context every guest starts from: nothing inherited from the host, no network,
+    /// and the guarded clocks.
+    pub(crate) fn guest_wasi(&self) -> WasiCtxBuilder {
+        let mut builder = WasiCtxBuilder::new();
+        crate::http::deny_network(&mut builder)
+            .wall_clock(GuestWallClock(self.clocks.clone()))
+            .monotonic_clock(GuestMonotonicClock(self.clocks.clone()));
+        builder
     }
 
     pub fn engine(&self) -> &Engine {

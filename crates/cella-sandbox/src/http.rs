@@ -124,7 +124,8 @@ impl Sandbox {
     ) -> Result<HttpResponse, RunError> {
         let trip = Arc::new(Tripwires::default());
         let log = LogPipe::new(self.config.log_tail_bytes);
-        let wasi = deny_network(&mut WasiCtxBuilder::new())
+        let wasi = self
+            .guest_wasi()
             .stdout(log.clone())
             .stderr(log.clone())
             .build();

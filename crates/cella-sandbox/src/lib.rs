@@ -11,6 +11,7 @@
 //! HTTP requests from `wasi:http` components are refused.
 #![deny(unsafe_code)] // one justified exception: `Sandbox::load_precompiled`
 
+mod clock;
 mod command;
 mod compile;
 mod engine;
@@ -24,6 +25,7 @@ pub use command::{CommandInput, CommandOutput, CommandState, FinishedCommand, Pr
 
 /// A compiled WASI command with its imports resolved.
 pub type CommandPre = wasmtime::InstancePre<CommandState>;
+pub use clock::{SystemTimeSource, TimeSource, WALL_SLACK};
 pub use compile::Compiled;
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{CompileError, RunError};

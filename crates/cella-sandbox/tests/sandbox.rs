@@ -1,7 +1,8 @@
 //! The sandbox against real guests (built by `scripts/build-guests`).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use cella_core::Limits;
@@ -262,4 +263,69 @@ async fn the_raw_engine_evaluates_its_argument() {
         .await
         .unwrap();
     assert_eq!(&out.stdout[..], b"hi ada");
+}
+
+/// A host whose wall clock says what the test tells it to; its monotonic clock is honest.
+struct LyingHost {
+    wall_secs: Arc<AtomicU64>,
+    start: std::time::Instant,
+}
+
+impl cella_sandbox::TimeSource for LyingHost {
+    fn wall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.wall_secs.load(Ordering::SeqCst))
+    }
+    fn monotonic(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+}
+
+/// Guests read the guarded clocks: a host clock turned back or jumped ahead does not reach
+/// them as such.
+#[tokio::test]
+async fn guests_see_a_host_clock_that_lies_clamped() {
+    let wall_secs = Arc::new(AtomicU64::new(2_000_000_000));
+    let host = LyingHost {
+        wall_secs: wall_secs.clone(),
+        start: std::time::Instant::now(),
+    };
+    let sandbox = Sandbox::with_time_source(Default::default(), Box::new(host)).unwrap();
+    let plugin = sandbox.preinitializer(&guest("quickjs.wasm")).unwrap();
+    let engine = sandbox
+        .preinitialize(&plugin, Bytes::new(), &limits(), Initializer::Keep)
+        .await
+        .unwrap();
+    let image = sandbox
+        .preinitialize(
+            &sandbox.preinitializer(&engine.wasm).unwrap(),
+            Bytes::from_static(b"export default () => String(Math.floor(Date.now() / 1000));"),
+            &limits(),
+            Initializer::Drop,
+        )
+        .await
+        .unwrap();
+    let clock = sandbox.compile(&image.wasm).unwrap();
+    let seconds = async || {
+        run(&sandbox, &clock, "")
+            .await
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+
+    let first = seconds().await;
+    assert!((2_000_000_000..2_000_000_005).contains(&first), "{first}");
+    wall_secs.store(1_000_000_000, Ordering::SeqCst); // back by 31 years
+    let back = seconds().await;
+    assert!(
+        back >= first,
+        "the guest saw time go back: {first} → {back}"
+    );
+    wall_secs.store(3_000_000_000, Ordering::SeqCst); // ahead by 31 years
+    let ahead = seconds().await;
+    assert!(
+        ahead < first + 60,
+        "the guest saw the jump: {first} → {ahead}"
+    );
+    assert!(sandbox.clock_corrections() >= 2);
 }
