@@ -84,7 +84,7 @@ impl GuardedClocks {
 
     fn corrected(&self, what: &str, host: impl std::fmt::Debug, given: impl std::fmt::Debug) {
         let n = self.corrections.fetch_add(1, Ordering::Relaxed);
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             tracing::warn!(
                 corrections = n + 1,
                 "the host's {what} clock is not credible (it said {host:?}); guests see {given:?}"
