@@ -93,7 +93,13 @@ pub(crate) fn arm_deadline<T: Send>(store: &mut Store<T>, limits: &Limits, trip:
             trip.deadline.store(true, Ordering::Relaxed);
             wasmtime::bail!("deadline exceeded");
         }
-        Ok(UpdateDeadline::Yield(1))
+        // Tokio's own yield puts the guest behind every task that is ready, I/O included;
+        // a plain wake-up would let a busy guest take the worker's next turn again and
+        // starve other tenants' requests.
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
     });
 }
 
