@@ -1,7 +1,7 @@
 //! Errors of the pipeline, each with a stable machine-readable [`ErrorCode`] that front ends
 //! map to their protocol (the gateway maps them to HTTP statuses).
 
-use cella_core::{FunctionKind, FunctionName, LimitError, NameError};
+use cella_core::{FunctionKind, FunctionName, LimitError, NameError, PluginName};
 use cella_sandbox::{CompileError, PreinitError, RunError};
 use cella_store::{BlobError, RegistryError};
 
@@ -116,8 +116,15 @@ pub enum RuntimeError {
         version: String,
         known: String,
     },
+    /// A function's image could not be made from its plug-in (its payload is at fault).
     #[error("{what} failed to load: {source}")]
     Preinit { what: String, source: PreinitError },
+    /// A plug-in could not be pre-initialised (the module is at fault).
+    #[error("plug-in `{name}` could not be pre-initialised: {source}")]
+    PluginPreinit {
+        name: PluginName,
+        source: PreinitError,
+    },
     #[error("{0}")]
     NoSuchPlugin(String),
     #[error("internal error: {0}")]
@@ -131,6 +138,10 @@ impl RuntimeError {
             RuntimeError::NoSuchFunction(_)
             | RuntimeError::NoSuchVersion { .. }
             | RuntimeError::NoSuchPlugin(_) => ErrorCode::NotFound,
+            RuntimeError::PluginPreinit { source, .. } => match source {
+                PreinitError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
+                _ => ErrorCode::InvalidWasm,
+            },
             RuntimeError::Preinit { source, .. } => match source {
                 PreinitError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
                 PreinitError::Unsupported(_) | PreinitError::Compile(_) => ErrorCode::InvalidWasm,
@@ -184,10 +195,12 @@ impl RuntimeError {
             RuntimeError::Run { source, .. } if !source.log().bytes.is_empty() => {
                 Some(source.log().to_text())
             }
-            RuntimeError::Preinit { source, .. } => source
-                .log()
-                .filter(|log| !log.bytes.is_empty())
-                .map(|log| log.to_text()),
+            RuntimeError::Preinit { source, .. } | RuntimeError::PluginPreinit { source, .. } => {
+                source
+                    .log()
+                    .filter(|log| !log.bytes.is_empty())
+                    .map(|log| log.to_text())
+            }
             _ => None,
         }
     }

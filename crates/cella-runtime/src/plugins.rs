@@ -52,8 +52,10 @@ impl Platform {
             }
             .into());
         }
-        let what = format!("plug-in `{name}`");
-        let failed = move |source| RuntimeError::Preinit { what, source };
+        let failed = {
+            let name = name.clone();
+            move |source| RuntimeError::PluginPreinit { name, source }
+        };
         let sandbox = self.sandbox().clone();
         let wasm = module.clone();
         let preinitializer = blocking({
@@ -84,7 +86,22 @@ impl Platform {
             added_at: now_rfc3339(),
         };
         let registry = self.registry().clone();
-        let plugin = blocking(move || Ok(registry.add_plugin(plugin)?)).await?;
+        let registered = blocking(move || Ok(registry.add_plugin(plugin)?)).await;
+        let plugin = match registered {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                // Lost a race for the name (or the write failed): keep no image nothing names.
+                let in_use = self
+                    .registry()
+                    .plugins()?
+                    .iter()
+                    .any(|p| p.image == image_hash);
+                if !in_use && let Err(delete) = self.blobs().delete(&image_hash).await {
+                    tracing::warn!(image = %image_hash, "cannot delete an unused image: {delete}");
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(
             plugin = %plugin.name, hash = %plugin.hash, image = %plugin.image,
             "plug-in registered"
@@ -164,10 +181,7 @@ impl Platform {
             blocking(move || {
                 sandbox
                     .preinitializer(&image)
-                    .map_err(|source| RuntimeError::Preinit {
-                        what: format!("plug-in `{name}`"),
-                        source,
-                    })
+                    .map_err(|source| RuntimeError::PluginPreinit { name, source })
             })
             .await
         })
