@@ -300,3 +300,62 @@ async fn a_noisy_tenant_leaves_a_quiet_one_within_its_latency_bound() {
         assert!(result.is_err(), "the noise was stopped at its limits");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_bombing_memory_and_output_leaves_a_quiet_one_within_its_latency_bound() {
+    let node = Node::start_with(Options {
+        tenant_concurrency: 4,
+        instances: 16,
+        ..Options::default()
+    })
+    .await;
+    let noisy = node.tenant("noisy").await;
+    let quiet = node.tenant("quiet").await;
+    noisy
+        .deploy(
+            "memory",
+            guest("memory-bomb.wasm"),
+            &["memory=64MiB".into()],
+        )
+        .await
+        .unwrap();
+    noisy
+        .deploy("output", guest("output-bomb.wasm"), &["output=1MiB".into()])
+        .await
+        .unwrap();
+    quiet.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+
+    // Four loops of bombs, each stopped at its limit, for as long as the quiet tenant works.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut noise = Vec::new();
+    for i in 0..4 {
+        let (noisy, stop) = (noisy.clone(), stop.clone());
+        let name = if i % 2 == 0 { "memory" } else { "output" };
+        noise.push(tokio::spawn(async move {
+            let mut stopped = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                assert!(noisy.invoke(name, Vec::new(), &[]).await.is_err());
+                stopped += 1;
+            }
+            stopped
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let out = quiet.invoke("echo", b"calm".to_vec(), &[]).await.unwrap();
+        assert_eq!(&out.output[..], b"calm");
+        slowest = slowest.max(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut bombs = 0;
+    for task in noise {
+        bombs += task.await.unwrap();
+    }
+    assert!(bombs >= 4, "the noise ran ({bombs} bombs)");
+    assert!(
+        slowest < NEIGHBOUR_BOUND,
+        "the quiet tenant waited {slowest:?} while {bombs} bombs went off"
+    );
+}
