@@ -138,6 +138,14 @@ impl RuntimeError {
             RuntimeError::NoSuchFunction(_)
             | RuntimeError::NoSuchVersion { .. }
             | RuntimeError::NoSuchPlugin(_) => ErrorCode::NotFound,
+            RuntimeError::Preinit {
+                source: PreinitError::Run(RunError::PoolExhausted { .. }),
+                ..
+            }
+            | RuntimeError::PluginPreinit {
+                source: PreinitError::Run(RunError::PoolExhausted { .. }),
+                ..
+            } => ErrorCode::Overloaded,
             RuntimeError::PluginPreinit { source, .. } => match source {
                 PreinitError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
                 _ => ErrorCode::InvalidWasm,

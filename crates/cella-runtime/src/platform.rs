@@ -251,6 +251,15 @@ impl Platform {
         &self.plugin_images
     }
 
+    /// Guards of the sandbox that operators and tests watch: outgoing HTTP requests refused,
+    /// and corrections of a host clock that went back or jumped.
+    pub fn sandbox_refusals(&self) -> (u64, u64) {
+        (
+            self.sandbox.outgoing_denied(),
+            self.sandbox.clock_corrections(),
+        )
+    }
+
     /// The blob store (operators' tools and tests that play a hostile storage host use it).
     pub fn blobs(&self) -> &BlobStore {
         &self.blobs

@@ -86,22 +86,9 @@ impl Platform {
             added_at: now_rfc3339(),
         };
         let registry = self.registry().clone();
-        let registered = blocking(move || Ok(registry.add_plugin(plugin)?)).await;
-        let plugin = match registered {
-            Ok(plugin) => plugin,
-            Err(e) => {
-                // Lost a race for the name (or the write failed): keep no image nothing names.
-                let in_use = self
-                    .registry()
-                    .plugins()?
-                    .iter()
-                    .any(|p| p.image == image_hash);
-                if !in_use && let Err(delete) = self.blobs().delete(&image_hash).await {
-                    tracing::warn!(image = %image_hash, "cannot delete an unused image: {delete}");
-                }
-                return Err(e);
-            }
-        };
+        // Images are stored by content: if this write loses a race for the name, the image
+        // may stay unnamed (another registration of the same module may still need it).
+        let plugin = blocking(move || Ok(registry.add_plugin(plugin)?)).await?;
         tracing::info!(
             plugin = %plugin.name, hash = %plugin.hash, image = %plugin.image,
             "plug-in registered"
@@ -181,7 +168,9 @@ impl Platform {
             blocking(move || {
                 sandbox
                     .preinitializer(&image)
-                    .map_err(|source| RuntimeError::PluginPreinit { name, source })
+                    // The image was measured when it was registered and has just been verified:
+                    // if it no longer compiles, the platform is at fault, not the tenant.
+                    .map_err(|e| RuntimeError::Internal(format!("plug-in `{name}`'s image: {e}")))
             })
             .await
         })

@@ -2,16 +2,19 @@
 //! wall clock back, jump it ahead, or run the monotonic clock backwards. Guests see clocks the
 //! sandbox guards, shared by every invocation of the process:
 //!
-//! - the wall clock never goes backwards, and each reading runs ahead of the previous one by at
-//!   most the monotonic time elapsed plus [`WALL_SLACK`] — a jump is absorbed over successive
-//!   readings, never passed on at once;
+//! - the wall clock never goes backwards and never runs ahead of the last credible reading by
+//!   more than the monotonic time elapsed since (plus [`CATCH_UP`] of it, and [`WALL_SLACK`]):
+//!   a jump ahead is let through only as fast as time passes, however often guests read; while
+//!   the host's clock is behind, guests see time advance at the monotonic rate from the last
+//!   credible reading;
 //! - the monotonic clock never goes backwards.
 //!
 //! Every correction is counted (see [`Sandbox::clock_corrections`]) and logged, the first and
 //! then every thousandth, so a lying host cannot flood the log.
 //!
 //! Time inside a TEE is only as good as the host's: these checks make the lies bounded and
-//! visible, not impossible.
+//! visible, not impossible. The first reading after start is taken as it is, and only guests'
+//! clocks are guarded (the node's own timestamps, in receipts and records, are not).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,8 +22,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock};
 
-/// How far one wall-clock reading may run ahead of the elapsed monotonic time.
+/// How far the wall clock may run ahead of the elapsed monotonic time, at once.
 pub const WALL_SLACK: Duration = Duration::from_secs(1);
+
+/// How much faster than monotonic time the wall clock may catch up with a host clock that is
+/// ahead (1 %: a legitimate step forward, say after a suspend, is absorbed over time; a day's
+/// lie takes a hundred days to get through).
+pub const CATCH_UP: f64 = 0.01;
 
 /// Where the host's time comes from (the system's clocks, or a scripted liar in tests).
 pub trait TimeSource: Send + Sync {
@@ -64,8 +72,10 @@ pub(crate) struct GuardedClocks {
 
 #[derive(Default)]
 struct Readings {
-    /// The last wall time handed out, and the monotonic time when it was.
-    wall: Option<(Duration, u64)>,
+    /// The last credible wall reading and the monotonic time when it was taken.
+    anchor: Option<(Duration, u64)>,
+    /// The last wall time handed out.
+    last: Duration,
     monotonic: u64,
 }
 
@@ -106,23 +116,30 @@ impl GuardedClocks {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let host = self.source.wall();
         let now = self.monotonic_now(&mut state);
-        let given = match state.wall {
-            None => host,
-            Some((last, at)) => {
-                let elapsed = Duration::from_nanos(now.saturating_sub(at));
-                let ceiling = last + elapsed + WALL_SLACK;
-                if host < last {
-                    self.corrected("wall", host, last);
-                    last
-                } else if host > ceiling {
-                    self.corrected("wall", host, ceiling);
-                    ceiling
-                } else {
-                    host
-                }
-            }
+        let Some((anchor, at)) = state.anchor else {
+            state.anchor = Some((host, now));
+            state.last = host;
+            return host;
         };
-        state.wall = Some((given, now));
+        // Where the clock should be by monotonic time, and how far ahead of that it may be.
+        let elapsed = Duration::from_nanos(now.saturating_sub(at));
+        let expected = anchor.saturating_add(elapsed);
+        let ceiling = expected
+            .saturating_add(elapsed.mul_f64(CATCH_UP))
+            .saturating_add(WALL_SLACK);
+        let given = if host < state.last {
+            let given = expected.clamp(state.last, ceiling.max(state.last));
+            self.corrected("wall", host, given);
+            given
+        } else if host > ceiling {
+            self.corrected("wall", host, ceiling);
+            ceiling
+        } else {
+            // Credible: it becomes the reference for what follows.
+            state.anchor = Some((host, now));
+            host
+        };
+        state.last = given;
         given
     }
 
@@ -199,20 +216,43 @@ mod tests {
         assert_eq!(secs(clocks.wall_now()), 1_005);
         assert_eq!(clocks.corrections(), 0);
 
-        // Back in time: held where it was.
+        // Back in time: guests see time go on at the monotonic rate instead.
         liar.set(900, 16);
-        assert_eq!(secs(clocks.wall_now()), 1_005);
-        assert_eq!(clocks.corrections(), 1);
-
-        // A jump of a day: at most the elapsed time plus the slack.
-        liar.set(1_005 + 86_400, 18);
-        assert_eq!(secs(clocks.wall_now()), 1_005 + 2 + WALL_SLACK.as_secs());
+        assert_eq!(secs(clocks.wall_now()), 1_006);
+        liar.set(900, 20);
+        assert_eq!(secs(clocks.wall_now()), 1_010);
         assert_eq!(clocks.corrections(), 2);
 
-        // The monotonic clock run backwards: held too.
+        // A jump of a day gets through only as fast as time passes, however often it is read.
+        liar.set(1_010 + 86_400, 22);
+        for _ in 0..10_000 {
+            let seen = secs(clocks.wall_now());
+            assert!(seen <= 1_005 + 7 + WALL_SLACK.as_secs(), "{seen}");
+        }
+        // A hundred seconds after the last credible reading (1,005 at 15): that much time, one
+        // second of catch-up and the slack.
+        liar.set(1_010 + 86_400, 115);
+        assert_eq!(secs(clocks.wall_now()), 1_005 + 100 + 1 + 1);
+
+        // Honest again: it passes through and becomes the reference.
+        liar.set(1_110, 118);
+        assert_eq!(secs(clocks.wall_now()), 1_110);
+
+        // The monotonic clock run backwards: held.
         let before = clocks.monotonic_now_shared();
-        liar.set(1_010, 3);
+        liar.set(1_200, 3);
         assert_eq!(clocks.monotonic_now_shared(), before);
-        assert_eq!(clocks.corrections(), 3);
+    }
+
+    #[test]
+    fn absurd_host_times_do_not_overflow() {
+        let liar = Arc::new(Liar::default());
+        let clocks = GuardedClocks::new(Box::new(liar.clone()));
+        liar.set(1_000, 1);
+        clocks.wall_now();
+        *liar.wall.lock().unwrap() = Duration::MAX;
+        liar.monotonic.store(u64::MAX, Ordering::SeqCst);
+        let seen = clocks.wall_now();
+        assert!(seen >= Duration::from_secs(1_000));
     }
 }

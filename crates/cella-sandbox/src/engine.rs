@@ -84,6 +84,7 @@ pub struct Sandbox {
     pub(crate) http_linker: wasmtime::component::Linker<HttpState>,
     pub(crate) config: SandboxConfig,
     pub(crate) clocks: Arc<GuardedClocks>,
+    pub(crate) outgoing_denied: Arc<std::sync::atomic::AtomicU64>,
     _ticker: EpochTicker,
 }
 
@@ -116,8 +117,14 @@ impl Sandbox {
             http_linker,
             config,
             clocks: GuardedClocks::new(source),
+            outgoing_denied: Arc::default(),
             _ticker: ticker,
         })
+    }
+
+    /// Outgoing HTTP requests guests attempted and were refused.
+    pub fn outgoing_denied(&self) -> u64 {
+        self.outgoing_denied.load(Ordering::Relaxed)
     }
 
     /// How often the host's clocks were corrected because they went backwards or jumped.

@@ -2,6 +2,7 @@
 //! would, but in a fresh store under the function's limits and with outgoing requests refused.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cella_core::Limits;
@@ -51,7 +52,8 @@ impl WasiHttpView for HttpState {
 
 /// Outgoing HTTP is a capability no function has by default: every request is refused with
 /// `HTTP-request-denied`, which the guest sees as an ordinary error.
-struct DenyOutgoing;
+/// Refuses every outgoing request, counting each (see [`Sandbox::outgoing_denied`]).
+struct DenyOutgoing(Arc<AtomicU64>);
 
 type SendFuture = Box<
     dyn Future<
@@ -69,6 +71,7 @@ impl WasiHttpHooks for DenyOutgoing {
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
+        self.0.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(uri = %request.uri(), "outgoing request denied");
         Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
     }
@@ -135,7 +138,7 @@ impl Sandbox {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: DenyOutgoing,
+                hooks: DenyOutgoing(self.outgoing_denied.clone()),
                 limiter: MemoryLimiter::new(limits, trip.clone()),
             },
         );

@@ -81,8 +81,9 @@ async fn a_component_cannot_make_outgoing_requests() {
     let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = connections.clone();
     tokio::spawn(async move {
-        while listener.accept().await.is_ok() {
+        while let Ok(connection) = listener.accept().await {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(connection);
         }
     });
 
@@ -102,8 +103,13 @@ async fn a_component_cannot_make_outgoing_requests() {
         .unwrap();
     let report = String::from_utf8_lossy(&body);
     assert_eq!(status.as_u16(), 200, "{report}");
-    assert!(report.contains(": denied ("), "{report}");
+    assert!(
+        report.contains(&format!("fetch {target}: denied (")),
+        "{report}"
+    );
     assert!(!report.contains("GRANTED"), "{report}");
+    // Refused by the platform's hook, not by chance.
+    assert_eq!(node.platform.sandbox_refusals().0, 1, "{report}");
     assert_eq!(
         connections.load(std::sync::atomic::Ordering::SeqCst),
         0,

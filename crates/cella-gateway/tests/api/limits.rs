@@ -241,7 +241,20 @@ async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
     assert!(node.anonymous().health().await.is_ok());
 }
 
-/// The bound a quiet tenant's invocation stays within while a noisy one keeps every invocation
+/// The median of ten invocations by a quiet tenant.
+async fn quiet_latency(quiet: &cella_client::Client) -> Duration {
+    let mut took = Vec::new();
+    for _ in 0..10 {
+        let started = Instant::now();
+        let out = quiet.invoke("echo", b"calm".to_vec(), &[]).await.unwrap();
+        assert_eq!(&out.output[..], b"calm");
+        took.push(started.elapsed());
+    }
+    took.sort();
+    took[took.len() / 2]
+}
+
+/// The bound a quiet tenant's invocation (the median of ten) stays within while a noisy one keeps every invocation
 /// it may run busy. Measured 30–50 ms on two cores (debug build), against 1–2 ms alone; a
 /// guest's time slice is one epoch tick (10 ms). Before guests yielded through Tokio's own
 /// yield, the same scenario took about 600 ms.
@@ -261,6 +274,10 @@ async fn a_noisy_tenant_leaves_a_quiet_one_within_its_latency_bound() {
         .deploy("spin", guest("loop-forever.wasm"), &["timeout=3s".into()])
         .await
         .unwrap();
+    noisy
+        .deploy("probe", guest("echo.wasm"), &[])
+        .await
+        .unwrap();
     quiet.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
     let baseline = {
         let started = Instant::now();
@@ -276,28 +293,23 @@ async fn a_noisy_tenant_leaves_a_quiet_one_within_its_latency_bound() {
             noisy.invoke("spin", Vec::new(), &[]).await
         }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // Asking for more gets it 429, not a share of anyone else's capacity.
-    assert_api_error(
-        noisy.invoke("spin", Vec::new(), &[]).await,
-        429,
-        "too_many_requests",
-    );
-
-    let mut slowest = Duration::ZERO;
-    for _ in 0..10 {
-        let started = Instant::now();
-        let out = quiet.invoke("echo", b"calm".to_vec(), &[]).await.unwrap();
-        assert_eq!(&out.output[..], b"calm");
-        slowest = slowest.max(started.elapsed());
+    // Asking for more gets it 429, not a share of anyone else's capacity (once all four run).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        // A quick function: admitted while a spinner is still starting, refused once all run.
+        match noisy.invoke("probe", Vec::new(), &[]).await {
+            Err(cella_client::ClientError::Api { status: 429, .. }) => break,
+            other => assert!(Instant::now() < deadline, "never refused: {other:?}"),
+        }
     }
+
+    let typical = quiet_latency(&quiet).await;
     assert!(
-        slowest < NEIGHBOUR_BOUND,
-        "the quiet tenant waited {slowest:?} (alone: {baseline:?})"
+        typical < NEIGHBOUR_BOUND,
+        "the quiet tenant typically waited {typical:?} (alone: {baseline:?})"
     );
     for task in noise {
-        let result = task.await.unwrap();
-        assert!(result.is_err(), "the noise was stopped at its limits");
+        assert_api_error(task.await.unwrap(), 504, "timeout");
     }
 }
 
@@ -334,20 +346,19 @@ async fn a_tenant_bombing_memory_and_output_leaves_a_quiet_one_within_its_latenc
         noise.push(tokio::spawn(async move {
             let mut stopped = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                assert!(noisy.invoke(name, Vec::new(), &[]).await.is_err());
+                let limit = if name == "memory" {
+                    "memory_limit"
+                } else {
+                    "output_limit"
+                };
+                assert_api_error(noisy.invoke(name, Vec::new(), &[]).await, 507, limit);
                 stopped += 1;
             }
             stopped
         }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut slowest = Duration::ZERO;
-    for _ in 0..10 {
-        let started = Instant::now();
-        let out = quiet.invoke("echo", b"calm".to_vec(), &[]).await.unwrap();
-        assert_eq!(&out.output[..], b"calm");
-        slowest = slowest.max(started.elapsed());
-    }
+    let typical = quiet_latency(&quiet).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut bombs = 0;
     for task in noise {
@@ -355,7 +366,7 @@ async fn a_tenant_bombing_memory_and_output_leaves_a_quiet_one_within_its_latenc
     }
     assert!(bombs >= 4, "the noise ran ({bombs} bombs)");
     assert!(
-        slowest < NEIGHBOUR_BOUND,
-        "the quiet tenant waited {slowest:?} while {bombs} bombs went off"
+        typical < NEIGHBOUR_BOUND,
+        "the quiet tenant typically waited {typical:?} while {bombs} bombs went off"
     );
 }
