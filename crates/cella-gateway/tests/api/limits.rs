@@ -241,6 +241,20 @@ async fn a_client_that_trickles_its_headers_is_cut_off_and_others_are_served() {
     assert!(node.anonymous().health().await.is_ok());
 }
 
+/// A node where a tenant may run four invocations at once, and two tenants: `noisy` and
+/// `quiet`.
+async fn neighbours() -> (Node, cella_client::Client, cella_client::Client) {
+    let node = Node::start_with(Options {
+        tenant_concurrency: 4,
+        instances: 16,
+        ..Options::default()
+    })
+    .await;
+    let noisy = node.tenant("noisy").await;
+    let quiet = node.tenant("quiet").await;
+    (node, noisy, quiet)
+}
+
 /// The median of ten invocations by a quiet tenant.
 async fn quiet_latency(quiet: &cella_client::Client) -> Duration {
     let mut took = Vec::new();
@@ -262,14 +276,7 @@ const NEIGHBOUR_BOUND: Duration = Duration::from_millis(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_noisy_tenant_leaves_a_quiet_one_within_its_latency_bound() {
-    let node = Node::start_with(Options {
-        tenant_concurrency: 4,
-        instances: 16,
-        ..Options::default()
-    })
-    .await;
-    let noisy = node.tenant("noisy").await;
-    let quiet = node.tenant("quiet").await;
+    let (_node, noisy, quiet) = neighbours().await;
     noisy
         .deploy("spin", guest("loop-forever.wasm"), &["timeout=3s".into()])
         .await
@@ -315,14 +322,7 @@ async fn a_noisy_tenant_leaves_a_quiet_one_within_its_latency_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_bombing_memory_and_output_leaves_a_quiet_one_within_its_latency_bound() {
-    let node = Node::start_with(Options {
-        tenant_concurrency: 4,
-        instances: 16,
-        ..Options::default()
-    })
-    .await;
-    let noisy = node.tenant("noisy").await;
-    let quiet = node.tenant("quiet").await;
+    let (_node, noisy, quiet) = neighbours().await;
     noisy
         .deploy(
             "memory",
