@@ -1,6 +1,7 @@
 //! A `wasi:http/proxy` component: answers every request with a greeting that echoes the method
-//! and path, echoes the request body back under `/echo`, and under `/fetch?URL` tries an
-//! outgoing request and reports what happened. The same .wasm runs under `wasmtime serve` and
+//! and path, echoes the request body back under `/echo`, and under `/fetch?URL` (an outgoing
+//! HTTP request) and `/connect?ADDR` (a TCP connection) tries to reach the network and reports
+//! what happened. The same .wasm runs under `wasmtime serve` and
 //! under cella's HTTP pass-through.
 
 use wstd::http::body::Body;
@@ -24,6 +25,14 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
             let report = match wstd::http::Client::new().send(outgoing).await {
                 Ok(response) => format!("fetch {target}: GRANTED {}\n", response.status()),
                 Err(e) => format!("fetch {target}: denied ({e})\n"),
+            };
+            Ok(Response::new(report.into()))
+        }
+        "/connect" => {
+            let target = request.uri().query().unwrap_or("127.0.0.1:80").to_owned();
+            let report = match std::net::TcpStream::connect(target.as_str()) {
+                Ok(_) => format!("connect {target}: GRANTED\n"),
+                Err(e) => format!("connect {target}: denied ({e})\n"),
             };
             Ok(Response::new(report.into()))
         }

@@ -73,11 +73,10 @@ async fn a_guest_gets_no_files_no_environment_and_no_network() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_component_cannot_make_outgoing_requests() {
-    // A server the function would like to reach, counting who connects.
+/// A TCP listener on loopback that counts who connects to it.
+async fn counting_listener() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = format!("http://{}/", listener.local_addr().unwrap());
+    let address = listener.local_addr().unwrap().to_string();
     let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = connections.clone();
     tokio::spawn(async move {
@@ -86,30 +85,40 @@ async fn a_component_cannot_make_outgoing_requests() {
             drop(connection);
         }
     });
+    (address, connections)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_cannot_reach_the_network() {
+    let (address, connections) = counting_listener().await;
     let node = Node::start().await;
     let acme = node.tenant("acme").await;
     acme.deploy("hello", guest("hello-http.wasm"), &[])
         .await
         .unwrap();
-    let (status, _, body) = acme
-        .http(
-            cella_client::Method::GET,
-            "hello",
-            &format!("/fetch?{target}"),
-            Vec::new(),
-        )
-        .await
-        .unwrap();
-    let report = String::from_utf8_lossy(&body);
-    assert_eq!(status.as_u16(), 200, "{report}");
+    let probe = async |path: String| {
+        let (status, _, body) = acme
+            .http(cella_client::Method::GET, "hello", &path, Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 200);
+        String::from_utf8_lossy(&body).into_owned()
+    };
+
+    // Outgoing HTTP: refused by the platform's hook (it counts the refusal).
+    let target = format!("http://{address}/");
+    let report = probe(format!("/fetch?{target}")).await;
     assert!(
         report.contains(&format!("fetch {target}: denied (")),
         "{report}"
     );
-    assert!(!report.contains("GRANTED"), "{report}");
-    // Refused by the platform's hook, not by chance.
     assert_eq!(node.platform.sandbox_refusals().0, 1, "{report}");
+    // A TCP connection through wasi:sockets: refused too.
+    let report = probe(format!("/connect?{address}")).await;
+    assert!(
+        report.contains(&format!("connect {address}: denied (Permission denied")),
+        "{report}"
+    );
     assert_eq!(
         connections.load(std::sync::atomic::Ordering::SeqCst),
         0,
