@@ -356,31 +356,42 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let mut args = Vec::new();
-    for (key, value) in query_pairs(&query) {
-        match key.as_str() {
-            "arg" => args.push(value),
-            other => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "unknown query parameter `{other}`; pass function arguments as \
-                         `?arg=VALUE` (repeatable)"
-                    ),
-                ));
-            }
-        }
-    }
-    let options = InvokeOptions {
-        expect: expected_hash(&headers)?,
-        nonce: request_nonce(&headers)?,
-    };
+    let args = repeated_parameter(
+        &query,
+        "arg",
+        "pass function arguments as `?arg=VALUE` (repeatable)",
+    )?;
+    let options = invoke_options(&headers)?;
     let stdin = read_limited(body, state.config.max_body_bytes, "request body").await?;
     let output = state
         .platform
         .invoke(&caller, &name, &options, CommandInput { stdin, args })
         .await?;
     Ok(invocation_response(output))
+}
+
+/// The values of the only query parameter a route takes, `name` (repeatable); any other is
+/// refused with `hint`.
+fn repeated_parameter(query: &Option<String>, name: &str, hint: &str) -> ApiResult<Vec<String>> {
+    let mut values = Vec::new();
+    for (key, value) in query_pairs(query) {
+        if key != name {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown query parameter `{key}`; {hint}"),
+            ));
+        }
+        values.push(value);
+    }
+    Ok(values)
+}
+
+/// `cella-expect-hash` and `cella-nonce`, as an invocation's options.
+fn invoke_options(headers: &HeaderMap) -> ApiResult<InvokeOptions> {
+    Ok(InvokeOptions {
+        expect: expected_hash(headers)?,
+        nonce: request_nonce(headers)?,
+    })
 }
 
 /// The request header naming the bundle hash the caller expects to run.
@@ -434,25 +445,13 @@ async fn chain(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let mut steps = Vec::new();
-    for (key, value) in query_pairs(&query) {
-        match key.as_str() {
-            "step" => steps.push(value),
-            other => {
-                return Err(ApiError::new(
-                    ErrorCode::InvalidRequest,
-                    format!(
-                        "unknown query parameter `{other}`; name the chain's functions in order \
-                         as `?step=NAME` (repeatable; `NAME@VERSION` pins one)"
-                    ),
-                ));
-            }
-        }
-    }
-    let options = InvokeOptions {
-        expect: expected_hash(&headers)?,
-        nonce: request_nonce(&headers)?,
-    };
+    let steps = repeated_parameter(
+        &query,
+        "step",
+        "name the chain's functions in order as `?step=NAME` (repeatable; `NAME@VERSION` pins \
+         one)",
+    )?;
+    let options = invoke_options(&headers)?;
     let input = read_limited(body, state.config.max_body_bytes, "request body").await?;
     let output = state
         .platform
