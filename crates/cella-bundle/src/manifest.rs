@@ -1,9 +1,7 @@
 //! What a bundle says about its payload. Authors write TOML ([`ManifestFile`]); the bundle
 //! carries the canonical form ([`Manifest`]), whose JSON encoding is unique for its content.
 
-use std::collections::BTreeSet;
-
-use cella_core::{ContentHash, FunctionName, LimitsOverride};
+use cella_core::{ContentHash, FunctionName, LimitsOverride, Permissions};
 use serde::{Deserialize, Serialize};
 
 /// How the payload runs.
@@ -61,8 +59,8 @@ pub struct Manifest {
     pub kind: BundleKind,
     /// Sorted; empty until plug-ins exist on the platform.
     pub plugins: Vec<PluginRef>,
-    /// Capabilities the function asks for (default: none).
-    pub permissions: BTreeSet<String>,
+    /// What the function may use besides its input and output (default: nothing).
+    pub permissions: Permissions,
     pub limits: LimitsOverride,
 }
 
@@ -79,6 +77,8 @@ impl Manifest {
 pub enum ManifestError {
     #[error("the manifest is not valid TOML for a cella bundle: {0}")]
     Toml(#[from] toml::de::Error),
+    #[error("[permissions] in the manifest: {0}")]
+    Permissions(#[from] cella_core::PermissionError),
     #[error("limit `{setting}` in the manifest: {source}")]
     Limit {
         setting: String,
@@ -93,7 +93,11 @@ pub enum ManifestError {
 /// version = "1.2.0"
 /// kind = "wasi-command"          # or "wasi-http", "js"
 /// payload = "brotli.wasm"        # relative to this file
-/// permissions = []               # none yet
+/// [permissions]                  # all optional; nothing is granted by default
+/// clocks = true
+/// random = true
+/// kv = true
+/// env = ["GREETING"]
 /// [limits]
 /// timeout = "2s"
 /// memory = "64MiB"
@@ -111,7 +115,7 @@ pub struct ManifestFile {
     #[serde(default)]
     pub plugins: Vec<PluginRef>,
     #[serde(default)]
-    pub permissions: BTreeSet<String>,
+    pub permissions: Permissions,
     /// `timeout`, `memory`, `output` as on the command line (`"2s"`, `"64MiB"`).
     #[serde(default)]
     pub limits: std::collections::BTreeMap<String, String>,
@@ -131,6 +135,7 @@ impl ManifestFile {
                 .set(&setting)
                 .map_err(|source| ManifestError::Limit { setting, source })?;
         }
+        self.permissions.validate()?;
         let mut plugins = self.plugins.clone();
         plugins.sort();
         Ok(Manifest {
@@ -162,7 +167,8 @@ mod tests {
         assert_eq!(
             json,
             "{\"name\":\"brotli\",\"version\":\"1.2.0\",\"kind\":\"wasi-command\",\"plugins\":[],\
-             \"permissions\":[],\"limits\":{\"timeout_ms\":2000,\"memory_bytes\":67108864,\
+             \"permissions\":{\"clocks\":false,\"random\":false,\"kv\":false,\"env\":[]},\
+             \"limits\":{\"timeout_ms\":2000,\"memory_bytes\":67108864,\
              \"output_bytes\":null}}"
         );
     }

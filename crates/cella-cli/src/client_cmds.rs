@@ -111,6 +111,7 @@ pub(crate) async fn tenant_list(remote: &Remote) -> anyhow::Result<()> {
 /// How `cella deploy` bundles a file that is not a bundle yet.
 pub(crate) struct DeployArgs<'a> {
     pub limits: &'a [String],
+    pub allow: Vec<cella_core::Permission>,
     pub key: Option<&'a Path>,
     /// The plug-in the function is made from (for a .js file, default `quickjs`).
     pub plugin: Option<&'a str>,
@@ -135,24 +136,33 @@ pub(crate) async fn deploy(
         if !how.limits.is_empty() {
             anyhow::bail!("a bundle's limits are in its signed manifest; drop --limit");
         }
+        if !how.allow.is_empty() {
+            anyhow::bail!(
+                "a bundle's permissions are in its signed manifest ([permissions]); drop --allow"
+            );
+        }
         if how.plugin.is_some() {
             anyhow::bail!("a bundle's plug-ins are in its signed manifest; drop --plugin");
         }
         client.deploy_bundle(name, bytes).await
     } else {
         let client = client.with_signing_key(crate::bundle_cmds::signing_key(how.key)?);
+        let mut options = cella_client::DeployOptions::from(how.limits);
+        for permission in how.allow {
+            options.permissions.grant(permission);
+        }
         match (is_javascript(file), how.plugin) {
             (true, engine) => {
                 let engine = engine.unwrap_or("quickjs");
-                client.deploy_js(name, bytes, engine, how.limits).await
+                client.deploy_js(name, bytes, engine, options).await
             }
             (false, Some(plugin)) => {
                 let kind = cella_bundle::BundleKind::WasiCommand;
                 client
-                    .deploy_from_plugin(name, kind, plugin, bytes, how.limits)
+                    .deploy_from_plugin(name, kind, plugin, bytes, options)
                     .await
             }
-            (false, None) => client.deploy(name, bytes, how.limits).await,
+            (false, None) => client.deploy(name, bytes, options).await,
         }
     }
     .map_err(explain)?;
@@ -565,10 +575,99 @@ pub(crate) async fn logs(remote: &Remote, name: &str) -> anyhow::Result<()> {
         Format::Json => print_json(&entries),
         Format::Text => {
             for e in &entries {
-                println!("{} {} {} {} ms", e.at, e.id, e.outcome, e.duration_ms);
+                let denied = match e.denials {
+                    0 => String::new(),
+                    n => format!(", {n} denied"),
+                };
+                println!(
+                    "{} {} {} {} ms ({} host calls{denied})",
+                    e.at, e.id, e.outcome, e.duration_ms, e.host_calls
+                );
                 for line in e.log.lines() {
                     println!("    {line}");
                 }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn stats(remote: &Remote, name: &str) -> anyhow::Result<()> {
+    let stats = client(remote).await?.stats(name).await.map_err(explain)?;
+    match remote.format {
+        Format::Json => print_json(&serde_json::json!({
+            "invocations": stats.invocations,
+            "host_calls": stats.host_calls,
+            "denials": stats.denials,
+        })),
+        Format::Text => {
+            println!("invocations  {}", stats.invocations);
+            println!("host calls   {}", stats.host_calls);
+            let denied: u64 = stats.denials.values().sum();
+            println!("denied       {denied}");
+            for (by, count) in &stats.denials {
+                println!("  {by:<10} {count}");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn env_set(
+    remote: &Remote,
+    function: &str,
+    values: &[String],
+) -> anyhow::Result<()> {
+    let mut changes = std::collections::BTreeMap::new();
+    for pair in values {
+        let Some((name, value)) = pair.split_once('=') else {
+            anyhow::bail!("`{pair}` is not NAME=VALUE");
+        };
+        changes.insert(name.to_owned(), Some(value.to_owned()));
+    }
+    let env = client(remote)
+        .await?
+        .set_env(function, &changes)
+        .await
+        .map_err(explain)?;
+    print_env(remote, &env)
+}
+
+pub(crate) async fn env_unset(
+    remote: &Remote,
+    function: &str,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let changes = names.iter().map(|n| (n.clone(), None)).collect();
+    let env = client(remote)
+        .await?
+        .set_env(function, &changes)
+        .await
+        .map_err(explain)?;
+    print_env(remote, &env)
+}
+
+pub(crate) async fn env_list(remote: &Remote, function: &str) -> anyhow::Result<()> {
+    let env = client(remote).await?.env(function).await.map_err(explain)?;
+    print_env(remote, &env)
+}
+
+fn print_env(remote: &Remote, env: &[cella_client::EnvSetting]) -> anyhow::Result<()> {
+    match remote.format {
+        Format::Json => print_json(
+            &env.iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "name": e.name, "set": e.set, "granted": e.granted,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        ),
+        Format::Text => {
+            println!("{:<24} {:<6} GRANTED", "NAME", "SET");
+            for e in env {
+                let yes = |b: bool| if b { "yes" } else { "no" };
+                println!("{:<24} {:<6} {}", e.name, yes(e.set), yes(e.granted));
             }
             Ok(())
         }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use cella_bundle::{Bundle, BundleKind, Manifest, PluginRef, SigningKey};
 use cella_client::{Client, Method};
-use cella_core::Plugin;
+use cella_core::{Permission, Permissions, Plugin};
 use cella_runtime::Platform;
 use cella_store::Principal;
 
@@ -20,24 +20,39 @@ const JS_ENGINE_FILE: &str = "quickjs.wasm";
 struct Example {
     name: &'static str,
     file: &'static str,
+    /// What its manifest grants (nothing is granted otherwise).
+    allow: &'static [Permission],
 }
 
-const EXAMPLES: [Example; 4] = [
+/// The JavaScript engine reads the clock (`Date`) and random numbers (`Math.random`); Rust's
+/// standard library for components imports both too.
+const CLOCKS_AND_RANDOM: &[Permission] = &[Permission::Clocks, Permission::Random];
+
+const EXAMPLES: [Example; 5] = [
     Example {
         name: "brotli",
         file: "brotli.wasm",
+        allow: &[],
     },
     Example {
         name: "thumbnail",
         file: "thumbnail.wasm",
+        allow: &[],
     },
     Example {
         name: "hello-http",
         file: "hello-http.wasm",
+        allow: CLOCKS_AND_RANDOM,
     },
     Example {
         name: "hello-js",
         file: "hello.js",
+        allow: CLOCKS_AND_RANDOM,
+    },
+    Example {
+        name: "visits",
+        file: "state.wasm",
+        allow: &[Permission::Kv],
     },
 ];
 
@@ -94,6 +109,7 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
     let tenant = Principal::Tenant(TENANT.parse()?);
     let key = demo_signing_key(platform, &tenant).await?;
     let js_engine = register_js_engine(platform, guests).await?;
+    let mut shown_refusal = false;
     for example in &EXAMPLES {
         let payload = read_example(&guests.join(example.file))?;
         // Each start deploys the next version: versions only move forward.
@@ -115,20 +131,44 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
                 }],
             ),
         };
-        let mut bundle = Bundle::new(
-            Manifest {
-                name: example.name.parse()?,
-                version,
-                kind,
-                plugins,
-                permissions: Default::default(),
-                limits: Default::default(),
-            },
-            payload,
-        );
-        bundle.sign(&key);
+        let bundle = |permissions: Permissions| {
+            let mut bundle = Bundle::new(
+                Manifest {
+                    name: example.name.parse()?,
+                    version: version.clone(),
+                    kind,
+                    plugins: plugins.clone(),
+                    permissions,
+                    limits: Default::default(),
+                },
+                payload.clone(),
+            );
+            bundle.sign(&key);
+            anyhow::Ok(bundle.encode())
+        };
+        // Permissions are default deny: show once what a deploy without them is told.
+        if !example.allow.is_empty() && !shown_refusal {
+            match platform
+                .deploy(
+                    &tenant,
+                    example.name,
+                    bundle(Permissions::default())?.into(),
+                )
+                .await
+            {
+                Err(e) if e.code() == cella_runtime::ErrorCode::MissingPermission => {
+                    println!("refused  {:<10} without permissions: {e}", example.name);
+                    shown_refusal = true;
+                }
+                other => bail!("deploying without permissions should be refused: {other:?}"),
+            }
+        }
+        let mut granted = Permissions::default();
+        for permission in example.allow {
+            granted.grant(permission.clone());
+        }
         let record = platform
-            .deploy(&tenant, example.name, bundle.encode().into())
+            .deploy(&tenant, example.name, bundle(granted)?.into())
             .await?;
         println!(
             "deployed {:<10} {} {} ({}, {} bytes, signed by {})",
@@ -164,6 +204,7 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
         png.display()
     );
     println!("  cella invoke hello-js --data '{{\"name\":\"ada\"}}'");
+    println!("  cella invoke visits --arg incr --arg visits && cella stats visits");
     println!("  cella invoke brotli --data 'prove it' -o /tmp/out.br --receipt /tmp/receipt.json");
     println!("  cella verify-receipt /tmp/receipt.json --input 'prove it' --output /tmp/out.br");
     println!("  cella functions");
@@ -332,6 +373,20 @@ async fn smoke_test(client: &Client, guests: &Path) -> anyhow::Result<()> {
     }
     println!(
         "✔ hello-js    {{\"name\":\"ada\"}} → {reply} ({} ms, JavaScript from its snapshot)",
+        started.elapsed().as_millis()
+    );
+
+    // Sealed state survives invocations (and restarts); the count goes on from run to run.
+    let started = Instant::now();
+    let visits = client
+        .invoke("visits", Vec::new(), &["incr".into(), "visits".into()])
+        .await?;
+    let count = String::from_utf8_lossy(&visits.output).trim().to_owned();
+    if count.parse::<u64>().is_err() {
+        bail!("visits answered {count:?}");
+    }
+    println!(
+        "✔ visits      counter in sealed key-value state → {count} ({} ms)",
         started.elapsed().as_millis()
     );
     Ok(())

@@ -115,6 +115,10 @@ enum Command {
         /// repeatable).
         #[arg(long = "limit", value_name = "KEY=VALUE")]
         limits: Vec<String>,
+        /// For a .wasm or .js file: a permission its manifest grants (`clocks`, `random`,
+        /// `kv`, `env=NAME`; repeatable). Nothing is granted otherwise.
+        #[arg(long = "allow", value_name = "PERMISSION")]
+        allow: Vec<cella_core::Permission>,
         /// For a .wasm or .js file: the signing key (default: `default.key` from `cella keygen`).
         #[arg(long, env = "CELLA_KEY")]
         key: Option<PathBuf>,
@@ -239,12 +243,45 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
-    /// Recent invocations of your function and what they wrote to stderr.
+    /// Recent invocations of your function: what they wrote to stderr and what the host
+    /// refused them.
     Logs {
         name: String,
         #[command(flatten)]
         remote: Remote,
     },
+    /// Your function's invocations, host calls and refused host calls since the node started.
+    Stats {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Set the values of your function's environment variables (sealed on the node; never
+    /// shown again).
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Set variables (each must be named by `env = [...]` in the function's manifest).
+    Set {
+        function: String,
+        #[arg(value_name = "NAME=VALUE", required = true)]
+        values: Vec<String>,
+    },
+    /// Remove variables' values.
+    Unset {
+        function: String,
+        #[arg(value_name = "NAME", required = true)]
+        names: Vec<String>,
+    },
+    /// Which variables are set and granted (values are never shown).
+    List { function: String },
 }
 
 #[derive(Subcommand)]
@@ -364,12 +401,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             file,
             limits,
+            allow,
             key,
             plugin,
             remote,
         } => {
             let how = c::DeployArgs {
                 limits: &limits,
+                allow,
                 key: key.as_deref(),
                 plugin: plugin.as_deref(),
             };
@@ -464,5 +503,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             remote,
         } => c::access(&remote, &name, tenant.as_deref(), public, false).await,
         Command::Logs { name, remote } => c::logs(&remote, &name).await,
+        Command::Stats { name, remote } => c::stats(&remote, &name).await,
+        Command::Env { command, remote } => match command {
+            EnvCommand::Set { function, values } => c::env_set(&remote, &function, &values).await,
+            EnvCommand::Unset { function, names } => c::env_unset(&remote, &function, &names).await,
+            EnvCommand::List { function } => c::env_list(&remote, &function).await,
+        },
     }
 }

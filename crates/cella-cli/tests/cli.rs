@@ -215,18 +215,26 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     ));
     assert!(listed.contains("quickjs"), "{listed}");
     let hello = guests_dir().join("hello.js");
-    let deployed = ok(cella(
-        &server,
-        data.path(),
-        Some(&token),
-        &[
+    let deploy_hello = |allow: &[&str]| {
+        let mut args = vec![
             "deploy",
             "hello",
             hello.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
-        ],
-    ));
+        ];
+        args.extend(allow);
+        cella(&server, data.path(), Some(&token), &args)
+    };
+    // Nothing is granted unless asked for: the refusal names the flags that grant it.
+    let refused = deploy_hello(&[]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("--allow clocks --allow random") && message.contains("missing_permission"),
+        "{message}"
+    );
+    let deployed = ok(deploy_hello(&["--allow", "clocks", "--allow", "random"]));
     assert!(
         deployed.starts_with("deployed `hello` 0.1.0 (js"),
         "{deployed}"
@@ -238,6 +246,16 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
         &["chain", "echo", "hello", "--data", r#"{"name":"cli"}"#],
     ));
     assert_eq!(chained, r#"{"message":"Hello, cli!","invocations":1}"#);
+    let stats = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["stats", "hello"],
+    ));
+    assert!(
+        stats.starts_with("invocations  1\nhost calls   "),
+        "{stats}"
+    );
 
     // The same code as a signed bundle, built and checked offline, then pinned by hash.
     let bundle = data.path().join("echo.cella");

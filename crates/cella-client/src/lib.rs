@@ -130,6 +130,10 @@ pub struct InvocationLog {
     pub outcome: String,
     pub duration_ms: u64,
     pub log: String,
+    #[serde(default)]
+    pub host_calls: u64,
+    #[serde(default)]
+    pub denials: u64,
 }
 
 /// A public key a tenant signs bundles with, as the API shows it.
@@ -455,6 +459,33 @@ impl Client {
         })
     }
 
+    /// Sets (`Some`) or removes (`None`) values of a function's environment variables; each
+    /// must be named in its manifest. Returns which are set and granted (never values).
+    pub async fn set_env(
+        &self,
+        name: &str,
+        changes: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> Result<Vec<EnvSetting>, ClientError> {
+        let path = format!("/v1/functions/{}/env", segment(name));
+        let env: EnvList = self
+            .json(self.request(Method::PATCH, &path).json(changes))
+            .await?;
+        Ok(env.env)
+    }
+
+    /// Which environment variables of a function are set and granted (never values).
+    pub async fn env(&self, name: &str) -> Result<Vec<EnvSetting>, ClientError> {
+        let path = format!("/v1/functions/{}/env", segment(name));
+        let env: EnvList = self.json(self.request(Method::GET, &path)).await?;
+        Ok(env.env)
+    }
+
+    /// A function's invocations, host calls and denials since the node started.
+    pub async fn stats(&self, name: &str) -> Result<FunctionStats, ClientError> {
+        let path = format!("/v1/functions/{}/stats", segment(name));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
     /// Deploys a signed bundle as function `name`.
     pub async fn deploy_bundle(
         &self,
@@ -477,12 +508,12 @@ impl Client {
         &self,
         name: &str,
         wasm: Vec<u8>,
-        limits: &[String],
+        how: impl Into<DeployOptions>,
     ) -> Result<FunctionRecord, ClientError> {
         // Whatever is not a component is sent as a command: the node says what is wrong.
         let kind = cella_bundle::BundleKind::detect(&wasm)
             .unwrap_or(cella_bundle::BundleKind::WasiCommand);
-        self.deploy_payload(name, kind, Vec::new(), wasm, limits)
+        self.deploy_payload(name, kind, Vec::new(), wasm, how.into())
             .await
     }
 
@@ -493,9 +524,9 @@ impl Client {
         name: &str,
         source: Vec<u8>,
         engine: &str,
-        limits: &[String],
+        how: impl Into<DeployOptions>,
     ) -> Result<FunctionRecord, ClientError> {
-        self.deploy_from_plugin(name, cella_bundle::BundleKind::Js, engine, source, limits)
+        self.deploy_from_plugin(name, cella_bundle::BundleKind::Js, engine, source, how)
             .await
     }
 
@@ -508,7 +539,7 @@ impl Client {
         kind: cella_bundle::BundleKind,
         plugin: &str,
         payload: Vec<u8>,
-        limits: &[String],
+        how: impl Into<DeployOptions>,
     ) -> Result<FunctionRecord, ClientError> {
         let found = self
             .plugins()
@@ -525,7 +556,7 @@ impl Client {
             name: found.name.to_string(),
             hash: found.hash,
         };
-        self.deploy_payload(name, kind, vec![plugin], payload, limits)
+        self.deploy_payload(name, kind, vec![plugin], payload, how.into())
             .await
     }
 
@@ -535,7 +566,7 @@ impl Client {
         kind: cella_bundle::BundleKind,
         plugins: Vec<cella_bundle::PluginRef>,
         payload: Vec<u8>,
-        limits: &[String],
+        how: DeployOptions,
     ) -> Result<FunctionRecord, ClientError> {
         let invalid = |detail: String| ClientError::Invalid(detail);
         let key = self.signer.as_ref().ok_or_else(|| {
@@ -559,7 +590,7 @@ impl Client {
             Err(e) => return Err(e),
         };
         let mut manifest_limits = cella_core::LimitsOverride::default();
-        for setting in limits {
+        for setting in &how.limits {
             manifest_limits
                 .set(setting)
                 .map_err(|e| invalid(e.to_string()))?;
@@ -569,7 +600,7 @@ impl Client {
             version,
             kind,
             plugins,
-            permissions: Default::default(),
+            permissions: how.permissions,
             limits: manifest_limits,
         };
         let mut bundle = cella_bundle::Bundle::new(manifest, payload);
@@ -792,4 +823,71 @@ impl Client {
         })?;
         Ok((status, headers, body))
     }
+}
+
+/// How a payload is deployed with [`Client::deploy`]: limits as `key=value` settings
+/// (`timeout=2s`, `memory=64MiB`) and the permissions its manifest grants.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    pub limits: Vec<String>,
+    pub permissions: cella_core::Permissions,
+}
+
+impl DeployOptions {
+    /// Adds a limit (`timeout=2s`, `memory=64MiB`).
+    pub fn limit(mut self, setting: &str) -> Self {
+        self.limits.push(setting.to_owned());
+        self
+    }
+
+    /// Grants `permission` (`clocks`, `random`, `kv`, `env=NAME`).
+    pub fn allow(mut self, permission: &str) -> Self {
+        let permission = permission
+            .parse()
+            .unwrap_or_else(|e| panic!("`{permission}`: {e}"));
+        self.permissions.grant(permission);
+        self
+    }
+}
+
+impl From<&[String]> for DeployOptions {
+    fn from(limits: &[String]) -> Self {
+        DeployOptions {
+            limits: limits.to_vec(),
+            ..DeployOptions::default()
+        }
+    }
+}
+
+impl From<&Vec<String>> for DeployOptions {
+    fn from(limits: &Vec<String>) -> Self {
+        DeployOptions::from(limits.as_slice())
+    }
+}
+
+impl<const N: usize> From<&[String; N]> for DeployOptions {
+    fn from(limits: &[String; N]) -> Self {
+        DeployOptions::from(limits.as_slice())
+    }
+}
+
+/// One environment variable of a function, as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnvSetting {
+    pub name: String,
+    pub set: bool,
+    pub granted: bool,
+}
+
+#[derive(Deserialize)]
+struct EnvList {
+    env: Vec<EnvSetting>,
+}
+
+/// A function's totals since the node started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct FunctionStats {
+    pub invocations: u64,
+    pub host_calls: u64,
+    pub denials: std::collections::BTreeMap<String, u64>,
 }

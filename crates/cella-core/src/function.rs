@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ContentHash, FunctionKind, FunctionName, Limits, PluginUse, TenantName};
+use crate::{ContentHash, FunctionKind, FunctionName, Limits, Permissions, PluginUse, TenantName};
 
 /// The current time as RFC 3339 (UTC, seconds), the format of every timestamp cella records.
 pub fn now_rfc3339() -> String {
@@ -43,6 +43,9 @@ pub struct FunctionVersion {
     /// The plug-ins its image is made from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginUse>,
+    /// What its manifest grants.
+    #[serde(default)]
+    pub permissions: Permissions,
 }
 
 /// One deployed function: what runs (its current version, by hash), whose it is, how, who may
@@ -59,6 +62,8 @@ pub struct FunctionRecord {
     pub signer: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginUse>,
+    #[serde(default)]
+    pub permissions: Permissions,
     pub created_at: String,
     pub updated_at: String,
     pub access: Access,
@@ -79,6 +84,7 @@ impl FunctionRecord {
             limits: first.limits,
             signer: first.signer.clone(),
             plugins: first.plugins.clone(),
+            permissions: first.permissions.clone(),
             created_at: at.clone(),
             updated_at: at,
             access: Access::default(),
@@ -110,5 +116,6 @@ impl FunctionRecord {
         self.limits = version.limits;
         self.signer = version.signer.clone();
         self.plugins = version.plugins.clone();
+        self.permissions = version.permissions.clone();
     }
 }

@@ -7,6 +7,7 @@ mod hash;
 mod kind;
 mod limits;
 mod names;
+mod permissions;
 mod plugin;
 
 pub use function::{Access, FunctionRecord, FunctionVersion, now_rfc3339};
@@ -14,4 +15,7 @@ pub use hash::{ContentHash, HashParseError};
 pub use kind::FunctionKind;
 pub use limits::{LimitError, Limits, LimitsOverride, parse_size};
 pub use names::{FunctionName, NameError, PluginName, TenantName};
+pub use permissions::{
+    EnvName, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, Permission, PermissionError, Permissions,
+};
 pub use plugin::{Plugin, PluginUse};

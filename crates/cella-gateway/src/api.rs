@@ -41,6 +41,8 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/functions/{name}/logs", get(logs))
+        .route("/v1/functions/{name}/stats", get(stats))
+        .route("/v1/functions/{name}/env", get(env).patch(set_env))
         .route(
             "/v1/functions/{name}/grants/{tenant}",
             put(grant).delete(grant),
@@ -312,6 +314,37 @@ async fn logs(
     Ok(Json(json!({ "invocations": invocations })))
 }
 
+/// Invocations, host calls and denials of a function since the node started.
+async fn stats(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(state.platform.stats(&caller, &name)?))
+}
+
+/// Which environment variables are set and granted; never their values.
+async fn env(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(json!({ "env": state.platform.env(&caller, &name)? })))
+}
+
+/// A JSON merge patch (RFC 7396) of the environment: a string sets a value, `null` removes it.
+async fn set_env(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<impl IntoResponse> {
+    let changes: std::collections::BTreeMap<String, Option<String>> =
+        json_body(body, r#"{"NAME":"value","OTHER":null}"#).await?;
+    let env = state.platform.set_env(&caller, &name, changes).await?;
+    Ok(Json(json!({ "env": env })))
+}
+
 fn tenant_param(tenant: &str) -> ApiResult<TenantName> {
     TenantName::new(tenant).map_err(|e| ApiError::new(ErrorCode::InvalidName, e.to_string()))
 }
@@ -365,7 +398,16 @@ async fn invoke(
     let stdin = read_limited(body, state.config.max_body_bytes, "request body").await?;
     let output = state
         .platform
-        .invoke(&caller, &name, &options, CommandInput { stdin, args })
+        .invoke(
+            &caller,
+            &name,
+            &options,
+            CommandInput {
+                stdin,
+                args,
+                ..CommandInput::default()
+            },
+        )
         .await?;
     Ok(invocation_response(output))
 }

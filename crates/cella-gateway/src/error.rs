@@ -40,6 +40,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | ErrorCode::WrongKind => StatusCode::BAD_REQUEST,
         ErrorCode::UntrustedKey => StatusCode::FORBIDDEN,
         ErrorCode::HashMismatch => StatusCode::PRECONDITION_FAILED,
+        ErrorCode::MissingPermission => StatusCode::FORBIDDEN,
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,

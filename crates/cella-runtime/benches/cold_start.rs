@@ -64,7 +64,7 @@ async fn first_invocation(dir: &Path, name: &str) -> Duration {
             &InvokeOptions::default(),
             CommandInput {
                 stdin: bytes::Bytes::from_static(b"cold start"),
-                args: Vec::new(),
+                ..CommandInput::default()
             },
         )
         .await

@@ -68,7 +68,7 @@ impl Platform {
             let stdin = std::mem::take(&mut data);
             let input = CommandInput {
                 stdin,
-                args: Vec::new(),
+                ..CommandInput::default()
             };
             let (function, output, invocation_id) = self
                 .invoke_step(caller, step, None, input)

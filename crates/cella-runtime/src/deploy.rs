@@ -7,8 +7,8 @@
 use bytes::Bytes;
 use cella_bundle::{Bundle, BundleKind, VerifyingKey};
 use cella_core::{
-    ContentHash, FunctionKind, FunctionName, FunctionRecord, FunctionVersion, Limits, Plugin,
-    PluginUse,
+    ContentHash, FunctionKind, FunctionName, FunctionRecord, FunctionVersion, Limits, Permission,
+    Permissions, Plugin, PluginUse,
 };
 use cella_sandbox::Compiled;
 use cella_store::{BlobError, Principal, TenantKey};
@@ -38,6 +38,10 @@ impl Platform {
         let signer = bundle.verify_signature()?;
         self.require_active_key(&owner, &signer)?;
         let kind = supported_kind(&bundle)?;
+        let permissions = bundle.manifest.permissions.clone();
+        permissions
+            .validate()
+            .map_err(|e| RuntimeError::Invalid(format!("[permissions] in the manifest: {e}")))?;
         let limits = Limits::resolve(
             &self.config().default_limits,
             &bundle.manifest.limits,
@@ -69,6 +73,7 @@ impl Platform {
                 Bytes::from(bundle.payload.clone()),
             )
             .await?;
+        check_permissions(&name, kind, &permissions, &compiled)?;
         self.blobs().put_as(&hash, &bundle_bytes).await?;
         let version = bundle.manifest.version.clone();
         let record = FunctionRecord::new(
@@ -83,6 +88,7 @@ impl Platform {
                 signer: signer.id().to_string(),
                 deployed_at: cella_core::now_rfc3339(),
                 plugins,
+                permissions,
             },
         );
         let registry = self.registry().clone();
@@ -269,26 +275,43 @@ fn active_key(
     }
 }
 
-/// The function kind a bundle's manifest declares, if this platform runs it.
+/// The function kind a bundle's manifest declares.
 fn supported_kind(bundle: &Bundle) -> Result<FunctionKind, RuntimeError> {
-    let manifest = &bundle.manifest;
-    if !manifest.permissions.is_empty() {
-        return Err(RuntimeError::Invalid(format!(
-            "the bundle asks for permissions ({}); this platform grants none yet (functions get \
-             no files, environment or network), so remove `permissions` from the manifest",
-            manifest
-                .permissions
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    match manifest.kind {
+    match bundle.manifest.kind {
         BundleKind::WasiCommand => Ok(FunctionKind::WasiCommand),
         BundleKind::WasiHttp => Ok(FunctionKind::WasiHttp),
         BundleKind::Js => Ok(FunctionKind::Js),
     }
+}
+
+/// A function may import only what its manifest grants (checked on the code that runs: for a
+/// function made from a plug-in, the image's imports). Key-value state exists only for WASI
+/// commands and JavaScript functions.
+pub(crate) fn check_permissions(
+    name: &FunctionName,
+    kind: FunctionKind,
+    granted: &Permissions,
+    compiled: &Compiled,
+) -> Result<(), RuntimeError> {
+    let missing: Vec<Permission> = compiled
+        .needed_permissions()
+        .into_iter()
+        .filter(|p| !granted.grants(p))
+        .collect();
+    if !missing.is_empty() {
+        return Err(RuntimeError::MissingPermissions {
+            name: name.clone(),
+            missing,
+        });
+    }
+    if granted.kv && kind == FunctionKind::WasiHttp {
+        return Err(RuntimeError::Invalid(
+            "`kv = true`: key-value state is offered to WASI commands, not yet to `wasi-http` \
+             components; remove it from [permissions]"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// `expect-hash`: refuses to run anything but the bundle the caller expects.

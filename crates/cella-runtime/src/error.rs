@@ -1,7 +1,7 @@
 //! Errors of the pipeline, each with a stable machine-readable [`ErrorCode`] that front ends
 //! map to their protocol (the gateway maps them to HTTP statuses).
 
-use cella_core::{FunctionKind, FunctionName, LimitError, NameError, PluginName};
+use cella_core::{FunctionKind, FunctionName, LimitError, NameError, Permission, PluginName};
 use cella_sandbox::{CompileError, PreinitError, RunError};
 use cella_store::{BlobError, RegistryError};
 
@@ -28,6 +28,7 @@ pub enum ErrorCode {
     InvalidBundle,
     UntrustedKey,
     HashMismatch,
+    MissingPermission,
     Internal,
 }
 
@@ -54,6 +55,7 @@ impl ErrorCode {
             ErrorCode::InvalidBundle => "invalid_bundle",
             ErrorCode::UntrustedKey => "untrusted_key",
             ErrorCode::HashMismatch => "hash_mismatch",
+            ErrorCode::MissingPermission => "missing_permission",
             ErrorCode::Internal => "internal",
         }
     }
@@ -127,6 +129,11 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     NoSuchPlugin(String),
+    #[error("{}", missing_permissions(name, missing))]
+    MissingPermissions {
+        name: FunctionName,
+        missing: Vec<Permission>,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -157,6 +164,7 @@ impl RuntimeError {
                 PreinitError::Run(_) | PreinitError::Exited { .. } => ErrorCode::InvalidBundle,
             },
             RuntimeError::Bundle(_) => ErrorCode::InvalidBundle,
+            RuntimeError::MissingPermissions { .. } => ErrorCode::MissingPermission,
             RuntimeError::UntrustedKey(_) => ErrorCode::UntrustedKey,
             RuntimeError::OldVersion(_) => ErrorCode::Conflict,
             RuntimeError::HashMismatch { .. } => ErrorCode::HashMismatch,
@@ -197,10 +205,13 @@ impl RuntimeError {
         }
     }
 
-    /// The tail of the guest's stderr, when the error came from running a guest.
+    /// The invocation's log (the tail of the guest's stderr and the monitor's denials), when
+    /// the error came from running a guest.
     pub fn log(&self) -> Option<String> {
         match self {
-            RuntimeError::Run { source, .. } if !source.log().bytes.is_empty() => {
+            RuntimeError::Run { source, .. }
+                if !source.log().bytes.is_empty() || !source.log().monitor.denials.is_empty() =>
+            {
                 Some(source.log().to_text())
             }
             RuntimeError::Preinit { source, .. } | RuntimeError::PluginPreinit { source, .. } => {
@@ -212,4 +223,32 @@ impl RuntimeError {
             _ => None,
         }
     }
+
+    /// What the monitor saw, when the error came from running a guest.
+    pub fn monitor(&self) -> Option<&cella_sandbox::MonitorReport> {
+        match self {
+            RuntimeError::Run { source, .. } => Some(&source.log().monitor),
+            _ => None,
+        }
+    }
+}
+
+/// Names each missing permission, what it gives, and the manifest line that grants it.
+fn missing_permissions(name: &FunctionName, missing: &[Permission]) -> String {
+    let listed: Vec<String> = missing
+        .iter()
+        .map(|p| format!("`{p}` ({})", p.describe()))
+        .collect();
+    let lines: Vec<String> = missing
+        .iter()
+        .map(|p| format!("    {}", p.manifest_line()))
+        .collect();
+    let flags: Vec<String> = missing.iter().map(|p| format!("--allow {p}")).collect();
+    format!(
+        "function `{name}` uses what its manifest does not grant: {}. Add under \
+         [permissions] in its manifest:\n{}\n(or pass `{}` to `cella deploy`)",
+        listed.join(", "),
+        lines.join("\n"),
+        flags.join(" ")
+    )
 }

@@ -14,6 +14,7 @@ mod code_cache;
 mod concurrency;
 mod deploy;
 mod error;
+mod grants;
 mod logs;
 mod metrics;
 mod platform;
@@ -22,7 +23,8 @@ mod plugins;
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use chain::MAX_CHAIN_STEPS;
 pub use error::{ErrorCode, RuntimeError};
-pub use logs::InvocationLog;
+pub use grants::EnvSetting;
+pub use logs::{FunctionStats, InvocationLog};
 pub use metrics::Metrics;
 pub use platform::{
     AccessChange, HttpOutput, InvokeOptions, InvokeOutput, Platform, PlatformConfig,

@@ -1,7 +1,9 @@
 //! Recent invocation logs per function, kept in memory (inside the trusted process) for the
-//! function's owner: what each invocation wrote to stderr, its outcome and duration.
+//! function's owner: what each invocation wrote to stderr, its outcome and duration, and what
+//! the monitor saw; and per-function totals of the monitor's counts since the node started.
+//! They name functions, so they are the owner's, not the operator's metrics.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::PoisonError;
 use std::time::{Duration, SystemTime};
@@ -19,13 +21,32 @@ pub struct InvocationLog {
     /// `ok` or the error code.
     pub outcome: &'static str,
     pub duration_ms: u64,
-    /// The tail of the guest's stderr (invalid UTF-8 replaced).
+    /// The tail of the guest's stderr (invalid UTF-8 replaced) and the host's denials.
     pub log: String,
+    /// Calls the guest made into the host.
+    pub host_calls: u64,
+    /// Of those, how many the monitor refused.
+    pub denials: u64,
+}
+
+/// A function's totals since the node started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FunctionStats {
+    pub invocations: u64,
+    pub host_calls: u64,
+    /// Refused host calls, by the permission or limit that refused them.
+    pub denials: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Default)]
+struct FunctionEntry {
+    recent: VecDeque<InvocationLog>,
+    stats: FunctionStats,
 }
 
 #[derive(Default)]
 pub(crate) struct InvocationLogs {
-    by_function: Mutex<HashMap<FunctionName, VecDeque<InvocationLog>>>,
+    by_function: Mutex<HashMap<FunctionName, FunctionEntry>>,
 }
 
 /// A fresh invocation id: 16 random hex digits.
@@ -43,23 +64,48 @@ impl InvocationLogs {
         outcome: &'static str,
         duration: Duration,
         log: String,
+        monitor: Option<&cella_sandbox::MonitorReport>,
     ) {
+        let default = cella_sandbox::MonitorReport::default();
+        let monitor = monitor.unwrap_or(&default);
         let entry = InvocationLog {
             id,
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             outcome,
             duration_ms: duration.as_millis() as u64,
             log,
+            host_calls: monitor.host_calls,
+            denials: monitor.denial_count(),
         };
         let mut map = self
             .by_function
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let ring = map.entry(function.clone()).or_default();
+        let function = map.entry(function.clone()).or_default();
+        let stats = &mut function.stats;
+        stats.invocations += 1;
+        stats.host_calls += monitor.host_calls;
+        for denial in &monitor.denials {
+            *stats.denials.entry(denial.by).or_default() += 1;
+        }
+        if monitor.denials_not_logged > 0 {
+            *stats.denials.entry("unlogged").or_default() += monitor.denials_not_logged;
+        }
+        let ring = &mut function.recent;
         if ring.len() == PER_FUNCTION {
             ring.pop_front();
         }
         ring.push_back(entry);
+    }
+
+    pub(crate) fn stats(&self, function: &FunctionName) -> FunctionStats {
+        let map = self
+            .by_function
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.get(function)
+            .map(|entry| entry.stats.clone())
+            .unwrap_or_default()
     }
 
     /// Newest first.
@@ -69,7 +115,7 @@ impl InvocationLogs {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.get(function)
-            .map(|ring| ring.iter().rev().cloned().collect())
+            .map(|entry| entry.recent.iter().rev().cloned().collect())
             .unwrap_or_default()
     }
 

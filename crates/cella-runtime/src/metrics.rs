@@ -25,6 +25,11 @@ struct Kind {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedBy {
+    by: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     invocations: Family<Outcome, Counter>,
@@ -34,6 +39,8 @@ pub struct Metrics {
     precompiled_loads: Counter<u64, AtomicU64>,
     deployments: Counter<u64, AtomicU64>,
     integrity_failures: Counter<u64, AtomicU64>,
+    host_calls: Counter<u64, AtomicU64>,
+    denials: Family<DeniedBy, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -52,6 +59,8 @@ impl Default for Metrics {
         let precompiled_loads = Counter::default();
         let deployments = Counter::default();
         let integrity_failures = Counter::default();
+        let host_calls = Counter::default();
+        let denials = Family::<DeniedBy, Counter>::default();
         registry.register(
             "invocations",
             "Invocations by function kind and outcome (`ok` or an error code)",
@@ -83,8 +92,20 @@ impl Default for Metrics {
             "Stored bundles or registry records refused because they failed authentication, their signature or their hash",
             integrity_failures.clone(),
         );
+        registry.register(
+            "host_calls",
+            "Calls from guests into the host, all passing the monitor",
+            host_calls.clone(),
+        );
+        registry.register(
+            "host_call_denials",
+            "Host calls the monitor refused, by the permission or limit that refused them",
+            denials.clone(),
+        );
         Metrics {
             registry,
+            host_calls,
+            denials,
             invocations,
             latency,
             instances,
@@ -132,6 +153,21 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// What the monitor saw during one invocation.
+    pub(crate) fn monitored(&self, report: &cella_sandbox::MonitorReport) {
+        self.host_calls.inc_by(report.host_calls);
+        for denial in &report.denials {
+            self.denials
+                .get_or_create(&DeniedBy { by: denial.by })
+                .inc();
+        }
+        if report.denials_not_logged > 0 {
+            self.denials
+                .get_or_create(&DeniedBy { by: "unlogged" })
+                .inc_by(report.denials_not_logged);
+        }
     }
 
     pub(crate) fn compiled(&self) {

@@ -16,7 +16,7 @@ use cella_tee::{AttestationReport, Measurement, TeeType};
 use crate::attestation::{Identity, MAX_NONCE_BYTES, TeeMode};
 use crate::code_cache::CodeCache;
 use crate::concurrency::ConcurrencyLimits;
-use crate::logs::{InvocationLog, InvocationLogs, invocation_id};
+use crate::logs::{FunctionStats, InvocationLog, InvocationLogs, invocation_id};
 use crate::plugins::PluginImages;
 use crate::{Metrics, RuntimeError};
 
@@ -36,6 +36,8 @@ pub struct PlatformConfig {
     pub max_limits: Limits,
     /// Invocations one caller may have running at once.
     pub tenant_concurrency: usize,
+    /// Largest key-value state one function may keep (keys and values), in bytes.
+    pub max_state_bytes: u64,
     pub sandbox: SandboxConfig,
     /// The platform build the simulated TEE measures (the running executable by default).
     pub executable: Option<PathBuf>,
@@ -52,6 +54,7 @@ impl PlatformConfig {
             blob_store: None,
             max_limits: Limits::default_maximum(),
             tenant_concurrency: 64,
+            max_state_bytes: 1 << 20,
             sandbox: SandboxConfig::default(),
             executable: None,
             tee: TeeMode::Auto,
@@ -422,14 +425,19 @@ impl Platform {
                 expect,
                 |o: &CommandOutput| &o.log,
                 async |record, compiled| match compiled {
-                    Compiled::Command(pre) => self
-                        .sandbox
-                        .run_command(&pre, record.name.as_str(), input, &record.limits)
-                        .await
-                        .map_err(|source| RuntimeError::Run {
-                            name: record.name.clone(),
-                            source,
-                        }),
+                    Compiled::Command(pre) => {
+                        let input = CommandInput {
+                            grants: self.grants(record)?,
+                            ..input
+                        };
+                        self.sandbox
+                            .run_command(&pre, record.name.as_str(), input, &record.limits)
+                            .await
+                            .map_err(|source| RuntimeError::Run {
+                                name: record.name.clone(),
+                                source,
+                            })
+                    }
                     Compiled::Http(_) => Err(RuntimeError::WrongKind {
                         name: record.name.clone(),
                         kind: FunctionKind::WasiHttp,
@@ -518,14 +526,16 @@ impl Platform {
                 expect,
                 |r: &HttpResponse| &r.log,
                 async |record, compiled| match compiled {
-                    Compiled::Http(pre) => self
-                        .sandbox
-                        .serve_http(&pre, request, &record.limits)
-                        .await
-                        .map_err(|source| RuntimeError::Run {
-                            name: record.name.clone(),
-                            source,
-                        }),
+                    Compiled::Http(pre) => {
+                        let env = self.grants(record)?.env;
+                        self.sandbox
+                            .serve_http(&pre, request, &record.limits, &env)
+                            .await
+                            .map_err(|source| RuntimeError::Run {
+                                name: record.name.clone(),
+                                source,
+                            })
+                    }
                     Compiled::Command(_) => Err(RuntimeError::WrongKind {
                         name: record.name.clone(),
                         kind: FunctionKind::WasiCommand,
@@ -574,17 +584,32 @@ impl Platform {
         started: Instant,
     ) {
         let took = started.elapsed();
-        let (outcome, log) = match result {
-            Ok(log) => ("ok", log.to_text()),
-            Err(e) => (e.code().as_str(), e.log().unwrap_or_else(|| e.to_string())),
+        let (outcome, log, monitor) = match result {
+            Ok(log) => ("ok", log.to_text(), Some(&*log.monitor)),
+            Err(e) => (
+                e.code().as_str(),
+                e.log().unwrap_or_else(|| e.to_string()),
+                e.monitor(),
+            ),
         };
+        if let Some(report) = monitor {
+            self.metrics.monitored(report);
+        }
         self.metrics.invoked(
             record.kind,
             result.map(|_| ()).map_err(RuntimeError::code),
             took,
         );
         self.logs
-            .record(&record.name, id.to_owned(), outcome, took, log);
+            .record(&record.name, id.to_owned(), outcome, took, log, monitor);
+    }
+
+    /// A function's totals since this node started: invocations, host calls and denials
+    /// (owner only).
+    pub fn stats(&self, caller: &Principal, name: &str) -> Result<FunctionStats, RuntimeError> {
+        let record = self.lookup(name)?;
+        self.require_owner(caller, &record)?;
+        Ok(self.logs.stats(&record.name))
     }
 
     /// The most recent invocations of a function and what they logged (owner only).
@@ -684,11 +709,21 @@ impl Platform {
     async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
         self.code
             .get_or_load(&record.hash, async {
-                if let Some(compiled) = self.load_precompiled(record).await {
-                    return Ok(compiled);
-                }
-                let compiled = self.load_bundle(record).await?;
-                self.keep_precompiled(&record.hash, &compiled).await;
+                let compiled = match self.load_precompiled(record).await {
+                    Some(compiled) => compiled,
+                    None => {
+                        let compiled = self.load_bundle(record).await?;
+                        self.keep_precompiled(&record.hash, &compiled).await;
+                        compiled
+                    }
+                };
+                // As at deploy: a record from before permissions existed grants nothing.
+                crate::deploy::check_permissions(
+                    &record.name,
+                    record.kind,
+                    &record.permissions,
+                    &compiled,
+                )?;
                 Ok(compiled)
             })
             .await

@@ -13,25 +13,53 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use crate::engine::Sandbox;
 use crate::error::RunError;
 use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
+use crate::monitor::{self, Monitor};
 use crate::pipes::{LogPipe, LogTail, OutputPipe};
+use crate::state::StateStore;
 
 /// The per-invocation world of a command (the `T` of its `Store<T>`).
 pub struct CommandState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    pub(crate) monitor: Arc<Monitor>,
+    pub(crate) state: Option<Arc<dyn StateStore>>,
 }
 
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<CommandState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CommandState| &mut s.wasi)?;
+    crate::state::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
-/// What a command gets: stdin and arguments (argv[1..]; argv[0] is the function's name).
+/// What a command gets: stdin and arguments (argv[1..]; argv[0] is the function's name), and
+/// what its permissions grant.
 #[derive(Debug, Clone, Default)]
 pub struct CommandInput {
     pub stdin: Bytes,
     pub args: Vec<String>,
+    pub grants: Grants,
+}
+
+/// What one invocation is given beyond its input, by its function's permissions. Nothing by
+/// default: no environment, no state.
+#[derive(Clone, Default)]
+pub struct Grants {
+    /// Environment variables (only those the manifest names and the owner set).
+    pub env: Vec<(String, String)>,
+    /// The function's key-value state (`kv = true`).
+    pub state: Option<Arc<dyn StateStore>>,
+}
+
+impl std::fmt::Debug for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values of environment variables are the owner's secrets: never printed.
+        let names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Grants")
+            .field("env", &names)
+            .field("state", &self.state.is_some())
+            .finish()
+    }
 }
 
 /// What a successful command produced.
@@ -90,28 +118,34 @@ impl Sandbox {
         limits: &Limits,
     ) -> CommandStore {
         let trip = Arc::new(Tripwires::default());
+        let monitor = Arc::new(Monitor::default());
         let stdout = OutputPipe::new(limits.output_bytes, trip.clone());
-        let stderr = LogPipe::new(self.config.log_tail_bytes);
+        let stderr = LogPipe::new(self.config.log_tail_bytes, monitor.clone());
         let mut argv = Vec::with_capacity(input.args.len() + 1);
         argv.push(program.to_owned());
         argv.extend(input.args);
 
-        // Nothing is inherited from the host: no env, no preopened directories, no sockets.
+        // Nothing is inherited from the host: no preopened directories, no sockets, and only
+        // the environment the function's permissions grant.
         let wasi = self
             .guest_wasi()
             .stdin(MemoryInputPipe::new(input.stdin))
             .stdout(stdout.clone())
             .stderr(stderr.clone())
             .args(&argv)
+            .envs(&input.grants.env)
             .build_p1();
         let mut store = Store::new(
             &self.engine,
             CommandState {
                 wasi,
                 limiter: MemoryLimiter::new(limits, trip.clone()),
+                monitor: monitor.clone(),
+                state: input.grants.state,
             },
         );
         store.limiter(|s| &mut s.limiter);
+        monitor::watch(&mut store, monitor);
         arm_deadline(&mut store, limits, trip.clone());
         CommandStore {
             store,

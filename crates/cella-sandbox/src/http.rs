@@ -20,6 +20,7 @@ use wasmtime_wasi_http::{
 use crate::engine::Sandbox;
 use crate::error::RunError;
 use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
+use crate::monitor::{self, Monitor};
 use crate::pipes::{LogPipe, LogTail};
 
 /// The per-request world of a `wasi:http` component (the `T` of its `Store<T>`).
@@ -52,8 +53,9 @@ impl WasiHttpView for HttpState {
 
 /// Outgoing HTTP is a capability no function has by default: every request is refused with
 /// `HTTP-request-denied`, which the guest sees as an ordinary error.
-/// Refuses every outgoing request, counting each (see [`Sandbox::outgoing_denied`]).
-struct DenyOutgoing(Arc<AtomicU64>);
+/// Refuses every outgoing request, counting each (see [`Sandbox::outgoing_denied`]) and
+/// recording it in the invocation's log.
+struct DenyOutgoing(Arc<AtomicU64>, Arc<Monitor>);
 
 type SendFuture = Box<
     dyn Future<
@@ -72,7 +74,18 @@ impl WasiHttpHooks for DenyOutgoing {
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
         self.0.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(uri = %request.uri(), "outgoing request denied");
+        // Only the host is logged: the path and query may carry the tenant's data.
+        let host = request
+            .uri()
+            .host()
+            .unwrap_or("(no host)")
+            .chars()
+            .take(253)
+            .collect::<String>();
+        self.1.deny(
+            "http",
+            format!("an outgoing request to {host}; this node offers no outgoing network"),
+        );
         Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
     }
 }
@@ -118,19 +131,22 @@ enum Failure {
 
 impl Sandbox {
     /// Serves `request` with a fresh instance of `pre` and returns the whole response (its body
-    /// capped at the output limit).
+    /// capped at the output limit). `env` is the environment its permissions grant.
     pub async fn serve_http(
         &self,
         pre: &ProxyPre<HttpState>,
         request: http::Request<Bytes>,
         limits: &Limits,
+        env: &[(String, String)],
     ) -> Result<HttpResponse, RunError> {
         let trip = Arc::new(Tripwires::default());
-        let log = LogPipe::new(self.config.log_tail_bytes);
+        let monitor = Arc::new(Monitor::default());
+        let log = LogPipe::new(self.config.log_tail_bytes, monitor.clone());
         let wasi = self
             .guest_wasi()
             .stdout(log.clone())
             .stderr(log.clone())
+            .envs(env)
             .build();
         let mut store = Store::new(
             &self.engine,
@@ -138,11 +154,12 @@ impl Sandbox {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: DenyOutgoing(self.outgoing_denied.clone()),
+                hooks: DenyOutgoing(self.outgoing_denied.clone(), monitor.clone()),
                 limiter: MemoryLimiter::new(limits, trip.clone()),
             },
         );
         store.limiter(|s| &mut s.limiter);
+        monitor::watch(&mut store, monitor);
         arm_deadline(&mut store, limits, trip.clone());
 
         let (sender, receiver) = oneshot::channel();

@@ -8,7 +8,9 @@
 //! that is dropped afterwards) armed with the function's [`Limits`](cella_core::Limits).
 //!
 //! Nothing is granted by default: no files, no sockets, no environment variables, and outgoing
-//! HTTP requests from `wasi:http` components are refused.
+//! HTTP requests from `wasi:http` components are refused. What a function's permissions grant
+//! comes with each invocation ([`Grants`]); the imports that need a permission are checked at
+//! deploy ([`Compiled::needed_permissions`]), and every host call passes the monitor.
 #![deny(unsafe_code)] // one justified exception: `Sandbox::load_precompiled`
 
 mod clock;
@@ -18,10 +20,15 @@ mod engine;
 mod error;
 mod http;
 mod limits;
+mod monitor;
+mod permissions;
 mod pipes;
 mod preinit;
+mod state;
 
-pub use command::{CommandInput, CommandOutput, CommandState, FinishedCommand, PreparedCommand};
+pub use command::{
+    CommandInput, CommandOutput, CommandState, FinishedCommand, Grants, PreparedCommand,
+};
 
 /// A compiled WASI command with its imports resolved.
 pub type CommandPre = wasmtime::InstancePre<CommandState>;
@@ -30,5 +37,7 @@ pub use compile::Compiled;
 pub use engine::{Sandbox, SandboxConfig};
 pub use error::{CompileError, RunError};
 pub use http::HttpResponse;
+pub use monitor::{Denial, MonitorReport};
 pub use pipes::LogTail;
 pub use preinit::{INITIALIZER, Initializer, PreinitError, Preinitialized, Preinitializer};
+pub use state::{MAX_KEY_BYTES, STATE_MODULE, StateCode, StateError, StateStore};

@@ -15,6 +15,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::limits::Tripwires;
+use crate::monitor::{Monitor, MonitorReport};
 
 /// Largest single write a guest is offered; bigger writes are split by WASI.
 const WRITE_BUDGET: usize = 64 * 1024;
@@ -51,22 +52,42 @@ impl OutputPipe {
     }
 }
 
-/// What a guest wrote to stderr: the last bytes, and how many earlier bytes were dropped.
+/// An invocation's log: the last bytes the guest wrote to stderr, how many earlier bytes were
+/// dropped, and what the monitor saw (its denials are entries of the log).
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct LogTail {
     pub bytes: Bytes,
     pub dropped: u64,
+    /// Boxed: errors carry the log, and most are never looked at this closely.
+    pub monitor: Box<MonitorReport>,
 }
 
 impl LogTail {
-    /// The tail as text (invalid UTF-8 replaced), for error messages and logs.
+    /// The tail as text (invalid UTF-8 replaced) followed by the host's denials, for error
+    /// messages and logs.
     pub fn to_text(&self) -> String {
         let text = String::from_utf8_lossy(&self.bytes);
-        if self.dropped > 0 {
+        let mut out = if self.dropped > 0 {
             format!("[{} earlier bytes dropped]\n{text}", self.dropped)
         } else {
             text.into_owned()
+        };
+        for denial in &self.monitor.denials {
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&format!(
+                "[cella] denied ({}): {}\n",
+                denial.by, denial.detail
+            ));
         }
+        if self.monitor.denials_not_logged > 0 {
+            out.push_str(&format!(
+                "[cella] {} more denials not shown\n",
+                self.monitor.denials_not_logged
+            ));
+        }
+        out
     }
 }
 
@@ -81,13 +102,16 @@ impl fmt::Debug for LogTail {
 pub(crate) struct LogPipe {
     inner: Arc<Mutex<(VecDeque<u8>, u64)>>,
     keep: usize,
+    monitor: Arc<Monitor>,
 }
 
 impl LogPipe {
-    pub(crate) fn new(keep: usize) -> Self {
+    /// A log that keeps `keep` bytes of stderr and the entries of `monitor`.
+    pub(crate) fn new(keep: usize, monitor: Arc<Monitor>) -> Self {
         LogPipe {
             inner: Arc::default(),
             keep,
+            monitor,
         }
     }
 
@@ -97,6 +121,7 @@ impl LogPipe {
         LogTail {
             bytes: ring.iter().copied().collect::<Vec<u8>>().into(),
             dropped: *dropped,
+            monitor: Box::new(self.monitor.report()),
         }
     }
 
@@ -208,7 +233,7 @@ mod tests {
 
     #[test]
     fn log_pipe_keeps_the_tail_and_counts_what_it_dropped() {
-        let log = LogPipe::new(8);
+        let log = LogPipe::new(8, Arc::default());
         log.append(b"hello ");
         log.append(b"world!");
         let tail = log.tail();

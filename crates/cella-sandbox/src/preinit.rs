@@ -123,9 +123,10 @@ impl Sandbox {
         let (context, _) = wizer
             .instrument(&preinitializer.wasm)
             .map_err(|e| PreinitError::Unsupported(format!("{e:#}")))?;
+        // Initialisers get no grants: an image must not capture the environment or state.
         let input = CommandInput {
             stdin,
-            args: Vec::new(),
+            ..CommandInput::default()
         };
         let pre = &preinitializer.pre;
         let (_stdout, log, snapshot) = self

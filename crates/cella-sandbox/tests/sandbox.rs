@@ -72,6 +72,7 @@ async fn run(sandbox: &Sandbox, compiled: &Compiled, input: &str) -> Result<Stri
     let input = CommandInput {
         stdin: Bytes::copy_from_slice(input.as_bytes()),
         args: Vec::new(),
+        grants: Default::default(),
     };
     let out = sandbox.run_command(pre, "js", input, &limits()).await?;
     Ok(String::from_utf8(out.stdout.to_vec()).unwrap())
@@ -257,6 +258,7 @@ async fn the_raw_engine_evaluates_its_argument() {
     let input = CommandInput {
         stdin: Bytes::from_static(b"ada"),
         args: vec!["export default (r) => 'hi ' + r.text();".into()],
+        grants: Default::default(),
     };
     let out = sandbox
         .run_command(pre, "quickjs", input, &limits())
@@ -328,4 +330,58 @@ async fn guests_see_a_host_clock_that_lies_clamped() {
         "the guest saw the jump: {first} → {ahead}"
     );
     assert!(sandbox.clock_corrections() >= 2);
+}
+
+#[tokio::test]
+async fn imports_name_the_permissions_they_need_and_every_host_call_is_counted() {
+    use cella_core::Permission;
+    let sandbox = sandbox();
+    let needs = |file: &str| sandbox.compile(&guest(file)).unwrap().needed_permissions();
+    assert_eq!(
+        needs("quickjs.wasm"),
+        [Permission::Clocks, Permission::Random].into()
+    );
+    assert_eq!(needs("state.wasm"), [Permission::Kv].into());
+    // environ_get, fd_write and the file functions reach only what was handed over.
+    assert!(needs("echo.wasm").is_empty());
+    assert!(needs("capabilities.wasm").is_empty());
+
+    // The monitor sees every call into the host: echo reads stdin and writes stdout.
+    let Compiled::Command(pre) = sandbox.compile(&guest("echo.wasm")).unwrap() else {
+        panic!("echo is a command")
+    };
+    let input = CommandInput {
+        stdin: Bytes::from_static(b"counted"),
+        ..CommandInput::default()
+    };
+    let out = sandbox
+        .run_command(&pre, "echo", input, &limits())
+        .await
+        .unwrap();
+    assert_eq!(&out.stdout[..], b"counted");
+    assert!(out.log.monitor.host_calls >= 3, "{:?}", out.log.monitor);
+    assert!(out.log.monitor.denials.is_empty());
+}
+
+#[tokio::test]
+async fn a_state_call_without_state_is_an_error_for_the_guest_and_a_logged_denial() {
+    let sandbox = sandbox();
+    let Compiled::Command(pre) = sandbox.compile(&guest("state.wasm")).unwrap() else {
+        panic!("state is a command")
+    };
+    let input = CommandInput {
+        args: vec!["get".into(), "k".into()],
+        ..CommandInput::default()
+    };
+    let out = sandbox
+        .run_command(&pre, "state", input, &limits())
+        .await
+        .unwrap();
+    assert_eq!(&out.stdout[..], b"error -4\n");
+    assert_eq!(out.log.monitor.denials.len(), 1);
+    assert!(
+        out.log.to_text().contains("[cella] denied (kv)"),
+        "{:?}",
+        out.log
+    );
 }

@@ -12,6 +12,6 @@ mod token;
 mod version;
 
 pub use blobs::{BlobError, BlobKey, BlobStore};
-pub use registry::{Registry, RegistryError, Tenant, TenantKey};
+pub use registry::{Registry, RegistryError, StateRefusal, Tenant, TenantKey};
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

@@ -30,7 +30,14 @@ const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
 /// blinded function name → sealed JSON [`FunctionRecord`]
 const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
 /// Every table of sealed records (the digest covers them all).
-const SEALED_TABLES: [Sealed; 5] = [TENANTS, TOKENS, FUNCTIONS, keys::KEYS, plugins::PLUGINS];
+const SEALED_TABLES: [Sealed; 6] = [
+    TENANTS,
+    TOKENS,
+    FUNCTIONS,
+    keys::KEYS,
+    plugins::PLUGINS,
+    function_data::FUNCTION_DATA,
+];
 /// settings of the registry itself; values sealed except the wrapped data key
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
 const DATA_KEY: &str = "data_key";
@@ -600,6 +607,7 @@ impl Registry {
         name: &FunctionName,
     ) -> Result<Option<FunctionRecord>, RegistryError> {
         self.write(|tx| {
+            self.delete_function_data(tx, name)?;
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
             self.remove(&mut functions, FUNCTIONS, name.as_str().as_bytes())
         })
@@ -701,8 +709,10 @@ fn unwrap_data_key(
     }
 }
 
+mod function_data;
 mod keys;
 mod plugins;
+pub use function_data::StateRefusal;
 pub use keys::TenantKey;
 
 #[cfg(test)]

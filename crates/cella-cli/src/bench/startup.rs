@@ -206,6 +206,7 @@ async fn cold_request(sandbox: &Arc<Sandbox>, subject: &Subject) -> anyhow::Resu
     let input = CommandInput {
         stdin: subject.input.clone(),
         args: subject.cold_args.clone(),
+        grants: Default::default(),
     };
     let out = sandbox
         .run_command(command(&compiled)?, subject.name, input, &limits())
@@ -222,6 +223,7 @@ async fn timed_request(
     let input = CommandInput {
         stdin: subject.input.clone(),
         args: Vec::new(),
+        grants: Default::default(),
     };
     let (took, output) = match mode {
         Mode::Cold => {
@@ -374,6 +376,7 @@ async fn memory_per_instance(
                 let input = CommandInput {
                     stdin: subject.input.clone(),
                     args: subject.cold_args.clone(),
+                    grants: Default::default(),
                 };
                 let prepared = sandbox
                     .prepare_command(command(compiled)?, subject.name, input, &limits())
@@ -459,6 +462,7 @@ async fn burst(
             let input = CommandInput {
                 stdin: subject.input.clone(),
                 args: Vec::new(),
+                grants: Default::default(),
             };
             prepared.push(
                 sandbox
@@ -487,6 +491,7 @@ async fn burst(
                     let input = CommandInput {
                         stdin: subject.input.clone(),
                         args: Vec::new(),
+                        grants: Default::default(),
                     };
                     Ok(sandbox
                         .run_command(command(&subject.image)?, subject.name, input, &limits())

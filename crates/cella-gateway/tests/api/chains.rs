@@ -1,7 +1,7 @@
 //! Chains run inside the node: every step authorized before any runs, each step in a fresh
 //! instance, intermediate results never leave, one receipt names every step.
 
-use crate::harness::{Node, assert_api_error, guest, signed_client};
+use crate::harness::{Node, assert_api_error, clocks_random, guest, signed_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_passes_data_between_steps_inside_the_node() {
@@ -20,7 +20,7 @@ async fn a_chain_passes_data_between_steps_inside_the_node() {
         "upper",
         b"export default (r) => r.text().toUpperCase();".to_vec(),
         "quickjs",
-        &[],
+        clocks_random(),
     )
     .await
     .unwrap();
@@ -28,7 +28,7 @@ async fn a_chain_passes_data_between_steps_inside_the_node() {
         "wrap",
         b"export default (r) => ({ wrapped: r.text() });".to_vec(),
         "quickjs",
-        &[],
+        clocks_random(),
     )
     .await
     .unwrap();
@@ -36,7 +36,7 @@ async fn a_chain_passes_data_between_steps_inside_the_node() {
         "fail",
         b"export default () => { throw new Error('step failed'); };".to_vec(),
         "quickjs",
-        &[],
+        clocks_random(),
     )
     .await
     .unwrap();
@@ -44,7 +44,7 @@ async fn a_chain_passes_data_between_steps_inside_the_node() {
         .deploy("private", guest("echo.wasm"), &[])
         .await
         .unwrap();
-    acme.deploy("hello-http", guest("hello-http.wasm"), &[])
+    acme.deploy("hello-http", guest("hello-http.wasm"), clocks_random())
         .await
         .unwrap();
 

@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use crate::harness::{Node, guest};
+use crate::harness::{Node, clocks_random, guest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brotli_round_trips_a_mebibyte_with_the_native_crate() {
@@ -137,7 +137,7 @@ async fn functions_are_listed_shown_redeployed_and_deleted() {
     assert_eq!(first.limits.timeout_ms, 2000);
     assert_eq!(first.size, guest("echo.wasm").len() as u64);
 
-    acme.deploy("hello", guest("hello-http.wasm"), &[])
+    acme.deploy("hello", guest("hello-http.wasm"), clocks_random())
         .await
         .unwrap();
     let names: Vec<String> = acme

@@ -10,6 +10,15 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// How a JavaScript function or the `hello-http` component is deployed: the JavaScript
+/// engine reads the clock (`Date`) and random numbers (`Math.random`), and Rust's standard
+/// library for components imports both, so their manifests must grant both.
+pub fn clocks_random() -> cella_client::DeployOptions {
+    cella_client::DeployOptions::default()
+        .allow("clocks")
+        .allow("random")
+}
+
 /// A guest's bytes from the directory `./scripts/test` builds them into.
 pub fn guest(name: &str) -> Vec<u8> {
     let dir = std::env::var_os("CELLA_GUESTS_DIR")

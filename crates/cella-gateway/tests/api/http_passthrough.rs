@@ -2,13 +2,13 @@
 
 use cella_client::Method;
 
-use crate::harness::{Node, assert_api_error, guest};
+use crate::harness::{Node, assert_api_error, clocks_random, guest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_component_sees_method_path_and_body_and_its_response_comes_back() {
     let node = Node::start().await;
     let acme = node.tenant("acme").await;
-    acme.deploy("hello", guest("hello-http.wasm"), &[])
+    acme.deploy("hello", guest("hello-http.wasm"), clocks_random())
         .await
         .unwrap();
 
@@ -60,7 +60,7 @@ async fn the_component_sees_method_path_and_body_and_its_response_comes_back() {
 async fn kinds_are_not_mixed_up() {
     let node = Node::start().await;
     let acme = node.tenant("acme").await;
-    acme.deploy("hello", guest("hello-http.wasm"), &[])
+    acme.deploy("hello", guest("hello-http.wasm"), clocks_random())
         .await
         .unwrap();
     acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();

@@ -2,7 +2,7 @@
 //! no capabilities by default, code runs only if it matches its registered hash, and what was
 //! accepted survives a restart.
 
-use crate::harness::{Node, Options, assert_api_error, guest, signed_client};
+use crate::harness::{Node, Options, assert_api_error, clocks_random, guest, signed_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_invocation_starts_from_fresh_state() {
@@ -93,7 +93,7 @@ async fn a_component_cannot_reach_the_network() {
     let (address, connections) = counting_listener().await;
     let node = Node::start().await;
     let acme = node.tenant("acme").await;
-    acme.deploy("hello", guest("hello-http.wasm"), &[])
+    acme.deploy("hello", guest("hello-http.wasm"), clocks_random())
         .await
         .unwrap();
     let probe = async |path: String| {
@@ -135,7 +135,7 @@ async fn tenants_functions_and_tokens_survive_a_restart() {
         .deploy("echo", guest("echo.wasm"), &["timeout=3s".into()])
         .await
         .unwrap();
-    acme.deploy("hello", guest("hello-http.wasm"), &[])
+    acme.deploy("hello", guest("hello-http.wasm"), clocks_random())
         .await
         .unwrap();
     let beta_token = node.admin.create_tenant("beta").await.unwrap().token;

@@ -11,5 +11,6 @@ mod functions;
 mod http_passthrough;
 mod invariants;
 mod limits;
+mod permissions;
 mod plugins;
 mod validation;

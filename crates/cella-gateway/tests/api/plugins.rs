@@ -5,7 +5,7 @@
 use cella_bundle::{Bundle, BundleKind, Manifest, PluginRef};
 use cella_client::ClientError;
 
-use crate::harness::{Node, assert_api_error, guest, signed_client};
+use crate::harness::{Node, assert_api_error, clocks_random, guest, signed_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn javascript_functions_run_in_the_registered_engine_each_in_its_own_context() {
@@ -56,7 +56,7 @@ async fn javascript_functions_run_in_the_registered_engine_each_in_its_own_conte
         }
     "#;
     let record = acme
-        .deploy_js("greet", greet.to_vec(), "quickjs", &[])
+        .deploy_js("greet", greet.to_vec(), "quickjs", clocks_random())
         .await
         .unwrap();
     assert_eq!(record.kind.as_str(), "js");
@@ -77,10 +77,10 @@ async fn javascript_functions_run_in_the_registered_engine_each_in_its_own_conte
     // One function's globals are not another's: each has its own image and context.
     let keeper = b"globalThis.secret = 'acme-only'; export default () => globalThis.secret;";
     let peeker = b"export default () => ({ seen: globalThis.secret ?? null });";
-    acme.deploy_js("keeper", keeper.to_vec(), "quickjs", &[])
+    acme.deploy_js("keeper", keeper.to_vec(), "quickjs", clocks_random())
         .await
         .unwrap();
-    acme.deploy_js("peeker", peeker.to_vec(), "quickjs", &[])
+    acme.deploy_js("peeker", peeker.to_vec(), "quickjs", clocks_random())
         .await
         .unwrap();
     let kept = acme.invoke("keeper", Vec::new(), &[]).await.unwrap();
@@ -94,7 +94,7 @@ async fn javascript_functions_run_in_the_registered_engine_each_in_its_own_conte
             "broken",
             b"export default function (".to_vec(),
             "quickjs",
-            &[],
+            clocks_random(),
         )
         .await;
     match &err {
@@ -108,7 +108,7 @@ async fn javascript_functions_run_in_the_registered_engine_each_in_its_own_conte
         "thrower",
         b"export default () => { throw new RangeError('out of range'); };".to_vec(),
         "quickjs",
-        &[],
+        clocks_random(),
     )
     .await
     .unwrap();
@@ -124,7 +124,7 @@ async fn javascript_functions_run_in_the_registered_engine_each_in_its_own_conte
         "spinner",
         b"export default () => { for (;;) {} };".to_vec(),
         "quickjs",
-        &["timeout=300ms".into()],
+        clocks_random().limit("timeout=300ms"),
     )
     .await
     .unwrap();
@@ -176,7 +176,7 @@ async fn a_plugin_image_changed_in_storage_is_refused() {
         "answer",
         b"export default () => 42;".to_vec(),
         "quickjs",
-        &[],
+        clocks_random(),
     )
     .await
     .unwrap();
@@ -199,8 +199,13 @@ async fn a_plugin_image_changed_in_storage_is_refused() {
     assert_eq!(&out.output[..], b"42");
     // A new function would need the image: refused, and counted.
     assert_api_error(
-        acme.deploy_js("again", b"export default () => 1;".to_vec(), "quickjs", &[])
-            .await,
+        acme.deploy_js(
+            "again",
+            b"export default () => 1;".to_vec(),
+            "quickjs",
+            clocks_random(),
+        )
+        .await,
         500,
         "integrity_error",
     );

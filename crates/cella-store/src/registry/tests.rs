@@ -1,5 +1,5 @@
 use super::*;
-use cella_core::{FunctionKind, Limits};
+use cella_core::{EnvName, FunctionKind, Limits};
 
 fn tenant(name: &str) -> TenantName {
     TenantName::new(name).unwrap()
@@ -95,6 +95,7 @@ fn redeploy_keeps_access_and_check_can_refuse() {
                 signer: "ed25519:01".into(),
                 deployed_at: now(),
                 plugins: Vec::new(),
+                permissions: Default::default(),
             },
         )
     };
@@ -389,4 +390,104 @@ fn a_single_record_put_back_from_an_older_copy_or_deleted_is_detected() {
         tx.commit().unwrap();
     }
     assert!(matches!(open(&path), Err(RegistryError::Tampered { .. })));
+}
+
+#[test]
+fn function_state_is_bounded_owned_and_rolled_back_copies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    let (f, acme, other) = (
+        FunctionName::new("f").unwrap(),
+        tenant("acme"),
+        tenant("other"),
+    );
+    {
+        let registry = open(&path).unwrap();
+        assert_eq!(
+            registry
+                .state_put(&acme, &f, b"k", Some(b"12345"), 10)
+                .unwrap(),
+            Ok(false)
+        );
+        assert_eq!(
+            registry
+                .state_put(&acme, &f, b"k2", Some(b"123456"), 10)
+                .unwrap(),
+            Err(StateRefusal::Full {
+                would_be: 14,
+                limit: 10
+            }),
+            "a write past the limit is refused and nothing is written"
+        );
+        assert_eq!(registry.state_size(&acme, &f).unwrap(), 6);
+        assert_eq!(
+            registry.state_get(&acme, &f, b"k").unwrap().as_deref(),
+            Some(&b"12345"[..])
+        );
+        assert_eq!(
+            registry.state_get(&other, &f, b"k").unwrap(),
+            None,
+            "only the owner's"
+        );
+        let name = EnvName::new("GREETING").unwrap();
+        let env = registry
+            .update_env_values(&acme, &f, [(name.clone(), Some("hi".to_owned()))].into())
+            .unwrap();
+        assert_eq!(env[&name], "hi");
+        assert!(registry.env_values(&other, &f).unwrap().is_empty());
+    }
+    // The host keeps this copy of the state, lets the function count on, then puts it back.
+    let kept = {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let table = tx.open_table(function_data::FUNCTION_DATA).unwrap();
+        table
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect::<Vec<_>>()
+    };
+    {
+        let registry = open(&path).unwrap();
+        registry
+            .state_put(&acme, &f, b"k", Some(b"6"), 10)
+            .unwrap()
+            .unwrap();
+    }
+    {
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut table = tx.open_table(function_data::FUNCTION_DATA).unwrap();
+            for (k, v) in &kept {
+                table.insert(k.as_slice(), v.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    let error = open(&path)
+        .err()
+        .expect("a rolled-back state must be noticed");
+    assert!(error.to_string().contains("older copies"), "{error}");
+}
+
+#[test]
+fn deleting_a_function_deletes_what_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    let (f, acme) = (FunctionName::new("f").unwrap(), tenant("acme"));
+    registry
+        .state_put(&acme, &f, b"k", Some(b"v"), 10)
+        .unwrap()
+        .unwrap();
+    let name = EnvName::new("A").unwrap();
+    registry
+        .update_env_values(&acme, &f, [(name, Some("1".into()))].into())
+        .unwrap();
+    registry.delete_function(&f).unwrap();
+    assert_eq!(registry.state_get(&acme, &f, b"k").unwrap(), None);
+    assert!(registry.env_values(&acme, &f).unwrap().is_empty());
 }

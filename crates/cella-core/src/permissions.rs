@@ -1,0 +1,254 @@
+//! What a function may use besides its input and output: the permissions its manifest grants.
+//! Everything is denied unless granted. Standard input and output (the request and the
+//! response) and standard error (the owner's log) are the calling convention, not
+//! permissions: they reach only the caller and the owner.
+//!
+//! Two kinds of permission, by what an ungranted one would give:
+//! - **Ambient** ones give something out of nothing — the time, randomness, persistent state.
+//!   A module that *imports* them needs them: the platform checks at deploy and refuses the
+//!   function with the manifest line that would grant each one.
+//! - **Harmless when empty** ones only reach what was handed over: the environment holds only
+//!   the variables the manifest names (and the owner set). Every WASI program imports
+//!   `environ_get`, so importing it is no request; what it yields is.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Most environment variables one function may name.
+pub const MAX_ENV_VARS: usize = 32;
+/// Longest environment variable value, in bytes.
+pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+
+/// The permissions of one function, as its manifest's `[permissions]` table says:
+///
+/// ```toml
+/// [permissions]
+/// clocks = true            # wall-clock and monotonic time
+/// random = true            # secure random bytes
+/// kv = true                # the function's sealed key-value state
+/// env = ["GREETING"]       # these environment variables (values set by the owner)
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    #[serde(default)]
+    pub clocks: bool,
+    #[serde(default)]
+    pub random: bool,
+    #[serde(default)]
+    pub kv: bool,
+    #[serde(default)]
+    pub env: BTreeSet<EnvName>,
+}
+
+impl Permissions {
+    pub fn grants(&self, permission: &Permission) -> bool {
+        match permission {
+            Permission::Clocks => self.clocks,
+            Permission::Random => self.random,
+            Permission::Kv => self.kv,
+            Permission::Env(name) => self.env.contains(name),
+        }
+    }
+
+    /// Grants `permission` (for building manifests from the command line).
+    pub fn grant(&mut self, permission: Permission) {
+        match permission {
+            Permission::Clocks => self.clocks = true,
+            Permission::Random => self.random = true,
+            Permission::Kv => self.kv = true,
+            Permission::Env(name) => {
+                self.env.insert(name);
+            }
+        }
+    }
+
+    /// Refuses more environment variables than a function may have.
+    pub fn validate(&self) -> Result<(), PermissionError> {
+        if self.env.len() > MAX_ENV_VARS {
+            return Err(PermissionError::TooManyEnvVars(self.env.len()));
+        }
+        Ok(())
+    }
+
+    /// The permissions as short words (`clocks`, `random`, `kv`, `env=NAME`), for listings.
+    pub fn words(&self) -> Vec<String> {
+        let mut words: Vec<String> = [
+            (self.clocks, Permission::Clocks),
+            (self.random, Permission::Random),
+            (self.kv, Permission::Kv),
+        ]
+        .into_iter()
+        .filter(|(granted, _)| *granted)
+        .map(|(_, p)| p.to_string())
+        .collect();
+        words.extend(self.env.iter().map(|n| format!("env={n}")));
+        words
+    }
+}
+
+/// One permission, as `cella deploy --allow` spells it: `clocks`, `random`, `kv`, `env=NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    Clocks,
+    Random,
+    Kv,
+    Env(EnvName),
+}
+
+impl Permission {
+    /// The manifest line that grants it, under `[permissions]`.
+    pub fn manifest_line(&self) -> String {
+        match self {
+            Permission::Clocks => "clocks = true".into(),
+            Permission::Random => "random = true".into(),
+            Permission::Kv => "kv = true".into(),
+            Permission::Env(name) => format!("env = [\"{name}\"]"),
+        }
+    }
+
+    /// What it gives, in a few words.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Permission::Clocks => "the time",
+            Permission::Random => "random bytes",
+            Permission::Kv => "sealed key-value state",
+            Permission::Env(_) => "an environment variable",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Permission::Clocks => f.write_str("clocks"),
+            Permission::Random => f.write_str("random"),
+            Permission::Kv => f.write_str("kv"),
+            Permission::Env(name) => write!(f, "env={name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Permission {
+    type Err = PermissionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "clocks" => Ok(Permission::Clocks),
+            "random" => Ok(Permission::Random),
+            "kv" => Ok(Permission::Kv),
+            _ => match s.strip_prefix("env=") {
+                Some(name) => Ok(Permission::Env(EnvName::new(name)?)),
+                None => Err(PermissionError::Unknown(shown(s))),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionError {
+    #[error(
+        "`{0}` is not a permission; use `clocks`, `random`, `kv` or `env=NAME` (outgoing \
+         network and files are not offered)"
+    )]
+    Unknown(String),
+    #[error(
+        "environment variable name `{0}` is invalid; use 1-64 ASCII letters, digits and `_`, \
+         not starting with a digit (for example `API_URL`)"
+    )]
+    EnvName(String),
+    #[error("the manifest names {0} environment variables; at most {MAX_ENV_VARS} are allowed")]
+    TooManyEnvVars(usize),
+}
+
+/// An environment variable's name: what POSIX shells accept, so no `=` or NUL can split it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EnvName(String);
+
+impl EnvName {
+    pub fn new(name: &str) -> Result<Self, PermissionError> {
+        let valid = (1..=64).contains(&name.len())
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        match valid {
+            true => Ok(EnvName(name.to_owned())),
+            false => Err(PermissionError::EnvName(shown(name))),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EnvName {
+    type Error = PermissionError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        EnvName::new(&value)
+    }
+}
+
+impl From<EnvName> for String {
+    fn from(value: EnvName) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for EnvName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A short, printable prefix of untrusted text for an error message.
+fn shown(text: &str) -> String {
+    text.chars()
+        .take(65)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permissions_parse_from_words_and_name_their_manifest_line() {
+        let env: Permission = "env=API_URL".parse().unwrap();
+        assert_eq!(env.manifest_line(), "env = [\"API_URL\"]");
+        assert_eq!("clocks".parse::<Permission>().unwrap(), Permission::Clocks);
+        let mut granted = Permissions::default();
+        granted.grant(env.clone());
+        granted.grant(Permission::Kv);
+        assert!(granted.grants(&env) && granted.grants(&Permission::Kv));
+        assert!(!granted.grants(&Permission::Clocks));
+        assert_eq!(granted.words(), ["kv", "env=API_URL"]);
+    }
+
+    #[test]
+    fn bad_permissions_say_what_is_allowed() {
+        for bad in ["net", "env=", "env=1X", "env=A=B", "env=A\0", "files"] {
+            let err = bad.parse::<Permission>().unwrap_err().to_string();
+            assert!(err.contains("use"), "{bad}: {err}");
+        }
+        let many = Permissions {
+            env: (0..33)
+                .map(|i| EnvName::new(&format!("V{i}")).unwrap())
+                .collect(),
+            ..Permissions::default()
+        };
+        assert!(matches!(
+            many.validate(),
+            Err(PermissionError::TooManyEnvVars(33))
+        ));
+    }
+
+    #[test]
+    fn unknown_permissions_in_a_manifest_are_refused() {
+        let err = serde_json::from_str::<Permissions>(r#"{"network":true}"#).unwrap_err();
+        assert!(err.to_string().contains("network"), "{err}");
+    }
+}

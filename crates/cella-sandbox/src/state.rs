@@ -1,0 +1,203 @@
+//! Key-value state for WASI commands: the host functions a guest imports from
+//! [`STATE_MODULE`] to read and write its function's sealed state, and the [`StateStore`]
+//! the runtime hands each invocation (the sandbox knows nothing of how it is kept).
+//!
+//! The guest ABI, all integers `i32` unless said otherwise (negative results are errors, see
+//! [`StateCode`]):
+//!
+//! - `get(key_ptr, key_len, buf_ptr, buf_len) -> i64`: the value's length, copied into the
+//!   buffer when it fits (call again with a larger buffer when it did not); `-1` if absent.
+//! - `set(key_ptr, key_len, value_ptr, value_len) -> i32`: `0` when stored.
+//! - `delete(key_ptr, key_len) -> i32`: `1` if the key existed, `0` if not.
+//!
+//! Every pointer and length is bounds-checked against the guest's memory: a bad one traps
+//! the guest. Refusals (a full quota, a key too long) are errors for the guest and denials in
+//! the invocation's log.
+
+use std::sync::Arc;
+
+use wasmtime::{Caller, Extern, Linker};
+
+use crate::command::CommandState;
+
+/// The import module of the state functions.
+pub const STATE_MODULE: &str = "cella:state/v1";
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// A function's persistent state, as the runtime keeps it (sealed, versioned and bounded).
+/// Called on a blocking thread: implementations may do I/O.
+pub trait StateStore: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError>;
+    fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError>;
+    fn delete(&self, key: &[u8]) -> Result<bool, StateError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "the state would grow to {would_be} bytes, past the function's limit of {limit} bytes; \
+         delete keys or store less"
+    )]
+    Full { would_be: u64, limit: u64 },
+    #[error("the state is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Results a guest sees, as negative numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum StateCode {
+    NotFound = -1,
+    BadKey = -2,
+    Full = -3,
+    Unavailable = -4,
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        STATE_MODULE,
+        "get",
+        |mut caller: Caller<'_, CommandState>,
+         (key_ptr, key_len, buf_ptr, buf_len): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let (store, key) = match begin(&mut caller, key_ptr, key_len)? {
+                    Ok(begun) => begun,
+                    Err(code) => return Ok(code as i64),
+                };
+                match blocking(move || store.get(&key)).await {
+                    Ok(None) => Ok(StateCode::NotFound as i64),
+                    Ok(Some(value)) => {
+                        if value.len() <= length(buf_len)? {
+                            write(&mut caller, buf_ptr, &value)?;
+                        }
+                        Ok(value.len() as i64)
+                    }
+                    Err(e) => Ok(refused(&caller, e) as i64),
+                }
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        STATE_MODULE,
+        "set",
+        |mut caller: Caller<'_, CommandState>,
+         (key_ptr, key_len, value_ptr, value_len): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let (store, key) = match begin(&mut caller, key_ptr, key_len)? {
+                    Ok(begun) => begun,
+                    Err(code) => return Ok(code as i32),
+                };
+                let value = read(&mut caller, value_ptr, value_len)?;
+                match blocking(move || store.set(&key, &value)).await {
+                    Ok(()) => Ok(0),
+                    Err(e) => Ok(refused(&caller, e) as i32),
+                }
+            })
+        },
+    )?;
+    linker.func_wrap_async(
+        STATE_MODULE,
+        "delete",
+        |mut caller: Caller<'_, CommandState>, (key_ptr, key_len): (i32, i32)| {
+            Box::new(async move {
+                let (store, key) = match begin(&mut caller, key_ptr, key_len)? {
+                    Ok(begun) => begun,
+                    Err(code) => return Ok(code as i32),
+                };
+                match blocking(move || store.delete(&key)).await {
+                    Ok(existed) => Ok(i32::from(existed)),
+                    Err(e) => Ok(refused(&caller, e) as i32),
+                }
+            })
+        },
+    )?;
+    Ok(())
+}
+
+/// The invocation's state store and the key the guest passed.
+type Begun = (Arc<dyn StateStore>, Vec<u8>);
+
+/// The invocation's state store and the key the guest passed, or the code to return.
+fn begin(
+    caller: &mut Caller<'_, CommandState>,
+    key_ptr: i32,
+    key_len: i32,
+) -> wasmtime::Result<Result<Begun, StateCode>> {
+    let Some(store) = caller.data().state.clone() else {
+        // Unreachable for deployed functions (a module importing these needs `kv` at
+        // deploy); a pre-initialiser runs without state.
+        caller.data().monitor.deny(
+            "kv",
+            "key-value state is not available here; grant it with `kv = true` under \
+             [permissions]"
+                .into(),
+        );
+        return Ok(Err(StateCode::Unavailable));
+    };
+    if length(key_len)? == 0 || length(key_len)? > MAX_KEY_BYTES {
+        caller.data().monitor.deny(
+            "kv",
+            format!("a key of {key_len} bytes; keys have 1 to {MAX_KEY_BYTES} bytes"),
+        );
+        return Ok(Err(StateCode::BadKey));
+    }
+    let key = read(caller, key_ptr, key_len)?;
+    Ok(Ok((store, key)))
+}
+
+fn refused(caller: &Caller<'_, CommandState>, e: StateError) -> StateCode {
+    let code = match e {
+        StateError::Full { .. } => StateCode::Full,
+        StateError::Unavailable(_) => StateCode::Unavailable,
+    };
+    let by = match code {
+        StateCode::Full => "kv-quota",
+        _ => "kv",
+    };
+    caller.data().monitor.deny(by, e.to_string());
+    code
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StateError::Unavailable(format!("the state task failed: {e}")))?
+}
+
+/// A guest-supplied length; a negative one is the guest's bug and traps it.
+fn length(len: i32) -> wasmtime::Result<usize> {
+    usize::try_from(len)
+        .map_err(|_| wasmtime::format_err!("negative length {len} passed to {STATE_MODULE}"))
+}
+
+fn memory(caller: &mut Caller<'_, CommandState>) -> wasmtime::Result<wasmtime::Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(memory)) => Ok(memory),
+        _ => wasmtime::bail!("{STATE_MODULE} needs the guest to export its `memory`"),
+    }
+}
+
+/// Copies `len` bytes at `ptr` out of the guest's memory (bounds-checked: out of range traps).
+fn read(caller: &mut Caller<'_, CommandState>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let memory = memory(caller)?;
+    let start = ptr as u32 as usize;
+    // Sliced before anything is allocated: a huge length cannot make the host allocate.
+    match memory
+        .data(&*caller)
+        .get(start..start.saturating_add(length(len)?))
+    {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => {
+            wasmtime::bail!("{STATE_MODULE}: {len} bytes at {start} are outside the guest's memory")
+        }
+    }
+}
+
+fn write(caller: &mut Caller<'_, CommandState>, ptr: i32, bytes: &[u8]) -> wasmtime::Result<()> {
+    let memory = memory(caller)?;
+    memory.write(&mut *caller, ptr as u32 as usize, bytes)?;
+    Ok(())
+}
