@@ -530,10 +530,16 @@ fn up_demo_deploys_and_invokes_the_examples() {
         "Press Ctrl-C",
     );
     let banner = server.banner.join("\n");
-    for example in ["brotli", "thumbnail", "hello-http"] {
+    for example in ["brotli", "thumbnail", "hello-http", "hello-js", "visits"] {
         assert!(banner.contains(&format!("deployed {example}")), "{banner}");
         assert!(banner.contains(&format!("✔ {example}")), "{banner}");
     }
+    // The demo shows what deploying without a needed permission is told.
+    assert!(
+        banner.contains("refused  hello-http without permissions")
+            && banner.contains("clocks = true"),
+        "{banner}"
+    );
     assert!(banner.contains("✔ receipt"), "{banner}");
     let export = server
         .banner

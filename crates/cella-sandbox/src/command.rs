@@ -145,7 +145,9 @@ impl Sandbox {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        monitor::watch(&mut store, monitor);
+        if self.config.count_host_calls {
+            monitor::watch(&mut store, monitor);
+        }
         arm_deadline(&mut store, limits, trip.clone());
         CommandStore {
             store,

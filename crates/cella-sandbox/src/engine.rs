@@ -36,6 +36,9 @@ pub struct SandboxConfig {
     /// instead of being unmapped: a guest that touches less than this pays no page faults
     /// for a fresh instance. Costs up to this much resident memory per warm slot.
     pub keep_resident_bytes: usize,
+    /// Count every host call in the monitor (on in every node). Off only to measure what the
+    /// counting costs (`cella bench monitor`): refusals are enforced and logged either way.
+    pub count_host_calls: bool,
 }
 
 impl Default for SandboxConfig {
@@ -46,6 +49,7 @@ impl Default for SandboxConfig {
             instances: 128,
             max_memory_bytes: 1 << 30,
             keep_resident_bytes: 64 << 20,
+            count_host_calls: true,
         }
     }
 }

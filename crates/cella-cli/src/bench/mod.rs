@@ -1,8 +1,9 @@
 //! `cella bench startup|autoscale|chain`: the figures of PIE's evaluation, measured side by
-//! side in one run on this machine. Absolute times on a shared machine mean little; the ratios
+//! side in one run on this machine; `cella bench monitor`: what the per-call monitor costs. Absolute times on a shared machine mean little; the ratios
 //! between modes measured together are the result. Each run prints a table and writes JSON.
 
 mod chain;
+mod monitor;
 mod startup;
 mod stats;
 
@@ -21,6 +22,8 @@ pub(crate) enum Suite {
     Autoscale,
     /// A 3-step chain inside the node against the same steps called one by one by a client.
     Chain,
+    /// Nanoseconds per host call with and without the monitor counting.
+    Monitor,
 }
 
 impl Suite {
@@ -29,6 +32,7 @@ impl Suite {
             Suite::Startup => "startup",
             Suite::Autoscale => "autoscale",
             Suite::Chain => "chain",
+            Suite::Monitor => "monitor",
         }
     }
 }
@@ -61,6 +65,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Startup => startup::startup(&args.guests, args.scale).await?,
         Suite::Autoscale => startup::autoscale(&args.guests, args.scale).await?,
         Suite::Chain => chain::chain(&args.guests, args.scale).await?,
+        Suite::Monitor => monitor::monitor(&args.guests, args.scale).await?,
     };
     let report = serde_json::json!({
         "suite": args.suite.name(),
