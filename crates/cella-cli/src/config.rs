@@ -46,6 +46,8 @@ struct FileConfig {
 struct StorageFile {
     /// object_store URL for bundles, e.g. `file:///srv/cella/blobs`.
     blobs: Option<String>,
+    /// Largest key-value state one function may keep, in bytes.
+    max_state_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -92,6 +94,8 @@ pub(crate) struct StorageSettings {
     /// Where bundles are kept (sealed): an object_store URL; `<data_dir>/blobs` when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blobs: Option<String>,
+    /// Largest key-value state one function may keep (keys and values), in bytes.
+    pub max_state_bytes: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -203,6 +207,7 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
         limits: LimitSettings { default, maximum },
         storage: StorageSettings {
             blobs: file.storage.blobs,
+            max_state_bytes: file.storage.max_state_bytes.unwrap_or(1 << 20),
         },
         file: source,
     })

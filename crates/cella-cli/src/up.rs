@@ -96,6 +96,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     platform_config.default_limits = config.limits.default;
     platform_config.max_limits = config.limits.maximum;
     platform_config.tenant_concurrency = config.gateway.tenant_concurrency;
+    platform_config.max_state_bytes = config.storage.max_state_bytes;
     platform_config.blob_store = config.storage.blobs.clone();
     platform_config.sandbox.instances = config.sandbox.instances;
     platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
