@@ -28,6 +28,9 @@ pub struct PlatformConfig {
     /// Where bundles are kept, as an object_store URL (`file:///…`, `memory:///`); the
     /// data directory's `blobs/` when `None`.
     pub blob_store: Option<String>,
+    /// A blob store given as a value (wins over `blob_store`): embedders' own backends, and
+    /// tests that play a hostile storage host.
+    pub blob_backend: Option<Arc<dyn cella_store::ObjectStore>>,
     /// Limits of functions deployed without their own.
     pub default_limits: Limits,
     /// Largest payload a bundle may carry, in bytes.
@@ -52,6 +55,7 @@ impl PlatformConfig {
             default_limits: Limits::default(),
             max_bundle_bytes: 64 * 1024 * 1024,
             blob_store: None,
+            blob_backend: None,
             max_limits: Limits::default_maximum(),
             tenant_concurrency: 64,
             max_state_bytes: 1 << 20,
@@ -156,9 +160,10 @@ impl Platform {
             &config.data_dir.join("registry.redb"),
             &identity.registry_key,
         )?;
-        let blobs = match &config.blob_store {
-            Some(url) => BlobStore::from_url(url, registry.blob_key())?,
-            None => BlobStore::local(&config.data_dir.join("blobs"), registry.blob_key())?,
+        let blobs = match (&config.blob_backend, &config.blob_store) {
+            (Some(backend), _) => BlobStore::new(backend.clone(), registry.blob_key()),
+            (None, Some(url)) => BlobStore::from_url(url, registry.blob_key())?,
+            (None, None) => BlobStore::local(&config.data_dir.join("blobs"), registry.blob_key())?,
         };
         let artifacts = BlobStore::local(&config.data_dir.join("compiled"), registry.blob_key())?;
         // The instance pool must fit the largest memory any function may ask for.

@@ -6,12 +6,15 @@
 #![forbid(unsafe_code)]
 
 mod blobs;
+#[cfg(feature = "lying-host")]
+pub mod lying;
 mod registry;
 mod sealed;
 mod token;
 mod version;
 
 pub use blobs::{BlobError, BlobKey, BlobStore};
+pub use object_store::ObjectStore;
 pub use registry::{Registry, RegistryError, StateRefusal, Tenant, TenantKey};
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

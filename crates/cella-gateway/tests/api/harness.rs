@@ -52,6 +52,8 @@ pub struct Options {
     pub gateway: GatewayConfig,
     /// An object_store URL for bundles instead of the data directory's `blobs/`.
     pub blob_store: Option<String>,
+    /// A blob store given as a value (a lying storage host).
+    pub blob_backend: Option<Arc<dyn cella_store::ObjectStore>>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             tls: false,
             gateway: GatewayConfig::default(),
             blob_store: None,
+            blob_backend: None,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Node {
         config.tenant_concurrency = options.tenant_concurrency;
         config.sandbox.instances = options.instances;
         config.blob_store = options.blob_store.clone();
+        config.blob_backend = options.blob_backend.clone();
         let platform = Arc::new(Platform::open(config).expect("platform opens"));
         let created = platform.ensure_admin_token().await.unwrap();
         let admin_token = match (created, admin_token) {
@@ -131,12 +135,17 @@ impl Node {
 
     /// Stops the server, drops the platform (closing its database) and starts a new node on
     /// the same data directory.
-    pub async fn restart(mut self) -> Node {
+    pub async fn restart(self) -> Node {
+        self.restart_with(Options::default()).await
+    }
+
+    /// Like [`Node::restart`], with other options.
+    pub async fn restart_with(mut self, options: Options) -> Node {
         let dir = self.dir.clone();
         let token = self.admin_token.clone();
         self.shutdown().await;
         drop(self);
-        Self::boot(dir, Some(token), Options::default()).await
+        Self::boot(dir, Some(token), options).await
     }
 
     /// Stops the server and closes the platform; the data directory stays for inspection.
@@ -164,6 +173,10 @@ impl Node {
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
     }
 
     pub fn data_dir(&self) -> PathBuf {

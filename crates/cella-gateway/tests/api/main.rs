@@ -11,6 +11,7 @@ mod functions;
 mod http_passthrough;
 mod invariants;
 mod limits;
+mod lying_host;
 mod permissions;
 mod plugins;
 mod validation;
