@@ -74,7 +74,7 @@ build_guests() {
     mkdir -p "$CELLA_GUESTS_DIR"
     local p1="$target/wasm32-wasip1/release" p2="$target/wasm32-wasip2/release"
     cp "$p1"/brotli.wasm "$p1"/thumbnail.wasm "$p1"/quickjs.wasm "$p1"/primes.wasm "$CELLA_GUESTS_DIR/"
-    for program in loop-forever memory-bomb output-bomb capabilities counter exit-fail echo state host-calls; do
+    for program in loop-forever memory-bomb output-bomb capabilities counter exit-fail echo state host-calls log-flood; do
         cp "$p1/$program.wasm" "$CELLA_GUESTS_DIR/"
     done
     cp "$p2/hello-http.wasm" "$CELLA_GUESTS_DIR/"

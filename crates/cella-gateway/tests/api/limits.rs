@@ -370,3 +370,85 @@ async fn a_tenant_bombing_memory_and_output_leaves_a_quiet_one_within_its_latenc
         "the quiet tenant typically waited {typical:?} while {bombs} bombs went off"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_its_log_and_its_state_leaves_a_quiet_one_within_its_latency_bound() {
+    let (_node, noisy, quiet) = neighbours().await;
+    noisy
+        .deploy("shout", guest("log-flood.wasm"), &[])
+        .await
+        .unwrap();
+    let kv = cella_client::DeployOptions::default().allow("kv");
+    noisy
+        .deploy("hoard", guest("state.wasm"), kv)
+        .await
+        .unwrap();
+    quiet.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    let alone = quiet_latency(&quiet).await;
+    let put = |key: String| vec!["put".to_owned(), key, "300000".to_owned()];
+    let mut answers = Vec::new();
+    for key in 0..4 {
+        let out = noisy
+            .invoke("hoard", Vec::new(), &put(format!("k{key}")))
+            .await;
+        answers.push(
+            String::from_utf8_lossy(&out.unwrap().output)
+                .trim()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        answers,
+        ["0", "0", "0", "-3"],
+        "the fourth write crosses 1 MiB"
+    );
+
+    // Two loops flood the log with 64 MiB each run (only its tail is kept); two fill the
+    // function's state up to its limit and past it (refused).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut noise = Vec::new();
+    for i in 0..4 {
+        let (noisy, stop) = (noisy.clone(), stop.clone());
+        noise.push(tokio::spawn(async move {
+            let mut runs = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if i % 2 == 0 {
+                    let out = noisy.invoke("shout", Vec::new(), &[]).await.unwrap();
+                    assert_eq!(&out.output[..], b"flooded\n");
+                } else {
+                    let args = put(format!("k{}", runs % 8));
+                    let out = noisy.invoke("hoard", Vec::new(), &args).await.unwrap();
+                    let code = String::from_utf8_lossy(&out.output).trim().to_owned();
+                    assert!(code == "0" || code == "-3", "state write answered {code}");
+                }
+                runs += 1;
+            }
+            runs
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let typical = quiet_latency(&quiet).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut runs = 0;
+    for task in noise {
+        runs += task.await.unwrap();
+    }
+    // The log flood kept only its tail; the state stayed within its limit.
+    let logs = noisy.logs("shout").await.unwrap();
+    assert!(
+        logs.iter().all(|l| l.log.len() <= 20 * 1024),
+        "the whole flood was kept"
+    );
+    let stats = noisy.stats("hoard").await.unwrap();
+    let refused = stats.denials.get("kv-quota").copied().unwrap_or(0);
+    assert!(refused >= 1, "{stats:?}");
+    eprintln!(
+        "quiet tenant: median {typical:?} (alone {alone:?}) during {runs} floods; state \
+         writes refused at the limit: {refused}"
+    );
+    assert!(runs >= 4, "the noise ran ({runs} runs)");
+    assert!(
+        typical < NEIGHBOUR_BOUND,
+        "the quiet tenant typically waited {typical:?} during {runs} log and state floods"
+    );
+}
