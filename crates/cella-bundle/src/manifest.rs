@@ -98,6 +98,7 @@ pub enum ManifestError {
 /// random = true
 /// kv = true
 /// env = ["GREETING"]
+/// http = ["api.example.com"]
 /// [limits]
 /// timeout = "2s"
 /// memory = "64MiB"
@@ -167,7 +168,7 @@ mod tests {
         assert_eq!(
             json,
             "{\"name\":\"brotli\",\"version\":\"1.2.0\",\"kind\":\"wasi-command\",\"plugins\":[],\
-             \"permissions\":{\"clocks\":false,\"random\":false,\"kv\":false,\"env\":[]},\
+             \"permissions\":{\"clocks\":false,\"random\":false,\"kv\":false,\"env\":[],\"http\":[]},\
              \"limits\":{\"timeout_ms\":2000,\"memory_bytes\":67108864,\
              \"output_bytes\":null}}"
         );

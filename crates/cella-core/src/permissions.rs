@@ -9,7 +9,9 @@
 //!   function with the manifest line that would grant each one.
 //! - **Harmless when empty** ones only reach what was handed over: the environment holds only
 //!   the variables the manifest names (and the owner set). Every WASI program imports
-//!   `environ_get`, so importing it is no request; what it yields is.
+//!   `environ_get`, so importing it is no request; what it yields is. Outgoing HTTP is judged
+//!   the same way, per request: every request names its host, and only hosts on the
+//!   manifest's `http` list are reached.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -29,6 +31,7 @@ pub const MAX_ENV_VALUE_BYTES: usize = 4096;
 /// random = true            # secure random bytes
 /// kv = true                # the function's sealed key-value state
 /// env = ["GREETING"]       # these environment variables (values set by the owner)
+/// http = ["api.example.com", "*.example.org", "example.net:8443"]   # outgoing HTTPS
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,6 +44,8 @@ pub struct Permissions {
     pub kv: bool,
     #[serde(default)]
     pub env: BTreeSet<EnvName>,
+    #[serde(default)]
+    pub http: BTreeSet<HttpHost>,
 }
 
 impl Permissions {
@@ -50,7 +55,13 @@ impl Permissions {
             Permission::Random => self.random,
             Permission::Kv => self.kv,
             Permission::Env(name) => self.env.contains(name),
+            Permission::Http(host) => self.http.contains(host),
         }
+    }
+
+    /// Whether an outgoing request to `host` on `port` (HTTPS) is allowed.
+    pub fn allows_http(&self, host: &str, port: u16) -> bool {
+        self.http.iter().any(|pattern| pattern.matches(host, port))
     }
 
     /// Grants `permission` (for building manifests from the command line).
@@ -62,6 +73,9 @@ impl Permissions {
             Permission::Env(name) => {
                 self.env.insert(name);
             }
+            Permission::Http(host) => {
+                self.http.insert(host);
+            }
         }
     }
 
@@ -69,6 +83,9 @@ impl Permissions {
     pub fn validate(&self) -> Result<(), PermissionError> {
         if self.env.len() > MAX_ENV_VARS {
             return Err(PermissionError::TooManyEnvVars(self.env.len()));
+        }
+        if self.http.len() > MAX_HTTP_HOSTS {
+            return Err(PermissionError::TooManyHosts(self.http.len()));
         }
         Ok(())
     }
@@ -85,17 +102,20 @@ impl Permissions {
         .map(|(_, p)| p.to_string())
         .collect();
         words.extend(self.env.iter().map(|n| format!("env={n}")));
+        words.extend(self.http.iter().map(|h| format!("http={h}")));
         words
     }
 }
 
-/// One permission, as `cella deploy --allow` spells it: `clocks`, `random`, `kv`, `env=NAME`.
+/// One permission, as `cella deploy --allow` spells it: `clocks`, `random`, `kv`, `env=NAME`,
+/// `http=HOST`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Permission {
     Clocks,
     Random,
     Kv,
     Env(EnvName),
+    Http(HttpHost),
 }
 
 impl Permission {
@@ -106,6 +126,7 @@ impl Permission {
             Permission::Random => "random = true".into(),
             Permission::Kv => "kv = true".into(),
             Permission::Env(name) => format!("env = [\"{name}\"]"),
+            Permission::Http(host) => format!("http = [\"{host}\"]"),
         }
     }
 
@@ -116,6 +137,7 @@ impl Permission {
             Permission::Random => "random bytes",
             Permission::Kv => "sealed key-value state",
             Permission::Env(_) => "an environment variable",
+            Permission::Http(_) => "outgoing HTTPS to a host",
         }
     }
 }
@@ -127,6 +149,7 @@ impl fmt::Display for Permission {
             Permission::Random => f.write_str("random"),
             Permission::Kv => f.write_str("kv"),
             Permission::Env(name) => write!(f, "env={name}"),
+            Permission::Http(host) => write!(f, "http={host}"),
         }
     }
 }
@@ -139,10 +162,15 @@ impl std::str::FromStr for Permission {
             "clocks" => Ok(Permission::Clocks),
             "random" => Ok(Permission::Random),
             "kv" => Ok(Permission::Kv),
-            _ => match s.strip_prefix("env=") {
-                Some(name) => Ok(Permission::Env(EnvName::new(name)?)),
-                None => Err(PermissionError::Unknown(shown(s))),
-            },
+            _ => {
+                if let Some(name) = s.strip_prefix("env=") {
+                    Ok(Permission::Env(EnvName::new(name)?))
+                } else if let Some(host) = s.strip_prefix("http=") {
+                    Ok(Permission::Http(HttpHost::new(host)?))
+                } else {
+                    Err(PermissionError::Unknown(shown(s)))
+                }
+            }
         }
     }
 }
@@ -150,10 +178,18 @@ impl std::str::FromStr for Permission {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PermissionError {
     #[error(
-        "`{0}` is not a permission; use `clocks`, `random`, `kv` or `env=NAME` (outgoing \
-         network and files are not offered)"
+        "`{0}` is not a permission; use `clocks`, `random`, `kv`, `env=NAME` or `http=HOST` \
+         (sockets and files are not offered)"
     )]
     Unknown(String),
+    #[error(
+        "`{0}` is not an HTTP host to allow; use a DNS name, optionally with `*.` in front (its \
+         subdomains) and `:PORT` after (default 443), for example `api.example.com` or \
+         `*.example.org:8443` (only HTTPS is offered, and addresses are not names)"
+    )]
+    HttpHost(String),
+    #[error("the manifest names {0} HTTP hosts; at most {MAX_HTTP_HOSTS} are allowed")]
+    TooManyHosts(usize),
     #[error(
         "environment variable name `{0}` is invalid; use 1-64 ASCII letters, digits and `_`, \
          not starting with a digit (for example `API_URL`)"
@@ -203,6 +239,82 @@ impl fmt::Display for EnvName {
     }
 }
 
+/// Most HTTP hosts one function may name.
+pub const MAX_HTTP_HOSTS: usize = 32;
+
+/// A host outgoing HTTPS may reach: a DNS name (lowercase), or `*.` and a name for its
+/// subdomains, and a port (443 unless given). IP addresses are refused: TLS names hosts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HttpHost(String);
+
+impl HttpHost {
+    pub fn new(text: &str) -> Result<Self, PermissionError> {
+        let bad = || PermissionError::HttpHost(shown(text));
+        let lower = text.to_ascii_lowercase();
+        let (name, port) = match lower.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (lower.as_str(), None),
+        };
+        if let Some(port) = port
+            && !matches!(port.parse::<u16>(), Ok(p) if p > 0)
+        {
+            return Err(bad());
+        }
+        let bare = name.strip_prefix("*.").unwrap_or(name);
+        let label_ok = |l: &str| {
+            (1..=63).contains(&l.len())
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        };
+        let labels: Vec<&str> = bare.split('.').collect();
+        let is_address = labels.iter().all(|l| l.chars().all(|c| c.is_ascii_digit()));
+        if bare.len() > 253 || !labels.iter().all(|l| label_ok(l)) || is_address {
+            return Err(bad());
+        }
+        Ok(HttpHost(lower))
+    }
+
+    /// Whether a request to `host`:`port` is to this host (or, for `*.name`, a subdomain).
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        let (name, allowed_port) = match self.0.rsplit_once(':') {
+            Some((name, p)) => (name, p.parse().unwrap_or(0)),
+            None => (self.0.as_str(), 443),
+        };
+        if port != allowed_port {
+            return false;
+        }
+        let host = host.to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        match name.strip_prefix("*.") {
+            Some(parent) => host
+                .strip_suffix(parent)
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => host == name,
+        }
+    }
+}
+
+impl TryFrom<String> for HttpHost {
+    type Error = PermissionError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        HttpHost::new(&value)
+    }
+}
+
+impl From<HttpHost> for String {
+    fn from(value: HttpHost) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for HttpHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A short, printable prefix of untrusted text for an error message.
 fn shown(text: &str) -> String {
     text.chars()
@@ -244,6 +356,33 @@ mod tests {
             many.validate(),
             Err(PermissionError::TooManyEnvVars(33))
         ));
+    }
+
+    #[test]
+    fn http_hosts_match_names_subdomains_and_ports_only() {
+        let host = |h: &str| HttpHost::new(h).unwrap();
+        assert!(host("API.example.com").matches("api.example.com", 443));
+        assert!(!host("api.example.com").matches("api.example.com", 80));
+        assert!(!host("api.example.com").matches("evil-api.example.com", 443));
+        assert!(!host("api.example.com").matches("api.example.com.evil.net", 443));
+        assert!(host("example.net:8443").matches("example.net", 8443));
+        let wild = host("*.example.org");
+        assert!(wild.matches("a.example.org", 443) && wild.matches("a.b.example.org", 443));
+        assert!(!wild.matches("example.org", 443) && !wild.matches("badexample.org", 443));
+        for bad in [
+            "127.0.0.1",
+            "10.0.0.1:443",
+            "",
+            "a..b",
+            "-a.com",
+            "a.com:0",
+            "a.com:x",
+            "*",
+        ] {
+            assert!(HttpHost::new(bad).is_err(), "{bad}");
+        }
+        let permission: Permission = "http=api.example.com".parse().unwrap();
+        assert_eq!(permission.manifest_line(), "http = [\"api.example.com\"]");
     }
 
     #[test]

@@ -311,6 +311,14 @@ pub(crate) fn check_permissions(
                 .into(),
         ));
     }
+    if !granted.http.is_empty() && kind != FunctionKind::WasiHttp {
+        return Err(RuntimeError::Invalid(
+            "`http = [...]`: outgoing HTTPS is made by `wasi-http` components (through \
+             wasi:http/outgoing-handler); a WASI command or JavaScript function cannot use it, \
+             so remove it from [permissions]"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

@@ -46,7 +46,11 @@ impl Platform {
                 limit: self.config().max_state_bytes,
             }) as Arc<dyn StateStore>
         });
-        Ok(Grants { env, state })
+        Ok(Grants {
+            env,
+            state,
+            http: granted.http.clone(),
+        })
     }
 
     /// Sets (`Some`) or removes (`None`) values of `name`'s environment variables (owner

@@ -532,9 +532,9 @@ impl Platform {
                 |r: &HttpResponse| &r.log,
                 async |record, compiled| match compiled {
                     Compiled::Http(pre) => {
-                        let env = self.grants(record)?.env;
+                        let grants = self.grants(record)?;
                         self.sandbox
-                            .serve_http(&pre, request, &record.limits, &env)
+                            .serve_http(&pre, request, &record.limits, grants)
                             .await
                             .map_err(|source| RuntimeError::Run {
                                 name: record.name.clone(),

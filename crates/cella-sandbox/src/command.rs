@@ -49,6 +49,8 @@ pub struct Grants {
     pub env: Vec<(String, String)>,
     /// The function's key-value state (`kv = true`).
     pub state: Option<Arc<dyn StateStore>>,
+    /// Hosts outgoing HTTPS may reach (`wasi:http` components).
+    pub http: std::collections::BTreeSet<cella_core::HttpHost>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -58,6 +60,7 @@ impl std::fmt::Debug for Grants {
         f.debug_struct("Grants")
             .field("env", &names)
             .field("state", &self.state.is_some())
+            .field("http", &self.http)
             .finish()
     }
 }

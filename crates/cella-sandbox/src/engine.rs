@@ -39,6 +39,8 @@ pub struct SandboxConfig {
     /// Count every host call in the monitor (on in every node). Off only to measure what the
     /// counting costs (`cella bench monitor`): refusals are enforced and logged either way.
     pub count_host_calls: bool,
+    /// How outgoing HTTPS is made (roots, address rules, bounds).
+    pub outgoing: crate::OutgoingConfig,
 }
 
 impl Default for SandboxConfig {
@@ -50,6 +52,7 @@ impl Default for SandboxConfig {
             max_memory_bytes: 1 << 30,
             keep_resident_bytes: 64 << 20,
             count_host_calls: true,
+            outgoing: crate::OutgoingConfig::default(),
         }
     }
 }

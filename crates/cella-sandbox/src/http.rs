@@ -2,7 +2,6 @@
 //! would, but in a fresh store under the function's limits and with outgoing requests refused.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cella_core::Limits;
@@ -12,15 +11,17 @@ use wasmtime::component::{Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{
     RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
 };
 
+use crate::command::Grants;
 use crate::engine::Sandbox;
 use crate::error::RunError;
 use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
 use crate::monitor::{self, Monitor};
+use crate::outgoing::Outgoing;
 use crate::pipes::{LogPipe, LogTail};
 
 /// The per-request world of a `wasi:http` component (the `T` of its `Store<T>`).
@@ -28,7 +29,7 @@ pub struct HttpState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: DenyOutgoing,
+    hooks: Outgoing,
     limiter: MemoryLimiter,
 }
 
@@ -51,42 +52,24 @@ impl WasiHttpView for HttpState {
     }
 }
 
-/// Outgoing HTTP is a capability no function has by default: every request is refused with
-/// `HTTP-request-denied`, which the guest sees as an ordinary error.
-/// Refuses every outgoing request, counting each (see [`Sandbox::outgoing_denied`]) and
-/// recording it in the invocation's log.
-struct DenyOutgoing(Arc<AtomicU64>, Arc<Monitor>);
-
-type SendFuture = Box<
-    dyn Future<
-            Output = wasmtime_wasi_http::Result<(
-                http::Response<WasiBody>,
-                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-            )>,
-        > + Send,
->;
-
-impl WasiHttpHooks for DenyOutgoing {
+/// Outgoing HTTP goes through [`Outgoing`]: only to the hosts the manifest lists, over TLS
+/// verified in the node; every refusal is counted (see [`Sandbox::outgoing_denied`]) and
+/// logged.
+impl WasiHttpHooks for Outgoing {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> SendFuture {
-        self.0.fetch_add(1, Ordering::Relaxed);
-        // Only the host is logged: the path and query may carry the tenant's data.
-        let host = request
-            .uri()
-            .host()
-            .unwrap_or("(no host)")
-            .chars()
-            .take(253)
-            .collect::<String>();
-        self.1.deny(
-            "http",
-            format!("an outgoing request to {host}; this node offers no outgoing network"),
-        );
-        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+                )>,
+            > + Send,
+    > {
+        self.send(request)
     }
 }
 
@@ -131,13 +114,14 @@ enum Failure {
 
 impl Sandbox {
     /// Serves `request` with a fresh instance of `pre` and returns the whole response (its body
-    /// capped at the output limit). `env` is the environment its permissions grant.
+    /// capped at the output limit). `grants` are what its permissions give (the environment
+    /// and the hosts outgoing HTTPS may reach).
     pub async fn serve_http(
         &self,
         pre: &ProxyPre<HttpState>,
         request: http::Request<Bytes>,
         limits: &Limits,
-        env: &[(String, String)],
+        grants: Grants,
     ) -> Result<HttpResponse, RunError> {
         let trip = Arc::new(Tripwires::default());
         let monitor = Arc::new(Monitor::default());
@@ -146,7 +130,7 @@ impl Sandbox {
             .guest_wasi()
             .stdout(log.clone())
             .stderr(log.clone())
-            .envs(env)
+            .envs(&grants.env)
             .build();
         let mut store = Store::new(
             &self.engine,
@@ -154,7 +138,12 @@ impl Sandbox {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: DenyOutgoing(self.outgoing_denied.clone(), monitor.clone()),
+                hooks: Outgoing {
+                    hosts: grants.http,
+                    config: self.config.outgoing.clone(),
+                    monitor: monitor.clone(),
+                    denied: self.outgoing_denied.clone(),
+                },
                 limiter: MemoryLimiter::new(limits, trip.clone()),
             },
         );

@@ -23,7 +23,12 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
                 .to_owned();
             let outgoing = Request::get(target.as_str()).body(Body::empty())?;
             let report = match wstd::http::Client::new().send(outgoing).await {
-                Ok(response) => format!("fetch {target}: GRANTED {}\n", response.status()),
+                Ok(mut response) => {
+                    let status = response.status();
+                    let body = response.body_mut().contents().await?.to_vec();
+                    let body = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                    format!("fetch {target}: GRANTED {status} {body}\n")
+                }
                 Err(e) => format!("fetch {target}: denied ({e})\n"),
             };
             Ok(Response::new(report.into()))

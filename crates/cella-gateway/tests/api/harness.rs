@@ -54,6 +54,8 @@ pub struct Options {
     pub blob_store: Option<String>,
     /// A blob store given as a value (a lying storage host).
     pub blob_backend: Option<Arc<dyn cella_store::ObjectStore>>,
+    /// How outgoing HTTPS is made (test roots, loopback allowed).
+    pub outgoing: Option<cella_sandbox::OutgoingConfig>,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             gateway: GatewayConfig::default(),
             blob_store: None,
             blob_backend: None,
+            outgoing: None,
         }
     }
 }
@@ -85,6 +88,9 @@ impl Node {
         config.sandbox.instances = options.instances;
         config.blob_store = options.blob_store.clone();
         config.blob_backend = options.blob_backend.clone();
+        if let Some(outgoing) = &options.outgoing {
+            config.sandbox.outgoing = outgoing.clone();
+        }
         let platform = Arc::new(Platform::open(config).expect("platform opens"));
         let created = platform.ensure_admin_token().await.unwrap();
         let admin_token = match (created, admin_token) {

@@ -12,6 +12,7 @@ mod http_passthrough;
 mod invariants;
 mod limits;
 mod lying_host;
+mod outgoing;
 mod permissions;
 mod plugins;
 mod validation;
