@@ -9,7 +9,12 @@ use crate::{ContentHash, FunctionKind, FunctionName, Limits, Permissions, Plugin
 
 /// The current time as RFC 3339 (UTC, seconds), the format of every timestamp cella records.
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    rfc3339(SystemTime::now())
+}
+
+/// `time` as RFC 3339 (UTC, seconds).
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 /// Who may invoke a function besides its owner.

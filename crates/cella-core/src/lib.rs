@@ -10,7 +10,7 @@ mod names;
 mod permissions;
 mod plugin;
 
-pub use function::{Access, FunctionRecord, FunctionVersion, now_rfc3339};
+pub use function::{Access, FunctionRecord, FunctionVersion, now_rfc3339, rfc3339};
 pub use hash::{ContentHash, HashParseError};
 pub use kind::FunctionKind;
 pub use limits::{LimitError, Limits, LimitsOverride, parse_size};

@@ -59,7 +59,7 @@ impl Platform {
             }
         }
         let started = Instant::now();
-        let started_at = cella_core::now_rfc3339();
+        let started_at = self.now_rfc3339();
         let input_hash = cella_receipt::sha256(&input);
         let mut data = input;
         let mut ran = Vec::with_capacity(steps.len());

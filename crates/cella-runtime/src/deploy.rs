@@ -86,7 +86,7 @@ impl Platform {
                 size: bundle.payload.len() as u64,
                 limits,
                 signer: signer.id().to_string(),
-                deployed_at: cella_core::now_rfc3339(),
+                deployed_at: self.now_rfc3339(),
                 plugins,
                 permissions,
             },

@@ -231,6 +231,12 @@ impl Platform {
         self.registry.version()
     }
 
+    /// The time as RFC 3339, read through the guarded clock (an Iago check: the host's clock
+    /// may not date receipts and records as it likes).
+    pub(crate) fn now_rfc3339(&self) -> String {
+        cella_core::rfc3339(self.sandbox.wall_time())
+    }
+
     pub(crate) fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
@@ -394,7 +400,7 @@ impl Platform {
     ) -> Result<InvokeOutput, RuntimeError> {
         check_nonce(options)?;
         let started = Instant::now();
-        let started_at = cella_core::now_rfc3339();
+        let started_at = self.now_rfc3339();
         let input_hash = cella_receipt::sha256(&input.stdin);
         let args_hash = cella_receipt::args_hash(&input.args);
         let (function, output, invocation_id) = self
@@ -500,7 +506,7 @@ impl Platform {
                 memory_limit_bytes: memory_limit_bytes.unwrap_or(0),
             },
             started_at: what.started_at,
-            finished_at: cella_core::now_rfc3339(),
+            finished_at: self.now_rfc3339(),
             nonce: what.nonce.map(hex::encode),
         });
         InvokeOutput {

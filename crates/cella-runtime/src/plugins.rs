@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use cella_bundle::PluginRef;
-use cella_core::{ContentHash, Limits, Plugin, PluginName, PluginUse, now_rfc3339};
+use cella_core::{ContentHash, Limits, Plugin, PluginName, PluginUse};
 use cella_sandbox::{Compiled, Initializer, Preinitializer};
 use cella_store::Principal;
 use tokio::sync::OnceCell;
@@ -83,7 +83,7 @@ impl Platform {
             image: image_hash,
             size: module.len() as u64,
             image_size,
-            added_at: now_rfc3339(),
+            added_at: self.now_rfc3339(),
         };
         let registry = self.registry().clone();
         // Images are stored by content: if this write loses a race for the name, the image

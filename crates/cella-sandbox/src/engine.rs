@@ -134,6 +134,13 @@ impl Sandbox {
         self.outgoing_denied.load(Ordering::Relaxed)
     }
 
+    /// The wall-clock time through the guarded clock guests read: what the node itself should
+    /// write into receipts and records, so a host that turns its clock back or ahead cannot
+    /// date them as it likes.
+    pub fn wall_time(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + self.clocks.wall_now()
+    }
+
     /// How often the host's clocks were corrected because they went backwards or jumped.
     pub fn clock_corrections(&self) -> u64 {
         self.clocks.corrections()

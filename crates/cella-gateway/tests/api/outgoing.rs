@@ -12,6 +12,13 @@ use crate::harness::{Node, Options, clocks_random, guest};
 /// An HTTPS server on loopback for `localhost`, with a certificate of its own; answers every
 /// request with `upstream says hi`. Returns its port and its certificate.
 async fn upstream() -> (u16, rustls::pki_types::CertificateDer<'static>) {
+    upstream_answering(bytes::Bytes::from_static(b"upstream says hi")).await
+}
+
+/// Like [`upstream`], answering with `body`.
+async fn upstream_answering(
+    body: bytes::Bytes,
+) -> (u16, rustls::pki_types::CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
     let cert = params.self_signed(&key).unwrap();
@@ -32,15 +39,18 @@ async fn upstream() -> (u16, rustls::pki_types::CertificateDer<'static>) {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, body) = (acceptor.clone(), body.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"upstream says hi")),
-                    ))
+                let service = hyper::service::service_fn(move |_request| {
+                    let body = body.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(body),
+                        ))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -162,5 +172,28 @@ async fn a_listed_name_that_resolves_to_a_private_address_is_refused() {
         logs[0].log.contains("non-public address"),
         "{}",
         logs[0].log
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_larger_than_the_bound_is_refused_not_buffered() {
+    let (port, cert) = upstream_answering(bytes::Bytes::from(vec![b'x'; 64 * 1024])).await;
+    let node = Node::start_with(Options {
+        outgoing: Some(OutgoingConfig {
+            max_response_bytes: 16 * 1024,
+            ..trusting(&cert, true)
+        }),
+        ..Options::default()
+    })
+    .await;
+    let acme = node.tenant("acme").await;
+    let allowed = clocks_random().allow(&format!("http=localhost:{port}"));
+    acme.deploy("fetcher", guest("hello-http.wasm"), allowed)
+        .await
+        .unwrap();
+    let report = fetch(&acme, "fetcher", &format!("https://localhost:{port}/")).await;
+    assert!(
+        report.contains("denied") && !report.contains("xxxx"),
+        "{report}"
     );
 }
