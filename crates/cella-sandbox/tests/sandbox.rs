@@ -339,7 +339,7 @@ async fn imports_name_the_permissions_they_need_and_every_host_call_is_counted()
     let needs = |file: &str| sandbox.compile(&guest(file)).unwrap().needed_permissions();
     assert_eq!(
         needs("quickjs.wasm"),
-        [Permission::Clocks, Permission::Random].into()
+        [Permission::Clocks, Permission::Random, Permission::Kv].into()
     );
     assert_eq!(needs("state.wasm"), [Permission::Kv].into());
     // environ_get, fd_write and the file functions reach only what was handed over.

@@ -265,3 +265,44 @@ async fn a_function_sees_only_the_environment_its_manifest_names_and_its_owner_s
         ""
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_reaches_its_state_only_when_granted() {
+    let node = Node::start().await;
+    node.admin
+        .add_plugin("quickjs", guest("quickjs.wasm"))
+        .await
+        .unwrap();
+    let acme = node.tenant("acme").await;
+    let counter = b"export default () => {
+        const n = Number(cella.state.get('n') ?? 0) + 1;
+        cella.state.set('n', n);
+        return n;
+    };"
+    .to_vec();
+    acme.deploy_js(
+        "visits",
+        counter.clone(),
+        "quickjs",
+        clocks_random().allow("kv"),
+    )
+    .await
+    .unwrap();
+    for expected in ["1", "2", "3"] {
+        let out = acme.invoke("visits", Vec::new(), &[]).await.unwrap();
+        assert_eq!(text(&out.output), expected);
+    }
+    // Without `kv` the same code deploys, and its first state call throws with the fix.
+    acme.deploy_js("nosy", counter, "quickjs", clocks_random())
+        .await
+        .unwrap();
+    let failed = acme.invoke("nosy", Vec::new(), &[]).await;
+    match &failed {
+        Err(cella_client::ClientError::Api { log: Some(log), .. }) => {
+            assert!(log.contains("needs `kv = true`"), "{log}");
+            assert!(log.contains("[cella] denied (kv)"), "{log}");
+        }
+        other => panic!("expected the thrown error in the log, got {other:?}"),
+    }
+    assert_api_error(failed, 502, "function_failed");
+}
