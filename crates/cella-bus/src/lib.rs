@@ -11,13 +11,18 @@
 //! - **fresh**: a receiver refuses a message older than its window and any message id it has
 //!   already seen within it ([`ReplayGuard`]).
 //!
-//! Pure: no I/O and no clock (callers pass the time), so the rules are tested exhaustively.
+//! Joining ([`JoinKey`], [`admit`]): a worker gets the cluster key only sealed (HPKE) to a key
+//! its evidence binds, and only if that evidence passes the cluster's policy.
+//!
+//! No I/O and no clock (callers pass the time), so the rules are tested exhaustively.
 #![forbid(unsafe_code)]
 
 mod envelope;
+mod join;
 mod replay;
 
 pub use envelope::{
     BusKey, Envelope, Header, Kind, MAX_SUBJECT, MessageId, Opened, SealError, random_id,
 };
+pub use join::{JoinError, JoinGrant, JoinKey, JoinRequest, admit};
 pub use replay::{ReplayGuard, Stale};
