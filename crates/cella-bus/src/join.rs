@@ -46,7 +46,7 @@ pub struct JoinGrant {
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error("the worker's evidence does not pass the cluster's policy: {}", failed(.0))]
-    Refused(Verification),
+    Refused(Box<Verification>),
     #[error("the join request is malformed: {0}")]
     Malformed(String),
     #[error("the worker's TEE could not attest: {0}")]
@@ -128,7 +128,7 @@ pub fn admit(
     let expected = report_data_for(&request.public_key, challenge);
     let verification = policy.verify(&request.evidence, verifiers, Some(&expected), now);
     if !verification.passed() {
-        return Err(JoinError::Refused(verification));
+        return Err(JoinError::Refused(Box::new(verification)));
     }
     let (encapsulated, sealed_key) = hpke::single_shot_seal::<
         ChaCha20Poly1305,
