@@ -69,7 +69,7 @@ build_guests() {
         cargo build --locked --release --target wasm32-wasip1 --target-dir "$target" \
             -p brotli-fn -p thumbnail -p test-programs -p quickjs-plugin -p primes-plugin
         cargo build --locked --release --target wasm32-wasip2 --target-dir "$target" \
-            -p hello-http
+            -p hello-http -p visits-http
     )
     mkdir -p "$CELLA_GUESTS_DIR"
     local p1="$target/wasm32-wasip1/release" p2="$target/wasm32-wasip2/release"
@@ -77,7 +77,7 @@ build_guests() {
     for program in loop-forever memory-bomb output-bomb capabilities counter exit-fail echo state host-calls log-flood; do
         cp "$p1/$program.wasm" "$CELLA_GUESTS_DIR/"
     done
-    cp "$p2/hello-http.wasm" "$CELLA_GUESTS_DIR/"
+    cp "$p2/hello-http.wasm" "$p2/visits-http.wasm" "$CELLA_GUESTS_DIR/"
     cp "$ROOT/guests/samples/gradient.png" "$CELLA_GUESTS_DIR/sample.png"
     cp "$ROOT/guests/samples/hello.js" "$CELLA_GUESTS_DIR/hello.js"
 }

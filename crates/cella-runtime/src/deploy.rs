@@ -308,13 +308,6 @@ pub(crate) fn check_permissions(
             missing,
         });
     }
-    if granted.kv && kind == FunctionKind::WasiHttp {
-        return Err(RuntimeError::Invalid(
-            "`kv = true`: key-value state is offered to WASI commands, not yet to `wasi-http` \
-             components; remove it from [permissions]"
-                .into(),
-        ));
-    }
     if !granted.http.is_empty() && kind != FunctionKind::WasiHttp {
         return Err(RuntimeError::Invalid(
             "`http = [...]`: outgoing HTTPS is made by `wasi-http` components (through \

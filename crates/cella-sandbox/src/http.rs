@@ -31,6 +31,8 @@ pub struct HttpState {
     table: ResourceTable,
     hooks: Outgoing,
     limiter: MemoryLimiter,
+    pub(crate) monitor: Arc<Monitor>,
+    pub(crate) state: Option<Arc<dyn crate::StateStore>>,
 }
 
 impl WasiView for HttpState {
@@ -87,6 +89,10 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HttpState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    crate::state_component::add_to_linker::<HttpState, wasmtime::component::HasSelf<HttpState>>(
+        &mut linker,
+        |state| state,
+    )?;
     Ok(linker)
 }
 
@@ -145,6 +151,8 @@ impl Sandbox {
                     denied: self.outgoing_denied.clone(),
                 },
                 limiter: MemoryLimiter::new(limits, trip.clone()),
+                monitor: monitor.clone(),
+                state: grants.state,
             },
         );
         store.limiter(|s| &mut s.limiter);

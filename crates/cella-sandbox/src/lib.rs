@@ -26,6 +26,7 @@ mod permissions;
 mod pipes;
 mod preinit;
 mod state;
+mod state_component;
 
 pub use command::{
     CommandInput, CommandOutput, CommandState, FinishedCommand, Grants, PreparedCommand,
@@ -43,3 +44,4 @@ pub use outgoing::OutgoingConfig;
 pub use pipes::LogTail;
 pub use preinit::{INITIALIZER, Initializer, PreinitError, Preinitialized, Preinitializer};
 pub use state::{MAX_KEY_BYTES, STATE_MODULE, StateCode, StateError, StateStore};
+pub use state_component::STATE_INTERFACE;

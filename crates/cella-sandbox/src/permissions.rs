@@ -26,13 +26,14 @@ fn interface(name: &str) -> Option<Permission> {
     match package.split('@').next().unwrap_or(package) {
         "wasi:clocks" => Some(Permission::Clocks),
         "wasi:random" => Some(Permission::Random),
+        "cella:state" => Some(Permission::Kv),
         _ => None,
     }
 }
 
 impl Compiled {
     /// The permissions this function's imports need. A module importing [`STATE_MODULE`]
-    /// needs `kv`; the clock and random functions need `clocks` and `random`. For components,
+    /// (a component, `cella:state/store`) needs `kv`; the clock and random functions need `clocks` and `random`. For components,
     /// an interface counts only if functions are imported from it: `wasi:http` names types of
     /// `wasi:clocks` without calling it.
     pub fn needed_permissions(&self) -> BTreeSet<Permission> {
@@ -94,5 +95,6 @@ mod tests {
             Some(Permission::Random)
         );
         assert_eq!(interface("wasi:cli/environment@0.2.0"), None);
+        assert_eq!(interface("cella:state/store@0.1.0"), Some(Permission::Kv));
     }
 }

@@ -306,3 +306,34 @@ async fn javascript_reaches_its_state_only_when_granted() {
     }
     assert_api_error(failed, 502, "function_failed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_keeps_its_state_only_when_granted() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    // It imports cella:state/store: without `kv` it is refused at deploy.
+    let message = assert_api_error(
+        acme.deploy("visits", guest("visits-http.wasm"), clocks_random())
+            .await,
+        403,
+        "missing_permission",
+    );
+    assert!(message.contains("kv = true"), "{message}");
+    acme.deploy(
+        "visits",
+        guest("visits-http.wasm"),
+        clocks_random().allow("kv"),
+    )
+    .await
+    .unwrap();
+    for expected in ["visit 1\n", "visit 2\n"] {
+        let (status, _, body) = acme
+            .http(cella_client::Method::GET, "visits", "/", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!((status.as_u16(), &body[..]), (200, expected.as_bytes()));
+    }
+    let stats = acme.stats("visits").await.unwrap();
+    assert_eq!(stats.invocations, 2);
+    assert!(stats.host_calls >= 4, "{stats:?}");
+}

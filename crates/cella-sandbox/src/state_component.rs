@@ -1,0 +1,85 @@
+//! Key-value state for `wasi:http` components: the host side of the `cella:state/store`
+//! interface (`wit/state.wit`), over the same [`StateStore`](crate::StateStore) as the
+//! preview 1 functions. Refusals are errors for the guest and denials in the log.
+
+use crate::http::HttpState;
+use crate::state::{MAX_KEY_BYTES, StateError};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/state.wit",
+        world: "cella:state/stateful",
+        imports: { default: async },
+    });
+}
+
+pub(crate) use bindings::cella::state::store::{Error, Host, add_to_linker};
+
+/// The import name of the interface, as components name it.
+pub const STATE_INTERFACE: &str = "cella:state/store";
+
+impl HttpState {
+    /// The state store, or the refusal for the guest (a component without `kv` is refused
+    /// at deploy, so this is reached only where no state exists, such as pre-initialisation).
+    fn state(&self, key: &[u8]) -> Result<std::sync::Arc<dyn crate::StateStore>, Error> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            self.monitor.deny(
+                "kv",
+                format!(
+                    "a key of {} bytes; keys have 1 to {MAX_KEY_BYTES} bytes",
+                    key.len()
+                ),
+            );
+            return Err(Error::BadKey);
+        }
+        self.state.clone().ok_or_else(|| {
+            self.monitor.deny(
+                "kv",
+                "key-value state is not available here; grant it with `kv = true` under \
+                 [permissions]"
+                    .into(),
+            );
+            Error::Unavailable
+        })
+    }
+
+    fn refused(&self, e: StateError) -> Error {
+        let (by, code) = match e {
+            StateError::Full { .. } => ("kv-quota", Error::Full),
+            StateError::Unavailable(_) => ("kv", Error::Unavailable),
+        };
+        self.monitor.deny(by, e.to_string());
+        code
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StateError::Unavailable(format!("the state task failed: {e}")))?
+}
+
+impl Host for HttpState {
+    async fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
+        let store = self.state(&key)?;
+        blocking(move || store.get(&key))
+            .await
+            .map_err(|e| self.refused(e))
+    }
+
+    async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
+        let store = self.state(&key)?;
+        blocking(move || store.set(&key, &value))
+            .await
+            .map_err(|e| self.refused(e))
+    }
+
+    async fn delete(&mut self, key: Vec<u8>) -> Result<bool, Error> {
+        let store = self.state(&key)?;
+        blocking(move || store.delete(&key))
+            .await
+            .map_err(|e| self.refused(e))
+    }
+}
