@@ -9,6 +9,11 @@
 //!    A worker with the wrong measurement gets the failed checks, never a key.
 //! 4. Only the enclave holding the private key can open the grant ([`JoinKey::accept`]); the
 //!    bus and the host see an HPKE ciphertext.
+//!
+//! Not yet: the worker does not authenticate who sealed the grant (HPKE's base mode). The
+//! worker's public key crosses the bus, so a host could seal a key of its own choosing to it.
+//! Before the roles use this, the worker must verify the control plane's evidence too and the
+//! grant must be sealed in HPKE's auth mode with the control plane's attested key.
 
 use std::time::SystemTime;
 

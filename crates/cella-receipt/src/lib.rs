@@ -272,9 +272,11 @@ impl ReceiptFile {
     }
 }
 
+/// A long value cut for a ✔/✗ line. The text comes from a receipt file, which anyone may
+/// have written: it is cut by characters, never inside one (found by fuzzing).
 fn short(text: &str) -> String {
-    if text.len() > 40 {
-        format!("{}…", &text[..32])
+    if text.chars().count() > 40 {
+        format!("{}…", text.chars().take(32).collect::<String>())
     } else {
         text.to_owned()
     }
@@ -283,6 +285,13 @@ fn short(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_values_are_cut_between_characters() {
+        let key = format!("{}é{}", "0".repeat(31), "0".repeat(10));
+        assert_eq!(short(&key), format!("{}é…", "0".repeat(31)));
+        assert_eq!(short("short"), "short");
+    }
 
     fn receipt(identity_key: &[u8]) -> Receipt {
         Receipt {

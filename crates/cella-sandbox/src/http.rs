@@ -1,5 +1,6 @@
 //! Serving one HTTP request with a `wasi:http/proxy` component, exactly as `wasmtime serve`
-//! would, but in a fresh store under the function's limits and with outgoing requests refused.
+//! would, but in a fresh store under the function's limits, with outgoing requests going
+//! only where its permissions allow (`outgoing.rs`).
 
 use std::sync::Arc;
 
@@ -144,12 +145,12 @@ impl Sandbox {
                 wasi,
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
-                hooks: Outgoing {
-                    hosts: grants.http,
-                    config: self.config.outgoing.clone(),
-                    monitor: monitor.clone(),
-                    denied: self.outgoing_denied.clone(),
-                },
+                hooks: Outgoing::new(
+                    grants.http,
+                    self.config.outgoing.clone(),
+                    monitor.clone(),
+                    self.outgoing_denied.clone(),
+                ),
                 limiter: MemoryLimiter::new(limits, trip.clone()),
                 monitor: monitor.clone(),
                 state: grants.state,

@@ -10,8 +10,10 @@
 //!   name that resolves to loopback, a private network or link-local (DNS rebinding) would
 //!   otherwise reach services next to the node; TLS would stop most of them, this stops the
 //!   connection itself.
-//! - **Bounded**: the answer is read up to a size limit and a deadline; a host that answers
-//!   forever or without end gets an error, not the node's memory.
+//! - **Bounded**: each answer is read up to a size limit and a deadline, and one invocation
+//!   has at most [`MAX_IN_FLIGHT`] requests open and a byte budget for all its answers
+//!   together; a host that answers forever or without end gets an error, not the node's
+//!   memory.
 //!
 //! Every refusal is a denial in the invocation's log (with the manifest line that allows the
 //! host) and an `HTTP-request-denied` (or the precise error) for the guest.
@@ -30,6 +32,9 @@ use wasmtime_wasi_http::{Error, WasiBody};
 
 use crate::monitor::Monitor;
 
+/// Outgoing requests one invocation may have open at once.
+pub const MAX_IN_FLIGHT: usize = 4;
+
 /// How the node makes outgoing requests (programmatic only: a node reads none of this from
 /// the host, whose files it does not trust).
 #[derive(Clone)]
@@ -38,7 +43,8 @@ pub struct OutgoingConfig {
     pub roots: Arc<rustls::RootCertStore>,
     /// Reach loopback and private addresses (tests on one machine; never on a node).
     pub allow_private_addresses: bool,
-    /// Largest answer body read, in bytes.
+    /// Largest answer body read, in bytes; also what all of one invocation's answers
+    /// together may hold.
     pub max_response_bytes: usize,
     /// Connecting, the TLS handshake and the whole answer must fit in this.
     pub timeout: Duration,
@@ -76,6 +82,30 @@ pub(crate) struct Outgoing {
     pub(crate) monitor: Arc<Monitor>,
     /// The node-wide count of refused requests.
     pub(crate) denied: Arc<AtomicU64>,
+    /// Open requests of this invocation.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// Bytes of answers this invocation may still read.
+    pub(crate) budget: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outgoing {
+    /// The hook of one invocation that may reach `hosts`.
+    pub(crate) fn new(
+        hosts: BTreeSet<HttpHost>,
+        config: OutgoingConfig,
+        monitor: Arc<Monitor>,
+        denied: Arc<AtomicU64>,
+    ) -> Self {
+        let budget = config.max_response_bytes;
+        Outgoing {
+            hosts,
+            config,
+            monitor,
+            denied,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+            budget: Arc::new(std::sync::atomic::AtomicUsize::new(budget)),
+        }
+    }
 }
 
 type Answer = Result<
@@ -92,42 +122,90 @@ impl Outgoing {
         request: http::Request<WasiBody>,
     ) -> Box<dyn Future<Output = Answer> + Send> {
         let checked = self.check(&request);
+        let permit = self.in_flight.clone().try_acquire_owned();
         let config = self.config.clone();
-        let (monitor, denied) = (self.monitor.clone(), self.denied.clone());
+        let (monitor, denied, budget) = (
+            self.monitor.clone(),
+            self.denied.clone(),
+            self.budget.clone(),
+        );
         Box::new(async move {
             let (host, port) = match checked {
                 Ok(target) => target,
                 Err(refusal) => return Err(refuse(&monitor, &denied, refusal)),
             };
-            let address = match resolve(&host, port, config.allow_private_addresses).await {
-                Ok(address) => address,
-                Err(refusal) => return Err(refuse(&monitor, &denied, refusal)),
+            let Ok(_permit) = permit else {
+                let refusal = Refusal::new(
+                    Error::ConnectionLimitReached,
+                    format!("more than {MAX_IN_FLIGHT} outgoing requests open at once"),
+                );
+                return Err(refuse(&monitor, &denied, refusal));
             };
-            let exchange = exchange(request, &host, address, &config);
+            let limit = budget.load(Ordering::Relaxed);
+            let exchange = async {
+                // Resolving counts against the deadline too; a resolver that fails is the
+                // host's fault, not a refusal.
+                let address = resolve(&host, port, config.allow_private_addresses).await?;
+                exchange(request, &host, port, address, &config, limit)
+                    .await
+                    .map_err(Refused::Failed)
+            };
             match tokio::time::timeout(config.timeout, exchange).await {
-                Ok(Ok(response)) => Ok((
-                    response,
-                    Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
-                )),
-                Ok(Err(Error::TlsCertificateError)) => {
+                Err(_) => Err(Error::ConnectionTimeout),
+                Ok(Err(Refused::Denied(refusal))) => Err(refuse(&monitor, &denied, refusal)),
+                Ok(Err(Refused::Failed(Error::TlsCertificateError))) => {
                     // The network answered for a listed host without proof that it is that
                     // host: an attack or a misconfiguration the owner should see.
-                    monitor.deny(
-                        "tls",
+                    let refusal = Refusal::new(
+                        Error::TlsCertificateError,
                         format!("{host}:{port} presented a certificate that does not verify"),
                     );
-                    Err(Error::TlsCertificateError)
+                    monitor.deny("tls", refusal.detail);
+                    denied.fetch_add(1, Ordering::Relaxed);
+                    Err(refusal.error)
                 }
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::ConnectionTimeout),
+                Ok(Err(Refused::Failed(e))) => Err(e),
+                Ok(Ok((response, used))) => {
+                    budget.fetch_sub(used.min(limit), Ordering::Relaxed);
+                    Ok((
+                        response,
+                        Box::new(async { Ok(()) }) as Box<dyn Future<Output = _> + Send>,
+                    ))
+                }
             }
         })
     }
+}
 
+/// Why an allowed request got no answer.
+enum Refused {
+    /// A rule of the node refused it (a private address): a denial.
+    Denied(Refusal),
+    /// It failed on the way (DNS, TLS, the connection, the answer's size).
+    Failed(Error),
+}
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        Refused::Denied(refusal)
+    }
+}
+
+impl Outgoing {
     /// The host and port a request may go to, or why not.
     fn check(&self, request: &http::Request<WasiBody>) -> Result<(String, u16), Refusal> {
         let uri = request.uri();
-        let host: String = uri.host().unwrap_or("").chars().take(253).collect();
+        let host = uri.host().unwrap_or("");
+        if host.len() > 253 {
+            return Err(Refusal::new(
+                Error::HttpRequestUriInvalid,
+                format!(
+                    "a request to a host name of {} bytes (at most 253)",
+                    host.len()
+                ),
+            ));
+        }
+        let host = host.to_owned();
         if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
             return Err(Refusal::new(
                 Error::HttpRequestDenied,
@@ -177,34 +255,31 @@ fn refuse(monitor: &Monitor, denied: &AtomicU64, refusal: Refusal) -> Error {
 
 /// The one address the connection goes to: every address the name resolves to must be
 /// public (a name that also resolves to a private one is refused whole).
-async fn resolve(host: &str, port: u16, allow_private: bool) -> Result<SocketAddr, Refusal> {
+async fn resolve(host: &str, port: u16, allow_private: bool) -> Result<SocketAddr, Refused> {
     let addresses: Vec<SocketAddr> = match tokio::net::lookup_host((host, port)).await {
         Ok(found) => found.collect(),
         Err(e) => {
-            return Err(Refusal::new(
-                Error::DnsError {
-                    rcode: Some(e.to_string()),
-                    info_code: None,
-                },
-                format!("{host} could not be resolved: {e}"),
-            ));
+            return Err(Refused::Failed(Error::DnsError {
+                rcode: Some(e.to_string()),
+                info_code: None,
+            }));
         }
     };
     if let Some(private) = addresses.iter().find(|a| !is_public(a.ip()))
         && !allow_private
     {
-        return Err(Refusal::new(
+        return Err(Refused::Denied(Refusal::new(
             Error::DestinationIpProhibited,
             format!(
                 "{host} resolves to {}, a loopback, private or otherwise non-public address",
                 private.ip()
             ),
-        ));
+        )));
     }
     addresses
         .first()
         .copied()
-        .ok_or_else(|| Refusal::new(Error::DestinationNotFound, format!("{host} has no address")))
+        .ok_or(Refused::Failed(Error::DestinationNotFound))
 }
 
 /// Whether `ip` is on the public internet (not loopback, private, link-local, shared,
@@ -223,19 +298,43 @@ fn is_public(ip: IpAddr) -> bool {
                 || a == 0
                 || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
                 || (a == 198 && (18..20).contains(&b)) // benchmarking
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+                || (a == 192 && b == 88 && v4.octets()[2] == 99) // 6to4 relay anycast
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            // Prefixes that carry an IPv4 address (NAT64, 6to4, IPv4-compatible) are judged
+            // by it; the rest by their own ranges.
+            let embedded = |high: u16, low: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (high >> 8) as u8,
+                    high as u8,
+                    (low >> 8) as u8,
+                    low as u8,
+                ))
+            };
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
+            if s[..6] == [0; 6] {
+                return is_public(embedded(s[6], s[7]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || s[..4] == [0x100, 0, 0, 0] // discard-only
+                || (s[0] == 0x2001 && s[1] < 0x200) // IETF protocol assignments, Teredo
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
 }
@@ -245,9 +344,11 @@ fn is_public(ip: IpAddr) -> bool {
 async fn exchange(
     mut request: http::Request<WasiBody>,
     host: &str,
+    port: u16,
     address: SocketAddr,
     config: &OutgoingConfig,
-) -> Result<http::Response<WasiBody>, Error> {
+    limit: usize,
+) -> Result<(http::Response<WasiBody>, usize), Error> {
     let tcp = tokio::net::TcpStream::connect(address)
         .await
         .map_err(Error::Connect)?;
@@ -263,42 +364,60 @@ async fn exchange(
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::InvalidData => Error::TlsCertificateError,
-            _ => Error::Tls(e),
+        .map_err(|e| {
+            let certificate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_)));
+            match certificate {
+                true => Error::TlsCertificateError,
+                false => Error::Tls(e),
+            }
         })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(Error::from)?;
-    let driver = tokio::spawn(connection);
-    // The request line carries only the path; the host goes in `Host`.
+    // Aborted when this request ends, however it ends.
+    let driver = AbortOnDrop(tokio::spawn(connection));
+    // The request line carries only the path; `Host` names the checked host.
     let path = request
         .uri()
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let authority = request.uri().authority().map(|a| a.to_string());
     *request.uri_mut() = path.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
-    if let Some(authority) = authority
-        && let Ok(value) = http::HeaderValue::from_str(&authority)
-    {
-        request.headers_mut().insert(http::header::HOST, value);
-    }
+    let authority = match port {
+        443 => host.to_owned(),
+        port => format!("{host}:{port}"),
+    };
+    let value =
+        http::HeaderValue::from_str(&authority).map_err(|_| Error::HttpRequestUriInvalid)?;
+    request.headers_mut().insert(http::header::HOST, value);
     let response = sender.send_request(request).await.map_err(Error::from)?;
     let (parts, body) = response.into_parts();
-    let body = Limited::new(body, config.max_response_bytes)
+    let body = Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-            Ok(_) => Error::HttpResponseBodySize(Some(config.max_response_bytes as u64)),
+            Ok(_) => Error::HttpResponseBodySize(Some(limit as u64)),
             Err(e) => Error::InternalError(Some(e.to_string())),
         })?
         .to_bytes();
-    driver.abort();
+    drop(driver);
+    let used = body.len();
     let body: WasiBody = Full::new(body)
         .map_err(|never: std::convert::Infallible| match never {})
         .boxed_unsync();
-    Ok(http::Response::from_parts(parts, body))
+    Ok((http::Response::from_parts(parts, body), used))
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]
@@ -323,7 +442,12 @@ mod tests {
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
+        for public in [
+            "1.1.1.1",
+            "93.184.216.34",
+            "2606:4700::1111",
+            "64:ff9b::101:101",
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

@@ -1,8 +1,9 @@
 //! What a function keeps besides its code: the values of its environment variables (set by
 //! its owner) and its key-value state (written by its invocations). Both are registry records,
 //! so they are sealed like every other one — encrypted, bound to their place, and covered by
-//! the registry's version and digest, so a host cannot read them, swap them between functions,
-//! or put back an older copy unnoticed. Each record names its owner; deleting the function
+//! the registry's version and digest, so a host cannot read them or swap them between
+//! functions, and an older copy put back is refused at the next write or start (reads in
+//! between check each record's seal, not the digest). Each record names its owner; deleting the function
 //! deletes them in the same transaction, so a name taken again never inherits them.
 
 use std::collections::BTreeMap;
