@@ -159,7 +159,8 @@ fn refused(caller: &Caller<'_, CommandState>, e: StateError) -> StateCode {
     code
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs a state operation on a blocking thread (stores may do I/O).
+pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, StateError> {
     tokio::task::spawn_blocking(work)

@@ -3,7 +3,7 @@
 //! preview 1 functions. Refusals are errors for the guest and denials in the log.
 
 use crate::http::HttpState;
-use crate::state::{MAX_KEY_BYTES, StateError};
+use crate::state::{MAX_KEY_BYTES, StateError, blocking};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -51,14 +51,6 @@ impl HttpState {
         self.monitor.deny(by, e.to_string());
         code
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, StateError> + Send + 'static,
-) -> Result<T, StateError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| StateError::Unavailable(format!("the state task failed: {e}")))?
 }
 
 impl Host for HttpState {

@@ -115,12 +115,7 @@ async fn health_and_metrics_need_no_token_and_reveal_no_names() {
     let _ = acme.invoke("nope", vec![], &[]).await;
 
     assert_eq!(node.anonymous().health().await.unwrap()["status"], "ok");
-    let metrics = reqwest::get(format!("{}/metrics", node.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains(r#"cella_invocations_total{kind="wasi-command",outcome="ok"} 1"#),
         "{metrics}"

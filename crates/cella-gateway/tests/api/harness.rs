@@ -181,6 +181,16 @@ impl Node {
         }
     }
 
+    /// The node's Prometheus text (`/metrics`, open to anyone).
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub fn admin_token(&self) -> &str {
         &self.admin_token
     }

@@ -63,12 +63,7 @@ async fn a_lying_storage_host_never_gets_made_up_code_run() {
             assert!(!message.contains("panicked"), "{lie:?}: {message}");
         }
         assert!(store.lies_told() > told, "{lie:?} was never told");
-        let metrics = reqwest::get(format!("{}/metrics", node.url))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = node.metrics().await;
         let refusals_counted = !metrics.contains("cella_blob_integrity_failures_total 0");
         assert_eq!(refusals_counted, lie != Lie::Fail, "{lie:?}: {metrics}");
         store.tell(Lie::Honest);

@@ -135,12 +135,7 @@ async fn sealed_state_persists_per_function_is_bounded_and_refusals_are_logged_a
     assert_eq!(stats.denials.get("kv-quota"), Some(&1));
     assert!(stats.host_calls >= 5 * 3, "{stats:?}");
     assert_api_error(other.stats("visits").await, 403, "forbidden");
-    let metrics = reqwest::get(format!("{}/metrics", node.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = node.metrics().await;
     assert!(
         metrics.contains(r#"cella_host_call_denials_total{by="kv-quota"} 1"#),
         "{metrics}"
