@@ -231,76 +231,22 @@ fn install_random(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
     math.set("random", random)
 }
 
-/// The function's key-value state, through the node's `cella:state/v1` host functions.
-mod state {
-    #[link(wasm_import_module = "cella:state/v1")]
-    unsafe extern "C" {
-        #[link_name = "get"]
-        fn state_get(key: *const u8, key_len: usize, buf: *mut u8, buf_len: usize) -> i64;
-        #[link_name = "set"]
-        fn state_set(key: *const u8, key_len: usize, value: *const u8, value_len: usize) -> i32;
-        #[link_name = "delete"]
-        fn state_delete(key: *const u8, key_len: usize) -> i32;
-    }
-
-    /// What a negative result means (see the node's `StateCode`).
-    pub fn error(code: i64) -> String {
-        match code {
-            -2 => "cella.state: keys have 1 to 256 bytes".into(),
-            -3 => "cella.state: the function's state is full (delete keys or store less)".into(),
-            -4 => "cella.state: state is unavailable (the function needs `kv = true` under \
-                   [permissions])"
-                .into(),
-            other => format!("cella.state: error {other}"),
-        }
-    }
-
-    pub fn get(key: &[u8]) -> Result<Option<Vec<u8>>, i64> {
-        let mut buf = vec![0u8; 256];
-        loop {
-            // SAFETY: the pointers and lengths describe live buffers of this module.
-            let n = unsafe { state_get(key.as_ptr(), key.len(), buf.as_mut_ptr(), buf.len()) };
-            match n {
-                -1 => return Ok(None),
-                n if n < 0 => return Err(n),
-                n if n as usize <= buf.len() => {
-                    buf.truncate(n as usize);
-                    return Ok(Some(buf));
-                }
-                n => buf.resize(n as usize, 0),
-            }
-        }
-    }
-
-    pub fn set(key: &[u8], value: &[u8]) -> Result<(), i64> {
-        // SAFETY: the pointers and lengths describe live buffers of this module.
-        match unsafe { state_set(key.as_ptr(), key.len(), value.as_ptr(), value.len()) } {
-            0 => Ok(()),
-            code => Err(code.into()),
-        }
-    }
-
-    pub fn delete(key: &[u8]) -> Result<bool, i64> {
-        // SAFETY: the key is a live buffer of this module.
-        match unsafe { state_delete(key.as_ptr(), key.len()) } {
-            code if code < 0 => Err(code.into()),
-            existed => Ok(existed == 1),
-        }
-    }
-}
-
 /// `cella.state.get(key)` (a string, or `undefined`), `cella.state.set(key, value)` and
 /// `cella.state.delete(key)` (whether it existed): the function's sealed key-value state, with
 /// string keys and values. Failures throw with the reason.
 fn install_state(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
-    let fail =
-        |ctx: &Ctx<'_>, code: i64| rquickjs::Exception::throw_message(ctx, &state::error(code));
+    let fail = |ctx: &Ctx<'_>, code: i64| {
+        rquickjs::Exception::throw_message(
+            ctx,
+            &format!("cella.state: {}", cella_state::describe(code)),
+        )
+    };
     let object = Object::new(ctx.clone())?;
     object.set(
         "get",
         Func::from(
             move |ctx: Ctx<'_>, key: String| -> rquickjs::Result<Option<String>> {
-                match state::get(key.as_bytes()) {
+                match cella_state::get(key.as_bytes()) {
                     Ok(value) => Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned())),
                     Err(code) => Err(fail(&ctx, code)),
                 }
@@ -311,14 +257,15 @@ fn install_state(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
         "set",
         Func::from(
             move |ctx: Ctx<'_>, key: String, value: Coerced<String>| -> rquickjs::Result<()> {
-                state::set(key.as_bytes(), value.0.as_bytes()).map_err(|code| fail(&ctx, code))
+                cella_state::set(key.as_bytes(), value.0.as_bytes())
+                    .map_err(|code| fail(&ctx, code))
             },
         ),
     )?;
     object.set(
         "delete",
         Func::from(move |ctx: Ctx<'_>, key: String| -> rquickjs::Result<bool> {
-            state::delete(key.as_bytes()).map_err(|code| fail(&ctx, code))
+            cella_state::delete(key.as_bytes()).map_err(|code| fail(&ctx, code))
         }),
     )?;
     let cella = Object::new(ctx.clone())?;

@@ -27,6 +27,21 @@ fn edit_raw(path: &Path, edit: impl FnOnce(&mut redb::Table<&'static [u8], &'sta
     tx.commit().unwrap();
 }
 
+/// Plays the host: copies a table's sealed rows as they are on disk now.
+fn rows_of(path: &Path, table: Sealed) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = Database::create(path).unwrap();
+    let tx = db.begin_read().unwrap();
+    let table = tx.open_table(table).unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|e| {
+            let (k, v) = e.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
 fn raw_entries(table: &redb::Table<&'static [u8], &'static [u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
     table
         .iter()
@@ -346,19 +361,7 @@ fn a_single_record_put_back_from_an_older_copy_or_deleted_is_detected() {
         token
     };
     // Keep the sealed rows of the tokens table as they are now.
-    let old_rows = {
-        let db = Database::create(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let tokens = tx.open_table(TOKENS).unwrap();
-        tokens
-            .iter()
-            .unwrap()
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                (k.value().to_vec(), v.value().to_vec())
-            })
-            .collect::<Vec<_>>()
-    };
+    let old_rows = rows_of(&path, TOKENS);
     {
         let registry = open(&path).unwrap();
         registry.rotate_tenant_token(&tenant("acme")).unwrap();
@@ -437,19 +440,7 @@ fn function_state_is_bounded_owned_and_rolled_back_copies_are_refused() {
         assert!(registry.env_values(&other, &f).unwrap().is_empty());
     }
     // The host keeps this copy of the state, lets the function count on, then puts it back.
-    let kept = {
-        let db = Database::create(&path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let table = tx.open_table(function_data::FUNCTION_DATA).unwrap();
-        table
-            .iter()
-            .unwrap()
-            .map(|e| {
-                let (k, v) = e.unwrap();
-                (k.value().to_vec(), v.value().to_vec())
-            })
-            .collect::<Vec<_>>()
-    };
+    let kept = rows_of(&path, function_data::FUNCTION_DATA);
     {
         let registry = open(&path).unwrap();
         registry
