@@ -31,18 +31,12 @@ fn edit_raw(path: &Path, edit: impl FnOnce(&mut redb::Table<&'static [u8], &'sta
 fn rows_of(path: &Path, table: Sealed) -> Vec<(Vec<u8>, Vec<u8>)> {
     let db = Database::create(path).unwrap();
     let tx = db.begin_read().unwrap();
-    let table = tx.open_table(table).unwrap();
-    table
-        .iter()
-        .unwrap()
-        .map(|e| {
-            let (k, v) = e.unwrap();
-            (k.value().to_vec(), v.value().to_vec())
-        })
-        .collect()
+    raw_entries(&tx.open_table(table).unwrap())
 }
 
-fn raw_entries(table: &redb::Table<&'static [u8], &'static [u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn raw_entries(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
     table
         .iter()
         .unwrap()
