@@ -85,11 +85,8 @@ impl InvocationLogs {
         let stats = &mut function.stats;
         stats.invocations += 1;
         stats.host_calls += monitor.host_calls;
-        for denial in &monitor.denials {
-            *stats.denials.entry(denial.by).or_default() += 1;
-        }
-        if monitor.denials_not_logged > 0 {
-            *stats.denials.entry("unlogged").or_default() += monitor.denials_not_logged;
+        for (by, count) in monitor.denials_by_cause() {
+            *stats.denials.entry(by).or_default() += count;
         }
         let ring = &mut function.recent;
         if ring.len() == PER_FUNCTION {

@@ -158,15 +158,8 @@ impl Metrics {
     /// What the monitor saw during one invocation.
     pub(crate) fn monitored(&self, report: &cella_sandbox::MonitorReport) {
         self.host_calls.inc_by(report.host_calls);
-        for denial in &report.denials {
-            self.denials
-                .get_or_create(&DeniedBy { by: denial.by })
-                .inc();
-        }
-        if report.denials_not_logged > 0 {
-            self.denials
-                .get_or_create(&DeniedBy { by: "unlogged" })
-                .inc_by(report.denials_not_logged);
+        for (by, count) in report.denials_by_cause() {
+            self.denials.get_or_create(&DeniedBy { by }).inc_by(count);
         }
     }
 

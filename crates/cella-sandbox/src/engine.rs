@@ -92,6 +92,7 @@ pub struct Sandbox {
     pub(crate) config: SandboxConfig,
     pub(crate) clocks: Arc<GuardedClocks>,
     pub(crate) outgoing_denied: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) outgoing: Arc<crate::outgoing::OutgoingClient>,
     _ticker: EpochTicker,
 }
 
@@ -118,6 +119,7 @@ impl Sandbox {
         let command_linker = crate::command::linker(&engine).map_err(CompileError::engine)?;
         let http_linker = crate::http::linker(&engine).map_err(CompileError::engine)?;
         let ticker = EpochTicker::start(engine.clone());
+        let outgoing = crate::outgoing::OutgoingClient::new(config.outgoing.clone());
         Ok(Sandbox {
             engine,
             command_linker,
@@ -125,6 +127,7 @@ impl Sandbox {
             config,
             clocks: GuardedClocks::new(source),
             outgoing_denied: Arc::default(),
+            outgoing,
             _ticker: ticker,
         })
     }

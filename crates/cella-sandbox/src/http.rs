@@ -147,7 +147,7 @@ impl Sandbox {
                 table: ResourceTable::new(),
                 hooks: Outgoing::new(
                     grants.http,
-                    self.config.outgoing.clone(),
+                    self.outgoing.clone(),
                     monitor.clone(),
                     self.outgoing_denied.clone(),
                 ),

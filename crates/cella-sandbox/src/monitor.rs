@@ -32,6 +32,13 @@ impl MonitorReport {
     pub fn denial_count(&self) -> u64 {
         self.denials.len() as u64 + self.denials_not_logged
     }
+
+    /// Denials counted by what refused them; those beyond the log's count as `unlogged`.
+    pub fn denials_by_cause(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let unlogged =
+            (self.denials_not_logged > 0).then_some(("unlogged", self.denials_not_logged));
+        self.denials.iter().map(|d| (d.by, 1)).chain(unlogged)
+    }
 }
 
 /// One refused host call.

@@ -74,11 +74,34 @@ impl std::fmt::Debug for OutgoingConfig {
     }
 }
 
+/// What every invocation's hook shares: the settings and the TLS client configuration,
+/// built once per sandbox.
+pub(crate) struct OutgoingClient {
+    config: OutgoingConfig,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl OutgoingClient {
+    pub(crate) fn new(config: OutgoingConfig) -> Arc<Self> {
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports rustls's default protocol versions")
+        .with_root_certificates(config.roots.clone())
+        .with_no_client_auth();
+        Arc::new(OutgoingClient {
+            config,
+            tls: Arc::new(tls),
+        })
+    }
+}
+
 /// The outgoing-request hook of one invocation.
 pub(crate) struct Outgoing {
     /// The hosts the function's manifest lists.
     pub(crate) hosts: BTreeSet<HttpHost>,
-    pub(crate) config: OutgoingConfig,
+    client: Arc<OutgoingClient>,
     pub(crate) monitor: Arc<Monitor>,
     /// The node-wide count of refused requests.
     pub(crate) denied: Arc<AtomicU64>,
@@ -92,14 +115,14 @@ impl Outgoing {
     /// The hook of one invocation that may reach `hosts`.
     pub(crate) fn new(
         hosts: BTreeSet<HttpHost>,
-        config: OutgoingConfig,
+        client: Arc<OutgoingClient>,
         monitor: Arc<Monitor>,
         denied: Arc<AtomicU64>,
     ) -> Self {
-        let budget = config.max_response_bytes;
+        let budget = client.config.max_response_bytes;
         Outgoing {
             hosts,
-            config,
+            client,
             monitor,
             denied,
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
@@ -123,7 +146,7 @@ impl Outgoing {
     ) -> Box<dyn Future<Output = Answer> + Send> {
         let checked = self.check(&request);
         let permit = self.in_flight.clone().try_acquire_owned();
-        let config = self.config.clone();
+        let client = self.client.clone();
         let (monitor, denied, budget) = (
             self.monitor.clone(),
             self.denied.clone(),
@@ -145,12 +168,12 @@ impl Outgoing {
             let exchange = async {
                 // Resolving counts against the deadline too; a resolver that fails is the
                 // host's fault, not a refusal.
-                let address = resolve(&host, port, config.allow_private_addresses).await?;
-                exchange(request, &host, port, address, &config, limit)
+                let address = resolve(&host, port, client.config.allow_private_addresses).await?;
+                exchange(request, &host, port, address, &client.tls, limit)
                     .await
                     .map_err(Refused::Failed)
             };
-            match tokio::time::timeout(config.timeout, exchange).await {
+            match tokio::time::timeout(client.config.timeout, exchange).await {
                 Err(_) => Err(Error::ConnectionTimeout),
                 Ok(Err(Refused::Denied(refusal))) => Err(refuse(&monitor, &denied, refusal)),
                 Ok(Err(Refused::Failed(Error::TlsCertificateError))) => {
@@ -346,22 +369,15 @@ async fn exchange(
     host: &str,
     port: u16,
     address: SocketAddr,
-    config: &OutgoingConfig,
+    tls: &Arc<rustls::ClientConfig>,
     limit: usize,
 ) -> Result<(http::Response<WasiBody>, usize), Error> {
     let tcp = tokio::net::TcpStream::connect(address)
         .await
         .map_err(Error::Connect)?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| Error::InternalError(Some(e.to_string())))?
-    .with_root_certificates(config.roots.clone())
-    .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|_| Error::HttpRequestUriInvalid)?;
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
         .connect(name, tcp)
         .await
         .map_err(|e| {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use wasmtime::{Caller, Extern, Linker};
 
 use crate::command::CommandState;
+use crate::monitor::Monitor;
 
 /// The import module of the state functions.
 pub const STATE_MODULE: &str = "cella:state/v1";
@@ -73,7 +74,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Resu
                         }
                         Ok(value.len() as i64)
                     }
-                    Err(e) => Ok(refused(&caller, e) as i64),
+                    Err(e) => Ok(refused(&caller.data().monitor, e) as i64),
                 }
             })
         },
@@ -91,7 +92,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Resu
                 let value = read(&mut caller, value_ptr, value_len)?;
                 match blocking(move || store.set(&key, &value)).await {
                     Ok(()) => Ok(0),
-                    Err(e) => Ok(refused(&caller, e) as i32),
+                    Err(e) => Ok(refused(&caller.data().monitor, e) as i32),
                 }
             })
         },
@@ -107,7 +108,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Resu
                 };
                 match blocking(move || store.delete(&key)).await {
                     Ok(existed) => Ok(i32::from(existed)),
-                    Err(e) => Ok(refused(&caller, e) as i32),
+                    Err(e) => Ok(refused(&caller.data().monitor, e) as i32),
                 }
             })
         },
@@ -124,38 +125,54 @@ fn begin(
     key_ptr: i32,
     key_len: i32,
 ) -> wasmtime::Result<Result<Begun, StateCode>> {
-    let Some(store) = caller.data().state.clone() else {
-        // Unreachable for deployed functions (a module importing these needs `kv` at
-        // deploy); a pre-initialiser runs without state.
-        caller.data().monitor.deny(
-            "kv",
-            "key-value state is not available here; grant it with `kv = true` under \
-             [permissions]"
-                .into(),
-        );
-        return Ok(Err(StateCode::Unavailable));
+    let monitor = caller.data().monitor.clone();
+    let store = match available(&monitor, caller.data().state.as_ref()) {
+        Ok(store) => store,
+        Err(code) => return Ok(Err(code)),
     };
-    if length(key_len)? == 0 || length(key_len)? > MAX_KEY_BYTES {
-        caller.data().monitor.deny(
-            "kv",
-            format!("a key of {key_len} bytes; keys have 1 to {MAX_KEY_BYTES} bytes"),
-        );
-        return Ok(Err(StateCode::BadKey));
+    if let Err(code) = check_key(&monitor, length(key_len)?) {
+        return Ok(Err(code));
     }
     let key = read(caller, key_ptr, key_len)?;
     Ok(Ok((store, key)))
 }
 
-fn refused(caller: &Caller<'_, CommandState>, e: StateError) -> StateCode {
-    let code = match e {
-        StateError::Full { .. } => StateCode::Full,
-        StateError::Unavailable(_) => StateCode::Unavailable,
+/// The invocation's state, or a refusal recorded as a denial. Deployed functions that
+/// import the state functions were granted `kv`; a pre-initialiser runs without state.
+pub(crate) fn available(
+    monitor: &Monitor,
+    state: Option<&Arc<dyn StateStore>>,
+) -> Result<Arc<dyn StateStore>, StateCode> {
+    state.cloned().ok_or_else(|| {
+        monitor.deny(
+            "kv",
+            "key-value state is not available here; grant it with `kv = true` under \
+             [permissions]"
+                .into(),
+        );
+        StateCode::Unavailable
+    })
+}
+
+/// Refuses (and records) a key of no bytes or more than [`MAX_KEY_BYTES`].
+pub(crate) fn check_key(monitor: &Monitor, len: usize) -> Result<(), StateCode> {
+    if len == 0 || len > MAX_KEY_BYTES {
+        monitor.deny(
+            "kv",
+            format!("a key of {len} bytes; keys have 1 to {MAX_KEY_BYTES} bytes"),
+        );
+        return Err(StateCode::BadKey);
+    }
+    Ok(())
+}
+
+/// Records a store's refusal as a denial; the guest's code for it.
+pub(crate) fn refused(monitor: &Monitor, e: StateError) -> StateCode {
+    let (by, code) = match e {
+        StateError::Full { .. } => ("kv-quota", StateCode::Full),
+        StateError::Unavailable(_) => ("kv", StateCode::Unavailable),
     };
-    let by = match code {
-        StateCode::Full => "kv-quota",
-        _ => "kv",
-    };
-    caller.data().monitor.deny(by, e.to_string());
+    monitor.deny(by, e.to_string());
     code
 }
 

@@ -3,7 +3,7 @@
 //! preview 1 functions. Refusals are errors for the guest and denials in the log.
 
 use crate::http::HttpState;
-use crate::state::{MAX_KEY_BYTES, StateError, blocking};
+use crate::state::{self, StateCode, StateError, blocking};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -22,34 +22,22 @@ impl HttpState {
     /// The state store, or the refusal for the guest (a component without `kv` is refused
     /// at deploy, so this is reached only where no state exists, such as pre-initialisation).
     fn state(&self, key: &[u8]) -> Result<std::sync::Arc<dyn crate::StateStore>, Error> {
-        if key.is_empty() || key.len() > MAX_KEY_BYTES {
-            self.monitor.deny(
-                "kv",
-                format!(
-                    "a key of {} bytes; keys have 1 to {MAX_KEY_BYTES} bytes",
-                    key.len()
-                ),
-            );
-            return Err(Error::BadKey);
-        }
-        self.state.clone().ok_or_else(|| {
-            self.monitor.deny(
-                "kv",
-                "key-value state is not available here; grant it with `kv = true` under \
-                 [permissions]"
-                    .into(),
-            );
-            Error::Unavailable
-        })
+        let store = state::available(&self.monitor, self.state.as_ref()).map_err(error)?;
+        state::check_key(&self.monitor, key.len()).map_err(error)?;
+        Ok(store)
     }
 
     fn refused(&self, e: StateError) -> Error {
-        let (by, code) = match e {
-            StateError::Full { .. } => ("kv-quota", Error::Full),
-            StateError::Unavailable(_) => ("kv", Error::Unavailable),
-        };
-        self.monitor.deny(by, e.to_string());
-        code
+        error(state::refused(&self.monitor, e))
+    }
+}
+
+/// The interface's error for a refusal's code.
+fn error(code: StateCode) -> Error {
+    match code {
+        StateCode::BadKey => Error::BadKey,
+        StateCode::Full => Error::Full,
+        StateCode::NotFound | StateCode::Unavailable => Error::Unavailable,
     }
 }
 
