@@ -71,6 +71,22 @@ fn trusting(cert: &rustls::pki_types::CertificateDer<'static>, loopback: bool) -
     }
 }
 
+/// A node making outgoing requests as `outgoing` says, and a tenant's `fetcher` (the
+/// `hello-http` example) allowed to reach `localhost:port`.
+async fn fetching(outgoing: OutgoingConfig, port: u16) -> (Node, cella_client::Client) {
+    let node = Node::start_with(Options {
+        outgoing: Some(outgoing),
+        ..Options::default()
+    })
+    .await;
+    let acme = node.tenant("acme").await;
+    let allowed = clocks_random().allow(&format!("http=localhost:{port}"));
+    acme.deploy("fetcher", guest("hello-http.wasm"), allowed)
+        .await
+        .unwrap();
+    (node, acme)
+}
+
 async fn fetch(client: &cella_client::Client, function: &str, url: &str) -> String {
     let (status, _, body) = client
         .http(Method::GET, function, &format!("/fetch?{url}"), Vec::new())
@@ -155,16 +171,7 @@ async fn outgoing_https_reaches_only_listed_hosts_with_verified_tls() {
 async fn a_listed_name_that_resolves_to_a_private_address_is_refused() {
     let (port, cert) = upstream().await;
     // As on a real node: loopback and private addresses are not reachable.
-    let node = Node::start_with(Options {
-        outgoing: Some(trusting(&cert, false)),
-        ..Options::default()
-    })
-    .await;
-    let acme = node.tenant("acme").await;
-    let allowed = clocks_random().allow(&format!("http=localhost:{port}"));
-    acme.deploy("fetcher", guest("hello-http.wasm"), allowed)
-        .await
-        .unwrap();
+    let (_node, acme) = fetching(trusting(&cert, false), port).await;
     let report = fetch(&acme, "fetcher", &format!("https://localhost:{port}/")).await;
     assert!(report.contains("denied"), "{report}");
     let logs = acme.logs("fetcher").await.unwrap();
@@ -178,19 +185,11 @@ async fn a_listed_name_that_resolves_to_a_private_address_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_larger_than_the_bound_is_refused_not_buffered() {
     let (port, cert) = upstream_answering(bytes::Bytes::from(vec![b'x'; 64 * 1024])).await;
-    let node = Node::start_with(Options {
-        outgoing: Some(OutgoingConfig {
-            max_response_bytes: 16 * 1024,
-            ..trusting(&cert, true)
-        }),
-        ..Options::default()
-    })
-    .await;
-    let acme = node.tenant("acme").await;
-    let allowed = clocks_random().allow(&format!("http=localhost:{port}"));
-    acme.deploy("fetcher", guest("hello-http.wasm"), allowed)
-        .await
-        .unwrap();
+    let bounded = OutgoingConfig {
+        max_response_bytes: 16 * 1024,
+        ..trusting(&cert, true)
+    };
+    let (_node, acme) = fetching(bounded, port).await;
     let report = fetch(&acme, "fetcher", &format!("https://localhost:{port}/")).await;
     assert!(
         report.contains("denied") && !report.contains("xxxx"),
