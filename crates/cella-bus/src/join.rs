@@ -10,10 +10,10 @@
 //! 4. Only the enclave holding the private key can open the grant ([`JoinKey::accept`]); the
 //!    bus and the host see an HPKE ciphertext.
 //!
-//! Not yet: the worker does not authenticate who sealed the grant (HPKE's base mode). The
-//! worker's public key crosses the bus, so a host could seal a key of its own choosing to it.
-//! Before the roles use this, the worker must verify the control plane's evidence too and the
-//! grant must be sealed in HPKE's auth mode with the control plane's attested key.
+//! The grant is sealed in HPKE's base mode, so by itself it does not say who sealed it (the
+//! worker's public key crosses the bus, and a host could seal secrets of its own choosing to
+//! it). The cluster's roles close that: the worker checks the control plane's evidence first,
+//! and accepts only a grant signed with the key that evidence binds (`cella-cluster`).
 
 use std::time::SystemTime;
 
@@ -98,8 +98,8 @@ impl JoinKey {
         })
     }
 
-    /// Opens a grant: the cluster key of its epoch.
-    pub fn accept(&self, grant: &JoinGrant) -> Result<[u8; 32], JoinError> {
+    /// Opens a grant: the cluster's secrets of its epoch.
+    pub fn accept(&self, grant: &JoinGrant) -> Result<Vec<u8>, JoinError> {
         let encapsulated =
             <X25519HkdfSha256 as hpke::Kem>::EncappedKey::from_bytes(&grant.encapsulated)
                 .map_err(|_| JoinError::Unauthentic)?;
@@ -112,20 +112,20 @@ impl JoinKey {
             b"",
         )
         .map_err(|_| JoinError::Unauthentic)?;
-        key.try_into().map_err(|_| JoinError::Unauthentic)
+        Ok(key)
     }
 }
 
 /// The control plane's side: admits `request` under `policy` (evidence checked by
-/// `verifiers` at `now`, bound to the worker's key and `challenge`) and seals `cluster_key`
-/// of `epoch` to it; refuses with every failed check otherwise.
+/// `verifiers` at `now`, bound to the worker's key and `challenge`) and seals `secrets` (the
+/// cluster's, of `epoch`) to it; refuses with every failed check otherwise.
 pub fn admit(
     request: &JoinRequest,
     challenge: &[u8],
     policy: &Policy,
     verifiers: &[&dyn Verifier],
     now: SystemTime,
-    cluster_key: &[u8; 32],
+    secrets: &[u8],
     epoch: u32,
 ) -> Result<JoinGrant, JoinError> {
     let public = <X25519HkdfSha256 as hpke::Kem>::PublicKey::from_bytes(&request.public_key)
@@ -139,7 +139,7 @@ pub fn admit(
         ChaCha20Poly1305,
         HkdfSha256,
         X25519HkdfSha256,
-    >(&OpModeS::Base, &public, &info(epoch), cluster_key, b"")
+    >(&OpModeS::Base, &public, &info(epoch), secrets, b"")
     .map_err(|e| JoinError::Malformed(format!("sealing failed: {e}")))?;
     Ok(JoinGrant {
         epoch,
@@ -186,7 +186,7 @@ mod tests {
             5,
         )
         .unwrap();
-        assert_eq!(worker.accept(&grant).unwrap(), [42; 32]);
+        assert_eq!(worker.accept(&grant).unwrap(), [42; 32].to_vec());
         // Another enclave's key cannot open it; a changed grant does not open.
         assert!(JoinKey::generate().accept(&grant).is_err());
         let mut changed = grant.clone();

@@ -23,6 +23,10 @@ pub(crate) struct ConfigArgs {
     /// Where the registry and blobs are kept.
     #[arg(long, env = "CELLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where bundles are kept, as an object_store URL (`file:///ABSOLUTE/PATH`); a cluster's
+    /// gateways and workers share one. Overrides `[storage] blobs`.
+    #[arg(long, env = "CELLA_BLOBS", value_name = "URL")]
+    pub blobs: Option<String>,
 }
 
 /// `cella.toml`; every field optional.
@@ -206,7 +210,7 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
         },
         limits: LimitSettings { default, maximum },
         storage: StorageSettings {
-            blobs: file.storage.blobs,
+            blobs: args.blobs.clone().or(file.storage.blobs),
             max_state_bytes: file.storage.max_state_bytes.unwrap_or(1 << 20),
         },
         file: source,

@@ -4,6 +4,7 @@
 mod bench;
 mod bundle_cmds;
 mod client_cmds;
+mod cluster_cmds;
 mod config;
 mod demo;
 mod tee_cmds;
@@ -71,6 +72,12 @@ pub(crate) enum Format {
 enum Command {
     /// Run a single-node platform: HTTP API, sandbox, embedded stores.
     Up(up::UpArgs),
+    /// Run a cluster's gateway: the HTTP API and the sealed registry of `up`, with every
+    /// invocation run by an attested worker over NATS.
+    Gateway(cluster_cmds::GatewayArgs),
+    /// Run a cluster's worker: attest to a gateway over NATS, then run the invocations it
+    /// hands out.
+    Worker(cluster_cmds::WorkerArgs),
     /// Measure start-up, autoscaling and chaining against PIE's modes (a table and JSON).
     Bench(bench::BenchArgs),
     /// Show the configuration `cella up` would run with, and where each value came from.
@@ -386,6 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     use client_cmds as c;
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Gateway(args) => cluster_cmds::gateway(args).await,
+        Command::Worker(args) => cluster_cmds::worker(args).await,
         Command::Config {
             command: ConfigCommand::Show(args),
         } => config::show(&args),

@@ -15,11 +15,11 @@ use crate::config::{self, ConfigArgs};
 #[derive(Args)]
 pub(crate) struct UpArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    pub(crate) config: ConfigArgs,
     /// Deploy the example functions under tenant `demo`, invoke them once, and print commands
     /// to try.
     #[arg(long)]
-    demo: bool,
+    pub(crate) demo: bool,
     /// Serve plain HTTP instead of RA-TLS, for local debugging only: clients then cannot bind
     /// the node's evidence to their connection.
     #[arg(long)]
@@ -27,10 +27,22 @@ pub(crate) struct UpArgs {
     /// Where the built example functions are (for --demo).
     #[arg(long, env = "CELLA_GUESTS_DIR", default_value = "guests/dist")]
     guests: PathBuf,
+    #[command(flatten)]
+    pub(crate) node: NodeArgs,
+}
+
+/// What every node process (`up`, `gateway`, `worker`) is started with.
+#[derive(Args)]
+pub(crate) struct NodeArgs {
     /// `auto`: the hardware TEE where one is found (an error if its attester fails), else the
     /// simulated one; `sim`: the simulated TEE even on hardware.
     #[arg(long, env = "CELLA_TEE", value_enum, default_value_t = Tee::Auto)]
     tee: Tee,
+    /// Where the simulated TEE keeps its platform key (default: the data directory). Nodes
+    /// given the same directory stand for one simulated machine and trust each other's
+    /// evidence.
+    #[arg(long, env = "CELLA_SIM_PLATFORM", value_name = "DIR")]
+    sim_platform: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -79,7 +91,7 @@ fn set_registry_aside(data_dir: &Path) -> anyhow::Result<PathBuf> {
     database.context("no registry to set aside")
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CELLA_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -92,6 +104,16 @@ fn init_tracing() {
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     init_tracing();
     let config = config::resolve(&args.config)?;
+    let platform = open(&config, &args.node, args.demo)?;
+    serve(platform, config, &args).await
+}
+
+/// Opens the node's platform as configured (a demo may set a registry of another build aside).
+pub(crate) fn open(
+    config: &config::ServerConfig,
+    node: &NodeArgs,
+    demo: bool,
+) -> anyhow::Result<Arc<Platform>> {
     let mut platform_config = PlatformConfig::new(&config.data_dir);
     platform_config.default_limits = config.limits.default;
     platform_config.max_limits = config.limits.maximum;
@@ -100,14 +122,15 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     platform_config.blob_store = config.storage.blobs.clone();
     platform_config.sandbox.instances = config.sandbox.instances;
     platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
-    platform_config.tee = match args.tee {
+    platform_config.sim_platform_dir = node.sim_platform.clone();
+    platform_config.tee = match node.tee {
         Tee::Auto => TeeMode::Auto,
         Tee::Sim => TeeMode::Simulated,
     };
     let platform = match Platform::open(platform_config.clone()) {
         Err(RuntimeError::Registry(
             sealed @ (RegistryError::SealedForAnotherBuild { .. } | RegistryError::Unsealed { .. }),
-        )) if args.demo => {
+        )) if demo => {
             // The demo re-creates everything it needs, so it may start afresh; a real node
             // never does this on its own.
             let aside = set_registry_aside(&config.data_dir)?;
@@ -117,11 +140,40 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         opened => opened,
     };
-    let platform =
-        Arc::new(platform.with_context(|| {
-            format!("cannot open the platform in {}", config.data_dir.display())
-        })?);
+    let platform = platform
+        .with_context(|| format!("cannot open the platform in {}", config.data_dir.display()))?;
+    print_tee(&platform);
+    Ok(Arc::new(platform))
+}
 
+/// Says which TEE vouches for this node, loudly when it is the simulated one.
+fn print_tee(platform: &Platform) {
+    let (tee, measurement) = platform.tee();
+    if tee == cella_tee::TeeType::Sim {
+        println!(
+            "TEE: SIMULATED — {}; evidence is signed by the simulated platform key (trust \
+             anchor: {}) and proves nothing about hardware",
+            match platform.unused_hardware() {
+                Some(found) => format!("{found} found but left unused (--tee sim)"),
+                None => "no hardware TEE found".to_owned(),
+            },
+            platform
+                .sim_anchor_file()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    } else {
+        println!("TEE: {tee}");
+    }
+    println!("measurement: {measurement}");
+}
+
+/// Serves the HTTP API of `platform` until a shutdown signal.
+pub(crate) async fn serve(
+    platform: Arc<Platform>,
+    config: config::ServerConfig,
+    args: &UpArgs,
+) -> anyhow::Result<()> {
     if let Some(token) = platform.ensure_admin_token().await? {
         let path = save_admin_token(&config.data_dir, &token)?;
         println!(
@@ -147,24 +199,6 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     );
     let header_read_timeout = config.gateway.header_read_timeout;
-    let (tee, measurement) = platform.tee();
-    if tee == cella_tee::TeeType::Sim {
-        println!(
-            "TEE: SIMULATED — {}; evidence is signed by the simulated platform key (trust \
-             anchor: {}) and proves nothing about hardware",
-            match platform.unused_hardware() {
-                Some(found) => format!("{found} found but left unused (--tee sim)"),
-                None => "no hardware TEE found".to_owned(),
-            },
-            platform
-                .sim_anchor_file()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        );
-    } else {
-        println!("TEE: {tee}");
-    }
-    println!("measurement: {measurement}");
     let scheme = if args.insecure_http { "http" } else { "https" };
     println!(
         "cella {} listening on {scheme}://{addr} (data: {})",
@@ -203,7 +237,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

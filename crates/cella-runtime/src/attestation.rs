@@ -54,6 +54,7 @@ impl Identity {
     /// measurement. A hardware TEE whose attester fails is an error, never a quiet fallback.
     pub(crate) fn open(
         data_dir: &Path,
+        sim_platform_dir: Option<&Path>,
         executable: Option<&Path>,
         mode: TeeMode,
     ) -> Result<Self, RuntimeError> {
@@ -66,7 +67,7 @@ impl Identity {
                      (see `cella doctor`), or run with --tee sim to use the SIMULATED TEE knowingly"
                 ))
             })?,
-            _ => sim_backend(data_dir, executable)?,
+            _ => sim_backend(sim_platform_dir.unwrap_or(data_dir), executable)?,
         };
         let attester = backend.attester;
         let measurement = attester.measurement();
@@ -112,6 +113,10 @@ impl Identity {
             .map_err(|e| RuntimeError::Internal(e.to_string()))
     }
 
+    pub(crate) fn attester(&self) -> &dyn Attester {
+        self.attester.as_ref()
+    }
+
     pub(crate) fn tee(&self) -> TeeType {
         self.attester.tee()
     }
@@ -137,18 +142,19 @@ impl Identity {
     }
 }
 
-fn sim_backend(data_dir: &Path, executable: Option<&Path>) -> Result<Backend, RuntimeError> {
+/// The simulated TEE, its platform key kept in `platform_dir`.
+fn sim_backend(platform_dir: &Path, executable: Option<&Path>) -> Result<Backend, RuntimeError> {
     let measurement = match executable {
         Some(path) => measure(path)?,
         None => running_build()?,
     };
-    let platform =
-        SimPlatform::load_or_create(data_dir).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+    let platform = SimPlatform::load_or_create(platform_dir)
+        .map_err(|e| RuntimeError::Internal(e.to_string()))?;
     let sim = SimAttester::new(platform, measurement, SECURITY_VERSION);
     Ok(Backend {
         sealing_root: sim.sealing_root(),
         attester: Box::new(sim),
-        sim_anchor_file: Some(data_dir.join(SimPlatformFiles::ANCHOR)),
+        sim_anchor_file: Some(platform_dir.join(SimPlatformFiles::ANCHOR)),
     })
 }
 

@@ -33,6 +33,37 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for parsing one back (a worker's answer names its error by code).
+    pub const ALL: [ErrorCode; 22] = [
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidName,
+        ErrorCode::InvalidLimits,
+        ErrorCode::InvalidRequest,
+        ErrorCode::InvalidWasm,
+        ErrorCode::WrongKind,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Overloaded,
+        ErrorCode::TooManyRequests,
+        ErrorCode::Timeout,
+        ErrorCode::MemoryLimit,
+        ErrorCode::OutputLimit,
+        ErrorCode::FunctionFailed,
+        ErrorCode::IntegrityError,
+        ErrorCode::InvalidBundle,
+        ErrorCode::UntrustedKey,
+        ErrorCode::HashMismatch,
+        ErrorCode::MissingPermission,
+        ErrorCode::Internal,
+    ];
+
+    /// The code named `text`, if any.
+    pub fn parse(text: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|code| code.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::Unauthenticated => "unauthenticated",
@@ -134,6 +165,9 @@ pub enum RuntimeError {
         name: FunctionName,
         missing: Vec<Permission>,
     },
+    /// A worker of the cluster refused or failed the invocation (its code and message).
+    #[error("{}", .0.message)]
+    Remote(Box<crate::RemoteFailure>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -141,6 +175,7 @@ pub enum RuntimeError {
 impl RuntimeError {
     pub fn code(&self) -> ErrorCode {
         match self {
+            RuntimeError::Remote(failure) => failure.code,
             RuntimeError::Forbidden(_) => ErrorCode::Forbidden,
             RuntimeError::NoSuchFunction(_)
             | RuntimeError::NoSuchVersion { .. }
@@ -209,6 +244,7 @@ impl RuntimeError {
     /// the error came from running a guest.
     pub fn log(&self) -> Option<String> {
         match self {
+            RuntimeError::Remote(failure) => failure.log.as_ref().map(|log| log.to_text()),
             RuntimeError::Run { source, .. }
                 if !source.log().bytes.is_empty() || !source.log().monitor.denials.is_empty() =>
             {
@@ -228,6 +264,7 @@ impl RuntimeError {
     pub fn monitor(&self) -> Option<&cella_sandbox::MonitorReport> {
         match self {
             RuntimeError::Run { source, .. } => Some(&source.log().monitor),
+            RuntimeError::Remote(failure) => failure.log.as_ref().map(|log| &*log.monitor),
             _ => None,
         }
     }

@@ -27,29 +27,36 @@ impl Platform {
     /// What an invocation of `record` is given.
     pub(crate) fn grants(&self, record: &FunctionRecord) -> Result<Grants, RuntimeError> {
         let granted = &record.permissions;
-        let env = match granted.env.is_empty() {
-            true => Vec::new(),
-            false => {
-                let values = self.registry().env_values(&record.owner, &record.name)?;
-                granted
-                    .env
-                    .iter()
-                    .filter_map(|name| Some((name.to_string(), values.get(name)?.clone())))
-                    .collect()
-            }
-        };
-        let state = granted.kv.then(|| {
-            Arc::new(FunctionState {
-                registry: self.registry().clone(),
-                owner: record.owner.clone(),
-                function: record.name.clone(),
-                limit: self.config().max_state_bytes,
-            }) as Arc<dyn StateStore>
-        });
         Ok(Grants {
-            env,
-            state,
+            env: self.granted_env(record)?,
+            state: granted.kv.then(|| self.state_store(record)),
             http: granted.http.clone(),
+        })
+    }
+
+    /// The environment variables `record`'s manifest grants that have a value, with it.
+    pub(crate) fn granted_env(
+        &self,
+        record: &FunctionRecord,
+    ) -> Result<Vec<(String, String)>, RuntimeError> {
+        let granted = &record.permissions.env;
+        if granted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values = self.registry().env_values(&record.owner, &record.name)?;
+        Ok(granted
+            .iter()
+            .filter_map(|name| Some((name.to_string(), values.get(name)?.clone())))
+            .collect())
+    }
+
+    /// `record`'s key-value state, kept in this node's registry.
+    pub(crate) fn state_store(&self, record: &FunctionRecord) -> Arc<dyn StateStore> {
+        Arc::new(FunctionState {
+            registry: self.registry().clone(),
+            owner: record.owner.clone(),
+            function: record.name.clone(),
+            limit: self.config().max_state_bytes,
         })
     }
 

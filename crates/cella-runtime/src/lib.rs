@@ -19,6 +19,7 @@ mod logs;
 mod metrics;
 mod platform;
 mod plugins;
+mod remote;
 
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use chain::MAX_CHAIN_STEPS;
@@ -29,3 +30,4 @@ pub use metrics::Metrics;
 pub use platform::{
     AccessChange, HttpOutput, InvokeOptions, InvokeOutput, Platform, PlatformConfig,
 };
+pub use remote::{Dispatcher, Job, Outcome, RemoteFailure, Work};

@@ -30,6 +30,21 @@ struct DeniedBy {
     by: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Worker {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JoinOutcome {
+    outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     invocations: Family<Outcome, Counter>,
@@ -41,6 +56,9 @@ pub struct Metrics {
     integrity_failures: Counter<u64, AtomicU64>,
     host_calls: Counter<u64, AtomicU64>,
     denials: Family<DeniedBy, Counter>,
+    bus_rejected: Family<Reason, Counter>,
+    jobs: Family<Worker, Counter>,
+    joins: Family<JoinOutcome, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,8 +120,29 @@ impl Default for Metrics {
             "Host calls the monitor refused, by the permission or limit that refused them",
             denials.clone(),
         );
+        let bus_rejected = Family::<Reason, Counter>::default();
+        let jobs = Family::<Worker, Counter>::default();
+        let joins = Family::<JoinOutcome, Counter>::default();
+        registry.register(
+            "bus_messages_rejected",
+            "Cluster messages refused: changed, sealed under another key or epoch, misdirected, replayed or stale",
+            bus_rejected.clone(),
+        );
+        registry.register(
+            "cluster_jobs",
+            "Invocations this gateway had run on each worker (by the worker's node id)",
+            jobs.clone(),
+        );
+        registry.register(
+            "cluster_joins",
+            "Workers that asked to join, by outcome (`admitted`, `refused`)",
+            joins.clone(),
+        );
         Metrics {
             registry,
+            bus_rejected,
+            jobs,
+            joins,
             host_calls,
             denials,
             invocations,
@@ -177,6 +216,26 @@ impl Metrics {
 
     pub(crate) fn integrity_failure(&self) {
         self.integrity_failures.inc();
+    }
+
+    /// A message from the bus was refused (`reason`: why).
+    pub fn bus_rejected(&self, reason: &'static str) {
+        self.bus_rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A job ran on `worker`.
+    pub fn job_ran_on(&self, worker: &str) {
+        self.jobs
+            .get_or_create(&Worker {
+                worker: worker.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A worker asked to join and was admitted or refused.
+    pub fn join(&self, admitted: bool) {
+        let outcome = if admitted { "admitted" } else { "refused" };
+        self.joins.get_or_create(&JoinOutcome { outcome }).inc();
     }
 
     /// The Prometheus text exposition of every metric.

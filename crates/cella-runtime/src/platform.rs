@@ -46,6 +46,10 @@ pub struct PlatformConfig {
     pub executable: Option<PathBuf>,
     /// Hardware TEE where found, or the simulated one regardless.
     pub tee: TeeMode,
+    /// Where the simulated TEE's platform key is kept (the data directory when `None`).
+    /// Nodes that share one stand for one simulated machine, so they trust each other's
+    /// evidence under the same anchor.
+    pub sim_platform_dir: Option<PathBuf>,
 }
 
 impl PlatformConfig {
@@ -62,6 +66,7 @@ impl PlatformConfig {
             sandbox: SandboxConfig::default(),
             executable: None,
             tee: TeeMode::Auto,
+            sim_platform_dir: None,
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct Platform {
     sandbox: Arc<Sandbox>,
     registry: Arc<Registry>,
     blobs: BlobStore,
+    /// The shared blob store under the cluster's key, once this node joined one as a worker.
+    pub(crate) cluster_blobs: std::sync::OnceLock<BlobStore>,
     /// Sealed precompiled code, local to this node (see `artifacts.rs`).
     artifacts: BlobStore,
     code: CodeCache,
@@ -115,6 +122,8 @@ pub struct Platform {
     metrics: Metrics,
     identity: Identity,
     config: PlatformConfig,
+    /// Where invocations run when not here: set on a cluster's gateway.
+    pub(crate) dispatcher: std::sync::OnceLock<Arc<dyn crate::remote::Dispatcher>>,
 }
 
 /// Runs blocking registry work off the async threads.
@@ -155,7 +164,12 @@ impl Platform {
                 config.data_dir.display()
             ))
         })?;
-        let identity = Identity::open(&config.data_dir, config.executable.as_deref(), config.tee)?;
+        let identity = Identity::open(
+            &config.data_dir,
+            config.sim_platform_dir.as_deref(),
+            config.executable.as_deref(),
+            config.tee,
+        )?;
         let registry = Registry::open(
             &config.data_dir.join("registry.redb"),
             &identity.registry_key,
@@ -174,6 +188,7 @@ impl Platform {
             sandbox: Arc::new(sandbox),
             registry: Arc::new(registry),
             blobs,
+            cluster_blobs: std::sync::OnceLock::new(),
             artifacts,
             code: CodeCache::default(),
             plugin_images: PluginImages::default(),
@@ -185,6 +200,7 @@ impl Platform {
             metrics: Metrics::default(),
             identity,
             config,
+            dispatcher: std::sync::OnceLock::new(),
         })
     }
 
@@ -276,7 +292,7 @@ impl Platform {
 
     /// The blob store (operators' tools and tests that play a hostile storage host use it).
     pub fn blobs(&self) -> &BlobStore {
-        &self.blobs
+        self.cluster_blobs.get().unwrap_or(&self.blobs)
     }
 
     /// Creates the admin token on first start; `Some` only then (show it once).
@@ -355,7 +371,7 @@ impl Platform {
         for hash in unused {
             self.code.remove(&hash);
             self.forget_precompiled(&hash).await;
-            self.blobs.delete(&hash).await?;
+            self.blobs().delete(&hash).await?;
         }
         Ok(record)
     }
@@ -435,26 +451,7 @@ impl Platform {
                 target,
                 expect,
                 |o: &CommandOutput| &o.log,
-                async |record, compiled| match compiled {
-                    Compiled::Command(pre) => {
-                        let input = CommandInput {
-                            grants: self.grants(record)?,
-                            ..input
-                        };
-                        self.sandbox
-                            .run_command(&pre, record.name.as_str(), input, &record.limits)
-                            .await
-                            .map_err(|source| RuntimeError::Run {
-                                name: record.name.clone(),
-                                source,
-                            })
-                    }
-                    Compiled::Http(_) => Err(RuntimeError::WrongKind {
-                        name: record.name.clone(),
-                        kind: FunctionKind::WasiHttp,
-                        hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
-                    }),
-                },
+                async |record| self.run_command(record, input).await,
             )
             .await?;
         Ok((function, output, invocation_id))
@@ -536,23 +533,7 @@ impl Platform {
                 target,
                 expect,
                 |r: &HttpResponse| &r.log,
-                async |record, compiled| match compiled {
-                    Compiled::Http(pre) => {
-                        let grants = self.grants(record)?;
-                        self.sandbox
-                            .serve_http(&pre, request, &record.limits, grants)
-                            .await
-                            .map_err(|source| RuntimeError::Run {
-                                name: record.name.clone(),
-                                source,
-                            })
-                    }
-                    Compiled::Command(_) => Err(RuntimeError::WrongKind {
-                        name: record.name.clone(),
-                        kind: FunctionKind::WasiCommand,
-                        hint: "invoke it with POST /v1/functions/NAME/invoke",
-                    }),
-                },
+                async |record| self.run_http(record, request).await,
             )
             .await?;
         Ok(HttpOutput {
@@ -561,24 +542,114 @@ impl Platform {
         })
     }
 
-    /// The steps every invocation shares: authorize, take a concurrency slot, load the code,
-    /// `run` it, and account for the outcome (metrics and the owner's log).
+    /// Runs a command function here, or on a worker when this node dispatches.
+    async fn run_command(
+        &self,
+        record: &FunctionRecord,
+        input: CommandInput,
+    ) -> Result<CommandOutput, RuntimeError> {
+        if let Some(dispatcher) = self.dispatcher.get() {
+            let work = crate::remote::Work::Command {
+                args: input.args,
+                stdin: input.stdin,
+            };
+            return match dispatcher.dispatch(self.job(record, work)?).await? {
+                crate::remote::Outcome::Command(output) => Ok(output),
+                crate::remote::Outcome::Http(_) => Err(crate::remote::mismatched(record)),
+            };
+        }
+        let input = CommandInput {
+            grants: self.grants(record)?,
+            ..input
+        };
+        self.run_command_here(record, input).await
+    }
+
+    /// Runs a command function in this node's sandbox.
+    pub(crate) async fn run_command_here(
+        &self,
+        record: &FunctionRecord,
+        input: CommandInput,
+    ) -> Result<CommandOutput, RuntimeError> {
+        match self.load(record).await? {
+            Compiled::Command(pre) => {
+                let _instance = self.metrics.instance();
+                self.sandbox
+                    .run_command(&pre, record.name.as_str(), input, &record.limits)
+                    .await
+                    .map_err(|source| RuntimeError::Run {
+                        name: record.name.clone(),
+                        source,
+                    })
+            }
+            Compiled::Http(_) => Err(RuntimeError::WrongKind {
+                name: record.name.clone(),
+                kind: FunctionKind::WasiHttp,
+                hint: "send HTTP requests to /v1/functions/NAME/http/ instead of /invoke",
+            }),
+        }
+    }
+
+    /// Serves one HTTP request with a component function here, or on a worker when this node
+    /// dispatches.
+    async fn run_http(
+        &self,
+        record: &FunctionRecord,
+        request: http::Request<Bytes>,
+    ) -> Result<HttpResponse, RuntimeError> {
+        if let Some(dispatcher) = self.dispatcher.get() {
+            let work = crate::remote::Work::Http(request);
+            return match dispatcher.dispatch(self.job(record, work)?).await? {
+                crate::remote::Outcome::Http(response) => Ok(response),
+                crate::remote::Outcome::Command(_) => Err(crate::remote::mismatched(record)),
+            };
+        }
+        let grants = self.grants(record)?;
+        self.run_http_here(record, request, grants).await
+    }
+
+    /// Serves one HTTP request in this node's sandbox.
+    pub(crate) async fn run_http_here(
+        &self,
+        record: &FunctionRecord,
+        request: http::Request<Bytes>,
+        grants: cella_sandbox::Grants,
+    ) -> Result<HttpResponse, RuntimeError> {
+        match self.load(record).await? {
+            Compiled::Http(pre) => {
+                let _instance = self.metrics.instance();
+                self.sandbox
+                    .serve_http(&pre, request, &record.limits, grants)
+                    .await
+                    .map_err(|source| RuntimeError::Run {
+                        name: record.name.clone(),
+                        source,
+                    })
+            }
+            Compiled::Command(_) => Err(RuntimeError::WrongKind {
+                name: record.name.clone(),
+                kind: FunctionKind::WasiCommand,
+                hint: "invoke it with POST /v1/functions/NAME/invoke",
+            }),
+        }
+    }
+
+    /// The steps every invocation shares: authorize, take a concurrency slot, `run` it (here
+    /// or on a worker), and account for the outcome (metrics and the owner's log).
     async fn invocation<T>(
         &self,
         caller: &Principal,
         target: &str,
         expect: Option<&ContentHash>,
         log_of: fn(&T) -> &LogTail,
-        run: impl AsyncFnOnce(&FunctionRecord, Compiled) -> Result<T, RuntimeError>,
+        run: impl AsyncFnOnce(&FunctionRecord) -> Result<T, RuntimeError>,
     ) -> Result<(String, FunctionRecord, T), RuntimeError> {
         let started = Instant::now();
         let record = self.authorize_invoke(caller, target)?;
         crate::deploy::check_expected(&record, expect)?;
         let result = async {
             let _slot = self.concurrency.acquire(caller)?;
-            let compiled = self.load(&record).await?;
-            let _instance = self.metrics.instance();
-            run(&record, compiled).await
+            run(&record).await
         }
         .await;
         let id = invocation_id();

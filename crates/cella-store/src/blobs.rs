@@ -43,6 +43,25 @@ pub struct BlobKey {
 }
 
 impl BlobKey {
+    /// Length of [`BlobKey::to_bytes`].
+    pub const ENCODED_LEN: usize = 64;
+
+    /// The key's bytes, for sealing to another attested node of the same cluster.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&self.encryption);
+        out[32..].copy_from_slice(&self.naming);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<BlobKey> {
+        let (encryption, naming) = bytes.split_at_checked(32)?;
+        Some(BlobKey {
+            encryption: encryption.try_into().ok()?,
+            naming: naming.try_into().ok()?,
+        })
+    }
+
     pub(crate) fn derive(data_key: &[u8; 32]) -> Self {
         let hkdf = hkdf::Hkdf::<sha2::Sha256>::new(None, data_key);
         let mut key = BlobKey {
@@ -88,6 +107,15 @@ impl BlobStore {
         BlobStore {
             store,
             prefix: object_store::path::Path::default(),
+            key,
+        }
+    }
+
+    /// The same store, its blobs sealed under `key` (a cluster's nodes share one key).
+    pub fn with_key(&self, key: BlobKey) -> Self {
+        BlobStore {
+            store: self.store.clone(),
+            prefix: self.prefix.clone(),
             key,
         }
     }

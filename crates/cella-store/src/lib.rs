@@ -15,6 +15,6 @@ mod version;
 
 pub use blobs::{BlobError, BlobKey, BlobStore};
 pub use object_store::ObjectStore;
-pub use registry::{Registry, RegistryError, StateRefusal, Tenant, TenantKey};
+pub use registry::{ClusterSecrets, Registry, RegistryError, StateRefusal, Tenant, TenantKey};
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

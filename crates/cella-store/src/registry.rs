@@ -144,6 +144,8 @@ pub struct Registry {
     db: Database,
     sealer: RecordSealer,
     blob_key: crate::BlobKey,
+    /// What the cluster's keys are derived from (see `cluster.rs`).
+    cluster_root: [u8; 32],
     version_file: VersionFile,
     /// The highest version this node has seen or written; the database must never fall behind.
     version: AtomicU64,
@@ -201,6 +203,7 @@ impl Registry {
             db: database,
             sealer,
             blob_key: crate::BlobKey::derive(&data_key),
+            cluster_root: cluster::cluster_root(&data_key),
             version_file,
             version: AtomicU64::new(0),
         };
@@ -709,9 +712,11 @@ fn unwrap_data_key(
     }
 }
 
+mod cluster;
 mod function_data;
 mod keys;
 mod plugins;
+pub use cluster::ClusterSecrets;
 pub use function_data::StateRefusal;
 pub use keys::TenantKey;
 

@@ -76,16 +76,20 @@ impl SimPlatform {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(dir).map_err(io(dir))?;
                 let mut secret = [0u8; 64];
                 getrandom::fill(&mut secret).expect("the operating system's random generator");
-                write_private(&key_path, &secret).map_err(io(&key_path))?;
+                create_private(&key_path, &secret).map_err(io(&key_path))?;
                 Self::load_or_create(dir)?
             }
             Err(e) => return Err(io(&key_path)(e)),
         };
         let anchor_path = dir.join(SimPlatformFiles::ANCHOR);
-        std::fs::write(&anchor_path, format!("{}\n", platform.anchor_hex()))
-            .map_err(io(&anchor_path))?;
+        let anchor = format!("{}\n", platform.anchor_hex());
+        // Written only when it differs: nodes sharing the platform read it while others start.
+        if std::fs::read_to_string(&anchor_path).ok().as_deref() != Some(anchor.as_str()) {
+            std::fs::write(&anchor_path, anchor).map_err(io(&anchor_path))?;
+        }
         Ok(platform)
     }
 
@@ -99,15 +103,27 @@ impl SimPlatform {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Creates `path` holding `bytes` (owner-only), whole or not at all: nodes that share a
+/// simulated platform may start together, and none may read a half-written key. If another
+/// process created it first, theirs stands.
+fn create_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).expect("the operating system's random generator");
+    let partial = path.with_extension(format!("partial-{}", hex::encode(suffix)));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+        .open(&partial)?;
+    let written = file.write_all(bytes).and_then(|()| file.sync_all());
+    // A hard link never replaces an existing file: the first key made is the key.
+    let linked = written.and_then(|()| std::fs::hard_link(&partial, path));
+    let _ = std::fs::remove_file(&partial);
+    match linked {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }
 }
 
 /// SHA-384 of a file: how the simulated TEE measures the running executable (a changed binary

@@ -12,7 +12,7 @@ fn sealing_key() -> SealingKey {
     }
 }
 
-fn open(path: &Path) -> Result<Registry, RegistryError> {
+pub(super) fn open(path: &Path) -> Result<Registry, RegistryError> {
     Registry::open(path, &sealing_key())
 }
 

@@ -1,0 +1,141 @@
+//! `cella gateway` and `cella worker`: the two roles of a cluster on NATS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cella_runtime::Platform;
+use cella_tee::{Measurement, Policy, TeeType};
+use clap::Args;
+
+use crate::config::{self, ConfigArgs};
+use crate::up::{self, NodeArgs, UpArgs};
+
+#[derive(Args)]
+pub(crate) struct NatsArgs {
+    /// URL of the NATS server the cluster's nodes share.
+    #[arg(long, env = "CELLA_NATS", default_value = "nats://127.0.0.1:4222")]
+    pub nats: String,
+}
+
+#[derive(Args)]
+pub(crate) struct GatewayArgs {
+    #[command(flatten)]
+    up: UpArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Policy a worker's evidence must pass to join (TOML, as for `cella verify`). Default:
+    /// this gateway's own build on its own kind of TEE.
+    #[arg(long, env = "CELLA_WORKER_POLICY", value_name = "FILE")]
+    worker_policy: Option<PathBuf>,
+    /// A worker measurement to admit (96 hex digits; repeatable); replaces the default of
+    /// this gateway's own.
+    #[arg(long = "worker-measurement", value_name = "HEX")]
+    worker_measurements: Vec<Measurement>,
+}
+
+#[derive(Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
+    /// Policy the gateway's evidence must pass before this worker trusts it (TOML). Default:
+    /// this worker's own build on its own kind of TEE.
+    #[arg(long, env = "CELLA_GATEWAY_POLICY", value_name = "FILE")]
+    gateway_policy: Option<PathBuf>,
+    /// A gateway measurement to trust (repeatable); replaces the default of this worker's own.
+    #[arg(long = "gateway-measurement", value_name = "HEX")]
+    gateway_measurements: Vec<Measurement>,
+}
+
+/// The policy a peer must pass: the file if given, else "the same build as this node, on the
+/// same kind of TEE" (for the simulated TEE: under this node's simulated platform key); the
+/// measurements given replace the policy's.
+fn peer_policy(
+    platform: &Platform,
+    file: Option<&PathBuf>,
+    measurements: &[Measurement],
+) -> anyhow::Result<Policy> {
+    let mut policy = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read policy {}", path.display()))?;
+            toml::from_str::<Policy>(&text)
+                .with_context(|| format!("policy {} is not valid", path.display()))?
+        }
+        None => {
+            let (tee, measurement) = platform.tee();
+            let mut policy = Policy {
+                allowed_tee: vec![tee],
+                measurements: vec![measurement],
+                ..Policy::default()
+            };
+            if tee == TeeType::Sim {
+                policy.allow_simulated = true;
+                if let Some(path) = platform.sim_anchor_file() {
+                    let anchor = std::fs::read_to_string(path).with_context(|| {
+                        format!("cannot read the simulated platform key {}", path.display())
+                    })?;
+                    policy.sim_anchors.push(anchor.trim().to_owned());
+                }
+            }
+            policy
+        }
+    };
+    if !measurements.is_empty() {
+        policy.measurements = measurements.to_vec();
+    }
+    Ok(policy)
+}
+
+pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    up::init_tracing();
+    let config = config::resolve(&args.up.config)?;
+    let platform = up::open(&config, &args.up.node, args.up.demo)?;
+    let policy = peer_policy(
+        &platform,
+        args.worker_policy.as_ref(),
+        &args.worker_measurements,
+    )?;
+    let client = cella_cluster::connect(&args.nats.nats, "cella-gateway").await?;
+    let gateway = cella_cluster::Gateway::start(platform.clone(), client, policy)
+        .await
+        .context("cannot start the gateway on the bus")?;
+    println!(
+        "gateway {} on {} (cluster key epoch {}): invocations run on workers",
+        gateway.node_id(),
+        args.nats.nats,
+        gateway.epoch()
+    );
+    up::serve(platform, config, &args.up).await
+}
+
+pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    up::init_tracing();
+    let config = config::resolve(&args.config)?;
+    let platform: Arc<Platform> = up::open(&config, &args.node, false)?;
+    let policy = peer_policy(
+        &platform,
+        args.gateway_policy.as_ref(),
+        &args.gateway_measurements,
+    )?;
+    let client = cella_cluster::connect(&args.nats.nats, "cella-worker").await?;
+    println!("worker joining the cluster on {}", args.nats.nats);
+    let worker = cella_cluster::Worker::join(platform, client, &policy)
+        .await
+        .context("this worker could not join the cluster")?;
+    println!(
+        "worker {} joined (cluster key epoch {}); taking invocations",
+        worker.node_id(),
+        worker.epoch()
+    );
+    tokio::select! {
+        ran = worker.run() => ran.map_err(|e| anyhow::anyhow!("the bus connection failed: {e}"))?,
+        () = up::shutdown_signal() => {}
+    }
+    println!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! The sealed bus: NATS request-reply in which every message is a cella-bus [`Envelope`]
+//! sealed under the cluster's bus key, bound to its subject (and a reply to its request), and
+//! accepted once within the freshness window. NATS only routes ciphertext; whatever it
+//! changes, replays, reorders or misdirects is refused here and counted in
+//! `cella_bus_messages_rejected_total{reason}`.
+
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_nats::{Client, Message, RequestErrorKind};
+use cella_bus::{BusKey, Envelope, Header, Kind, MessageId, Opened, ReplayGuard, SealError, Stale};
+use cella_runtime::Platform;
+use cella_store::ClusterSecrets;
+
+/// How far a message's issue time may be from the receiver's clock; ids are remembered this
+/// long, so a replay inside the window is caught by id and one outside it by age.
+const FRESHNESS_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error(
+        "no {who} answers on the bus subject `{subject}`; start one (`cella {who} --nats URL`) \
+         or check that it uses the same NATS server"
+    )]
+    NoResponders { subject: String, who: &'static str },
+    #[error("no answer on `{subject}` within {after:?}")]
+    TimedOut { subject: String, after: Duration },
+    #[error(
+        "the message has {bytes} bytes, more than the NATS server's max_payload of {max}; raise \
+         `max_payload` in the server's configuration (up to 64 MB) or send less"
+    )]
+    TooLarge { bytes: usize, max: usize },
+    #[error("an answer from the bus was refused ({0}); it is counted in the bus metrics")]
+    Refused(&'static str),
+    #[error("NATS: {0}")]
+    Nats(String),
+}
+
+/// The name a refusal is counted under.
+fn reason(e: &SealError) -> &'static str {
+    match e {
+        SealError::Malformed => "malformed",
+        SealError::WrongEpoch { .. } => "wrong_epoch",
+        SealError::Unauthentic => "unauthentic",
+        SealError::WrongSubject { .. } => "wrong_subject",
+        SealError::WrongKind { .. } => "wrong_kind",
+        SealError::NotTheReply => "not_the_reply",
+    }
+}
+
+fn stale_reason(e: &Stale) -> &'static str {
+    match e {
+        Stale::Replayed => "replayed",
+        Stale::TooOld { .. } | Stale::FromTheFuture { .. } => "stale",
+    }
+}
+
+pub struct SealedBus {
+    client: Client,
+    key: RwLock<BusKey>,
+    /// This node's id on the bus (the sender of what it seals).
+    node: MessageId,
+    guard: Mutex<ReplayGuard>,
+    /// The guarded clock, and the metrics refusals are counted in.
+    platform: Arc<Platform>,
+}
+
+impl SealedBus {
+    pub fn new(client: Client, secrets: &ClusterSecrets, platform: Arc<Platform>) -> Self {
+        SealedBus {
+            client,
+            key: RwLock::new(BusKey::derive(&secrets.bus, secrets.epoch)),
+            node: cella_bus::random_id(),
+            guard: Mutex::new(ReplayGuard::new(FRESHNESS_WINDOW.as_millis() as u64)),
+            platform,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Short hex id of this node on the bus (what metrics and logs name it by).
+    pub fn node_id(&self) -> String {
+        short_id(&self.node)
+    }
+
+    /// Seals with the key of a new epoch from now on; messages under older ones are refused.
+    pub fn rotate(&self, secrets: &ClusterSecrets) {
+        *self.key.write().unwrap_or_else(PoisonError::into_inner) =
+            BusKey::derive(&secrets.bus, secrets.epoch);
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.key().epoch()
+    }
+
+    fn key(&self) -> BusKey {
+        self.key
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.platform
+            .wall_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn header(&self, kind: Kind, subject: &str, in_reply_to: MessageId) -> Header {
+        Header {
+            kind,
+            epoch: 0,
+            sender: self.node,
+            id: cella_bus::random_id(),
+            in_reply_to,
+            issued_at_ms: self.now_ms(),
+            subject: subject.to_owned(),
+        }
+    }
+
+    fn seal(&self, header: Header, payload: &[u8]) -> Result<bytes::Bytes, BusError> {
+        let sealed = Envelope::seal(&self.key(), header, payload)
+            .map_err(|e| BusError::Nats(format!("cannot seal a message: {e}")))?;
+        let max = self.client.server_info().max_payload;
+        if max > 0 && sealed.0.len() > max {
+            return Err(BusError::TooLarge {
+                bytes: sealed.0.len(),
+                max,
+            });
+        }
+        Ok(sealed.0.into())
+    }
+
+    /// Counts and logs a refused message.
+    fn refuse(&self, subject: &str, why: &'static str, detail: &dyn std::fmt::Display) {
+        self.platform.metrics().bus_rejected(why);
+        tracing::warn!(
+            subject,
+            reason = why,
+            "refused a message from the bus: {detail}"
+        );
+    }
+
+    /// Accepts `header` once within the window.
+    fn fresh(&self, header: &Header) -> Result<(), &'static str> {
+        let accepted = self
+            .guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .accept(header, self.now_ms());
+        accepted.map_err(|e| {
+            let why = stale_reason(&e);
+            self.refuse(&header.subject, why, &e);
+            why
+        })
+    }
+
+    /// Sends `payload` on `subject` to one of its listeners and returns the opened reply.
+    /// `who` names the role that should be listening (for the error when none is).
+    pub async fn request(
+        &self,
+        subject: &str,
+        who: &'static str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Opened, BusError> {
+        let header = self.header(Kind::Request, subject, [0; 16]);
+        let id = header.id;
+        let sealed = self.seal(header, payload)?;
+        let request = async_nats::Request::new()
+            .payload(sealed)
+            .timeout(Some(timeout));
+        let answer = self
+            .client
+            .send_request(subject.to_owned(), request)
+            .await
+            .map_err(|e| match e.kind() {
+                RequestErrorKind::NoResponders => BusError::NoResponders {
+                    subject: subject.to_owned(),
+                    who,
+                },
+                RequestErrorKind::TimedOut => BusError::TimedOut {
+                    subject: subject.to_owned(),
+                    after: timeout,
+                },
+                _ => BusError::Nats(e.to_string()),
+            })?;
+        let opened = Envelope(answer.payload.to_vec())
+            .open_reply(&self.key(), subject, &id)
+            .map_err(|e| {
+                let why = reason(&e);
+                self.refuse(subject, why, &e);
+                BusError::Refused(why)
+            })?;
+        self.fresh(&opened.header).map_err(BusError::Refused)?;
+        Ok(opened)
+    }
+
+    /// Opens a request that arrived on `subject`; refusals are counted and logged.
+    pub fn open_request(&self, message: &Message, subject: &str) -> Option<Opened> {
+        let opened = Envelope(message.payload.to_vec())
+            .open(&self.key(), subject, Kind::Request)
+            .map_err(|e| self.refuse(subject, reason(&e), &e))
+            .ok()?;
+        self.fresh(&opened.header).ok()?;
+        Some(opened)
+    }
+
+    /// Answers `request` (received as `message`) with `payload`, sealed as its reply.
+    pub async fn reply(
+        &self,
+        message: &Message,
+        request: &Header,
+        payload: &[u8],
+    ) -> Result<(), BusError> {
+        let Some(inbox) = message.reply.clone() else {
+            return Err(BusError::Nats(
+                "the request names no reply subject; it cannot be answered".into(),
+            ));
+        };
+        let header = self.header(Kind::Reply, &request.subject, request.id);
+        let sealed = self.seal(header, payload)?;
+        self.client
+            .publish(inbox, sealed)
+            .await
+            .map_err(|e| BusError::Nats(e.to_string()))
+    }
+}
+
+/// The first four bytes of an id, in hex.
+pub fn short_id(id: &MessageId) -> String {
+    hex::encode(&id[..4])
+}

@@ -1,0 +1,103 @@
+//! The gateway role: the HTTP API and the sealed registry, as on a single node, with every
+//! invocation run by a worker. The gateway admits workers, answers their state calls and
+//! hands each invocation to the `cella-workers` queue group: NATS gives it to one worker, so
+//! load spreads with no scheduler of cella's own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use cella_runtime::{Dispatcher, ErrorCode, Job, Outcome, Platform, RemoteFailure, RuntimeError};
+use cella_tee::Policy;
+
+use crate::bus::{BusError, SealedBus, short_id};
+use crate::join::Admissions;
+use crate::subjects::INVOKE;
+use crate::wire;
+
+/// How much longer than the function's own timeout a gateway waits for a worker's answer
+/// (loading and compiling the code, and the trip over the bus).
+const DISPATCH_MARGIN: Duration = Duration::from_secs(30);
+
+/// A running gateway's part on the bus.
+pub struct Gateway {
+    bus: Arc<SealedBus>,
+}
+
+impl Gateway {
+    /// Joins `platform` to the bus as the cluster's gateway: admits workers that pass
+    /// `worker_policy`, serves their state calls, and dispatches every invocation to them.
+    pub async fn start(
+        platform: Arc<Platform>,
+        client: Client,
+        worker_policy: Policy,
+    ) -> Result<Gateway, RuntimeError> {
+        let secrets = platform.cluster_secrets()?;
+        let bus = Arc::new(SealedBus::new(client.clone(), &secrets, platform.clone()));
+        let admissions = Admissions::new(platform.clone(), worker_policy);
+        tokio::spawn(async move {
+            if let Err(e) = admissions.serve(client).await {
+                tracing::error!("the join service stopped: {e}");
+            }
+        });
+        let state = (bus.clone(), platform.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::state::serve(state.0, state.1).await {
+                tracing::error!("the state service stopped: {e}");
+            }
+        });
+        platform.dispatch_to(Arc::new(NatsDispatcher {
+            bus: bus.clone(),
+            platform: platform.clone(),
+        }))?;
+        Ok(Gateway { bus })
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.bus.epoch()
+    }
+
+    pub fn node_id(&self) -> String {
+        self.bus.node_id()
+    }
+}
+
+struct NatsDispatcher {
+    bus: Arc<SealedBus>,
+    platform: Arc<Platform>,
+}
+
+#[async_trait::async_trait]
+impl Dispatcher for NatsDispatcher {
+    async fn dispatch(&self, job: Job) -> Result<Outcome, RuntimeError> {
+        let timeout = Duration::from_millis(job.record.limits.timeout_ms) + DISPATCH_MARGIN;
+        let payload = wire::encode_job(&job);
+        let answer = self
+            .bus
+            .request(INVOKE, "worker", &payload, timeout)
+            .await
+            .map_err(failure)?;
+        self.platform
+            .metrics()
+            .job_ran_on(&short_id(&answer.header.sender));
+        wire::decode_outcome(&answer.payload).map_err(|e| {
+            RuntimeError::Internal(format!("a worker's answer could not be read: {e}"))
+        })?
+    }
+}
+
+/// What a caller is told when the bus failed an invocation.
+fn failure(e: BusError) -> RuntimeError {
+    let code = match &e {
+        BusError::NoResponders { .. } => ErrorCode::Overloaded,
+        BusError::TimedOut { .. } => ErrorCode::Timeout,
+        BusError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+        BusError::Refused(_) => ErrorCode::IntegrityError,
+        BusError::Nats(_) => ErrorCode::Internal,
+    };
+    RuntimeError::Remote(Box::new(RemoteFailure {
+        code,
+        message: e.to_string(),
+        log: None,
+    }))
+}

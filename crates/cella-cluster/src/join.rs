@@ -1,0 +1,354 @@
+//! Joining over the bus, attested both ways.
+//!
+//! 1. The worker sends a fresh nonce (`cella.join.hello`). The gateway answers with a fresh
+//!    challenge and its own evidence, bound to its identity key and the worker's nonce.
+//! 2. The worker checks that evidence under its policy (by default: the same build as itself,
+//!    on the same kind of TEE) before it trusts anything the gateway says.
+//! 3. The worker makes an X25519 key in its enclave and sends evidence binding it and the
+//!    challenge (`cella.join.admit`). The gateway judges it under the cluster's policy and,
+//!    only if every check passes, seals the cluster's secrets to that key (HPKE) and signs
+//!    the grant with its attested identity key.
+//! 4. The worker accepts only a grant signed by the key whose evidence it checked, for its
+//!    own key and challenge, and opens it inside its enclave.
+//!
+//! A worker with the wrong measurement gets the failed checks and nothing else: no key, and
+//! so no work (jobs are sealed under the key it never got). The bus sees evidence, public
+//! keys and ciphertext only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, Message};
+use cella_bus::{JoinGrant, JoinKey, JoinRequest};
+use cella_runtime::Platform;
+use cella_store::ClusterSecrets;
+use cella_tee::{AttestationReport, Evidence, Policy, Verifier, report_data_for};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::subjects::{JOIN_ADMIT, JOIN_HELLO};
+
+/// How long a challenge stays good, and how many may be outstanding at once.
+const CHALLENGE_LIFETIME: Duration = Duration::from_secs(60);
+const MAX_PENDING_CHALLENGES: usize = 1024;
+const NONCE_BYTES: usize = 32;
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    nonce: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Welcome {
+    challenge: String,
+    /// The gateway's evidence, bound to its identity key and the worker's nonce.
+    gateway: AttestationReport,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Admit {
+    challenge: String,
+    public_key: String,
+    evidence: Evidence,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Admission {
+    Granted {
+        epoch: u32,
+        encapsulated: String,
+        sealed: String,
+        /// The gateway's signature over [`grant_statement`].
+        signature: String,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// What the gateway signs: the grant, for this worker's key and this challenge.
+fn grant_statement(challenge: &[u8], public_key: &[u8], grant: &JoinGrant) -> Vec<u8> {
+    let mut out = b"cella join grant v1\0".to_vec();
+    for part in [
+        challenge,
+        public_key,
+        &grant.epoch.to_le_bytes(),
+        &grant.encapsulated,
+        &grant.sealed_key,
+    ] {
+        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinFailure {
+    #[error(
+        "no gateway answers on `{JOIN_HELLO}`; start one with `cella gateway --nats URL` on the \
+         same NATS server"
+    )]
+    NoGateway,
+    #[error("the gateway's evidence does not pass this worker's policy: {0}")]
+    GatewayNotTrusted(String),
+    #[error(
+        "the gateway refused this worker: {0}. Run the build the cluster's policy names, or \
+         have the gateway's operator add this worker's measurement (`--worker-measurement`)"
+    )]
+    Refused(String),
+    #[error("joining failed: {0}")]
+    Protocol(String),
+}
+
+/// The verifiers of every TEE this build knows, trusting `policy`'s simulated anchors.
+fn verify(
+    policy: &Policy,
+    evidence: &Evidence,
+    expected: &cella_tee::ReportData,
+    now: std::time::SystemTime,
+) -> cella_tee::Verification {
+    match policy.verify_with_anchors(evidence, Some(expected), now) {
+        Ok(verification) => verification,
+        Err(e) => cella_tee::Verification {
+            checks: vec![cella_tee::Check {
+                name: "policy",
+                ok: false,
+                expected: "well-formed simulated trust anchors".into(),
+                actual: e.to_string(),
+                fix: None,
+            }],
+            claims: None,
+        },
+    }
+}
+
+fn failed_checks(verification: &cella_tee::Verification) -> String {
+    verification
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{} (expected {}, found {})", c.name, c.expected, c.actual))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The gateway's side: admits workers under `policy`.
+pub struct Admissions {
+    platform: Arc<Platform>,
+    policy: Policy,
+    challenges: Mutex<HashMap<[u8; NONCE_BYTES], Instant>>,
+}
+
+impl Admissions {
+    pub fn new(platform: Arc<Platform>, policy: Policy) -> Arc<Self> {
+        Arc::new(Admissions {
+            platform,
+            policy,
+            challenges: Mutex::default(),
+        })
+    }
+
+    /// Answers joins on the bus until the connection closes.
+    pub(crate) async fn serve(self: Arc<Self>, client: Client) -> Result<(), async_nats::Error> {
+        let mut hellos = client.subscribe(JOIN_HELLO).await?;
+        let mut admits = client.subscribe(JOIN_ADMIT).await?;
+        loop {
+            let (message, answer) = tokio::select! {
+                Some(message) = hellos.next() => {
+                    let answer = self.welcome(&message.payload);
+                    (message, answer)
+                }
+                Some(message) = admits.next() => {
+                    let answer = self.admit(&message.payload).await;
+                    (message, answer)
+                }
+                else => return Ok(()),
+            };
+            if let Some(reply) = message.reply.clone() {
+                let answer = answer.unwrap_or_else(|reason| {
+                    serde_json::to_vec(&Admission::Refused { reason }).expect("serializes")
+                });
+                if let Err(e) = client.publish(reply, answer.into()).await {
+                    tracing::warn!("could not answer a join: {e}");
+                }
+            }
+        }
+    }
+
+    fn welcome(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let hello: Hello =
+            serde_json::from_slice(payload).map_err(|e| format!("malformed hello: {e}"))?;
+        let nonce = hex::decode(&hello.nonce).map_err(|_| "the nonce is not hex".to_owned())?;
+        if nonce.len() != NONCE_BYTES {
+            return Err(format!("the nonce must have {NONCE_BYTES} bytes"));
+        }
+        let mut challenge = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut challenge).map_err(|e| e.to_string())?;
+        {
+            let mut pending = self
+                .challenges
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            pending.retain(|_, issued| issued.elapsed() < CHALLENGE_LIFETIME);
+            if pending.len() >= MAX_PENDING_CHALLENGES {
+                return Err("too many joins are pending; retry in a minute".into());
+            }
+            pending.insert(challenge, Instant::now());
+        }
+        let gateway = self.platform.attest(&nonce).map_err(|e| e.to_string())?;
+        Ok(serde_json::to_vec(&Welcome {
+            challenge: hex::encode(challenge),
+            gateway,
+        })
+        .expect("serializes"))
+    }
+
+    async fn admit(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let admit: Admit =
+            serde_json::from_slice(payload).map_err(|e| format!("malformed admit: {e}"))?;
+        let challenge: [u8; NONCE_BYTES] = hex::decode(&admit.challenge)
+            .ok()
+            .and_then(|c| c.try_into().ok())
+            .ok_or("the challenge is malformed")?;
+        // Each challenge admits once, and only while fresh.
+        let issued = self
+            .challenges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&challenge);
+        if issued.is_none_or(|at| at.elapsed() >= CHALLENGE_LIFETIME) {
+            return Err("unknown or expired challenge; start the join again".into());
+        }
+        let public_key = hex::decode(&admit.public_key).map_err(|_| "the key is not hex")?;
+        let request = JoinRequest {
+            public_key: public_key.clone(),
+            evidence: admit.evidence,
+        };
+        let secrets = self.platform.cluster_secrets().map_err(|e| e.to_string())?;
+        let sim = cella_tee::sim::SimVerifier::new(&self.policy.sim_anchors)
+            .map_err(|e| e.to_string())?;
+        let (sgx, tdx) = (
+            cella_tee::DcapVerifier::sgx(),
+            cella_tee::DcapVerifier::tdx(),
+        );
+        let verifiers: [&dyn Verifier; 4] = [&sim, &sgx, &tdx, &cella_tee::SnpVerifier];
+        let admitted = cella_bus::admit(
+            &request,
+            &challenge,
+            &self.policy,
+            &verifiers,
+            self.platform.wall_time(),
+            &secrets.to_bytes(),
+            secrets.epoch,
+        );
+        self.platform.metrics().join(admitted.is_ok());
+        let grant = admitted.map_err(|e| {
+            tracing::warn!("refused a worker: {e}");
+            e.to_string()
+        })?;
+        let signature = self
+            .platform
+            .sign(&grant_statement(&challenge, &public_key, &grant));
+        tracing::info!(epoch = grant.epoch, "admitted a worker");
+        Ok(serde_json::to_vec(&Admission::Granted {
+            epoch: grant.epoch,
+            encapsulated: hex::encode(&grant.encapsulated),
+            sealed: hex::encode(&grant.sealed_key),
+            signature: hex::encode(signature),
+        })
+        .expect("serializes"))
+    }
+}
+
+async fn ask(client: &Client, subject: &str, body: Vec<u8>) -> Result<Message, JoinFailure> {
+    let request = async_nats::Request::new()
+        .payload(body.into())
+        .timeout(Some(Duration::from_secs(10)));
+    client
+        .send_request(subject.to_owned(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => JoinFailure::NoGateway,
+            _ => JoinFailure::Protocol(format!("{subject}: {e}")),
+        })
+}
+
+/// The worker's side: joins through whichever gateway answers and returns the cluster's
+/// secrets. The gateway must pass `policy`.
+pub async fn join(
+    client: &Client,
+    platform: &Platform,
+    policy: &Policy,
+) -> Result<ClusterSecrets, JoinFailure> {
+    let protocol = |what: &str| JoinFailure::Protocol(what.to_owned());
+    let mut nonce = [0u8; NONCE_BYTES];
+    getrandom::fill(&mut nonce).map_err(|e| protocol(&e.to_string()))?;
+    let hello = serde_json::to_vec(&Hello {
+        nonce: hex::encode(nonce),
+    })
+    .expect("serializes");
+    let answer = ask(client, JOIN_HELLO, hello).await?;
+    let welcome: Welcome = match serde_json::from_slice(&answer.payload) {
+        Ok(welcome) => welcome,
+        Err(_) => return Err(refusal_or(&answer.payload, "a malformed welcome")),
+    };
+
+    // Trust nothing the gateway says before its evidence passes.
+    let gateway_key =
+        hex::decode(&welcome.gateway.identity_key).map_err(|_| protocol("the gateway key"))?;
+    let verification = verify(
+        policy,
+        &welcome.gateway.evidence,
+        &report_data_for(&gateway_key, &nonce),
+        platform.wall_time(),
+    );
+    if !verification.passed() {
+        return Err(JoinFailure::GatewayNotTrusted(failed_checks(&verification)));
+    }
+
+    let challenge = hex::decode(&welcome.challenge).map_err(|_| protocol("the challenge"))?;
+    let key = JoinKey::generate();
+    let request = key
+        .request(platform.attester(), &challenge)
+        .map_err(|e| protocol(&e.to_string()))?;
+    let admit = serde_json::to_vec(&Admit {
+        challenge: welcome.challenge,
+        public_key: hex::encode(&request.public_key),
+        evidence: request.evidence,
+    })
+    .expect("serializes");
+    let answer = ask(client, JOIN_ADMIT, admit).await?;
+    let admission: Admission = serde_json::from_slice(&answer.payload)
+        .map_err(|_| protocol("the gateway's admission is malformed"))?;
+    let (epoch, encapsulated, sealed, signature) = match admission {
+        Admission::Refused { reason } => return Err(JoinFailure::Refused(reason)),
+        Admission::Granted {
+            epoch,
+            encapsulated,
+            sealed,
+            signature,
+        } => (epoch, encapsulated, sealed, signature),
+    };
+    let hex_field = |text: &str| hex::decode(text).map_err(|_| protocol("a grant field"));
+    let grant = JoinGrant {
+        epoch,
+        encapsulated: hex_field(&encapsulated)?,
+        sealed_key: hex_field(&sealed)?,
+    };
+    let statement = grant_statement(&challenge, &request.public_key, &grant);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &gateway_key)
+        .verify(&statement, &hex_field(&signature)?)
+        .map_err(|_| protocol("the grant is not signed by the attested gateway"))?;
+    let secrets = key.accept(&grant).map_err(|e| protocol(&e.to_string()))?;
+    ClusterSecrets::from_bytes(&secrets).ok_or_else(|| protocol("the secrets are malformed"))
+}
+
+/// A refusal the gateway sent instead of the expected answer, or `what` was malformed.
+fn refusal_or(payload: &[u8], what: &str) -> JoinFailure {
+    match serde_json::from_slice(payload) {
+        Ok(Admission::Refused { reason }) => JoinFailure::Refused(reason),
+        _ => JoinFailure::Protocol(format!("the gateway sent {what}")),
+    }
+}

@@ -1,0 +1,55 @@
+//! cella across machines, on NATS.
+//!
+//! `cella up` is one process with everything. In a cluster the same code runs in two roles:
+//! **gateways** ([`Gateway`]) keep the HTTP API and the sealed registry and authorize every
+//! call; **workers** ([`Worker`]) run invocations. They talk over NATS, which the operator
+//! runs and which is therefore untrusted: it carries only join messages (evidence, public
+//! keys, HPKE ciphertext, signatures) and messages sealed under the cluster's bus key
+//! (`cella-bus`), which only attested nodes that passed the cluster's policy hold.
+//!
+//! - [`join`]: admission, attested both ways.
+//! - [`bus`]: sealed request-reply; refusals counted.
+//! - [`wire`]: what jobs, outcomes and state calls look like inside a sealed message.
+//! - [`state`]: functions' key-value state, kept by the gateway, reached by workers.
+#![forbid(unsafe_code)]
+
+pub mod bus;
+mod gateway;
+pub mod join;
+mod state;
+pub mod subjects;
+pub mod wire;
+mod worker;
+
+use std::time::Duration;
+
+pub use gateway::Gateway;
+pub use join::JoinFailure;
+pub use worker::Worker;
+
+/// How long connecting to NATS may take before start-up fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot reach NATS at {url}: {reason}. Start a server with JetStream (`nats-server -js`), \
+     or pass its URL with --nats"
+)]
+pub struct ConnectError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// Connects to the NATS server at `url` as `name` (how the server's monitoring lists it).
+/// After the first connection the client reconnects on its own.
+pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(url)
+        .await
+        .map_err(|e| ConnectError {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })
+}

@@ -1,0 +1,139 @@
+//! Functions' key-value state in a cluster. The gateway's sealed registry keeps it, as on a
+//! single node (sealed, versioned, bounded); a worker reaches it with sealed calls on
+//! `cella.state`, so the guest's view is the same wherever it runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Message;
+use bytes::Bytes;
+use cella_runtime::Platform;
+use cella_sandbox::{StateError, StateStore};
+use futures::StreamExt;
+
+use crate::bus::SealedBus;
+use crate::subjects::{GATEWAYS, STATE};
+use crate::wire::{self, StateAnswer, StateCall, StateOp};
+
+/// How long a worker waits for the gateway to answer one state call.
+const STATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A function's state as a worker reaches it: each call is a sealed request to a gateway.
+pub(crate) struct RemoteState {
+    pub(crate) bus: Arc<SealedBus>,
+    pub(crate) function: String,
+}
+
+impl RemoteState {
+    /// One call, made from the sandbox's blocking thread.
+    fn call(&self, op: StateOp, key: &[u8], value: &[u8]) -> Result<(bool, Bytes), StateError> {
+        let call = StateCall {
+            function: self.function.clone(),
+            op,
+            key: wire::encode_key(key),
+        };
+        let payload = wire::frame(&call, value);
+        let answer = tokio::runtime::Handle::current().block_on(self.bus.request(
+            STATE,
+            "gateway",
+            &payload,
+            STATE_TIMEOUT,
+        ));
+        let unavailable = |why: String| {
+            tracing::error!(function = %self.function, "state unavailable: {why}");
+            StateError::Unavailable("the cluster could not read or write it".into())
+        };
+        let opened = answer.map_err(|e| unavailable(e.to_string()))?;
+        let (answer, body): (StateAnswer, Bytes) =
+            wire::unframe(&opened.payload).map_err(|e| unavailable(e.to_string()))?;
+        match answer {
+            StateAnswer::Done { found } => Ok((found, body)),
+            StateAnswer::Full { would_be, limit } => Err(StateError::Full { would_be, limit }),
+            StateAnswer::Unavailable { reason } => Err(unavailable(reason)),
+        }
+    }
+}
+
+impl StateStore for RemoteState {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        let (found, value) = self.call(StateOp::Get, key, b"")?;
+        Ok(found.then(|| value.to_vec()))
+    }
+
+    fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.call(StateOp::Set, key, value).map(|_| ())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<bool, StateError> {
+        self.call(StateOp::Delete, key, b"")
+            .map(|(existed, _)| existed)
+    }
+}
+
+/// The gateway's side: answers workers' state calls from its registry.
+pub(crate) async fn serve(
+    bus: Arc<SealedBus>,
+    platform: Arc<Platform>,
+) -> Result<(), async_nats::Error> {
+    let mut calls = bus
+        .client()
+        .queue_subscribe(STATE, GATEWAYS.to_owned())
+        .await?;
+    while let Some(message) = calls.next().await {
+        let (bus, platform) = (bus.clone(), platform.clone());
+        tokio::spawn(async move { answer(&bus, &platform, message).await });
+    }
+    Ok(())
+}
+
+async fn answer(bus: &SealedBus, platform: &Arc<Platform>, message: Message) {
+    let Some(opened) = bus.open_request(&message, STATE) else {
+        return;
+    };
+    let (answer, value) = match wire::unframe::<StateCall>(&opened.payload) {
+        Ok((call, value)) => apply(platform, call, value).await,
+        Err(e) => (
+            StateAnswer::Unavailable {
+                reason: e.to_string(),
+            },
+            Bytes::new(),
+        ),
+    };
+    if let Err(e) = bus
+        .reply(&message, &opened.header, &wire::frame(&answer, &value))
+        .await
+    {
+        tracing::warn!("could not answer a state call: {e}");
+    }
+}
+
+async fn apply(platform: &Arc<Platform>, call: StateCall, value: Bytes) -> (StateAnswer, Bytes) {
+    let unavailable = |reason: String| StateAnswer::Unavailable { reason };
+    let store = match platform.state_for_worker(&call.function) {
+        Ok(store) => store,
+        Err(e) => return (unavailable(e.to_string()), Bytes::new()),
+    };
+    let key = match wire::decode_key(&call.key) {
+        Ok(key) => key,
+        Err(e) => return (unavailable(e.to_string()), Bytes::new()),
+    };
+    let result = tokio::task::spawn_blocking(move || match call.op {
+        StateOp::Get => store
+            .get(&key)
+            .map(|found| (found.is_some(), Bytes::from(found.unwrap_or_default()))),
+        StateOp::Set => store.set(&key, &value).map(|()| (true, Bytes::new())),
+        StateOp::Delete => store.delete(&key).map(|existed| (existed, Bytes::new())),
+    })
+    .await;
+    match result {
+        Ok(Ok((found, value))) => (StateAnswer::Done { found }, value),
+        Ok(Err(StateError::Full { would_be, limit })) => {
+            (StateAnswer::Full { would_be, limit }, Bytes::new())
+        }
+        Ok(Err(e)) => (unavailable(e.to_string()), Bytes::new()),
+        Err(e) => (
+            unavailable(format!("the state task failed: {e}")),
+            Bytes::new(),
+        ),
+    }
+}

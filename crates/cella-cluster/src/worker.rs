@@ -1,0 +1,132 @@
+//! The worker role: joins the cluster (attested both ways), then takes invocations from the
+//! `cella-workers` queue group, runs each in its sandbox exactly as a single node would
+//! (the code from the shared blob store, verified; permissions checked again) and answers
+//! sealed. A worker keeps nothing of a tenant's beyond an invocation: state lives with the
+//! gateway and is reached through sealed calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{Client, Message};
+use cella_runtime::{Platform, RuntimeError};
+use cella_sandbox::StateStore;
+use cella_tee::Policy;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::bus::{BusError, SealedBus};
+use crate::join::{JoinFailure, join};
+use crate::state::RemoteState;
+use crate::subjects::{INVOKE, WORKERS};
+use crate::wire;
+
+/// How often a worker asks again while no gateway answers, at most.
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// A worker that joined, ready to take work.
+pub struct Worker {
+    platform: Arc<Platform>,
+    bus: Arc<SealedBus>,
+    epoch: u32,
+}
+
+impl Worker {
+    /// Joins through a gateway that passes `gateway_policy`, waiting for one to answer.
+    pub async fn join(
+        platform: Arc<Platform>,
+        client: Client,
+        gateway_policy: &Policy,
+    ) -> Result<Worker, JoinFailure> {
+        let mut wait = Duration::from_millis(200);
+        let secrets = loop {
+            match join(&client, &platform, gateway_policy).await {
+                Ok(secrets) => break secrets,
+                Err(JoinFailure::NoGateway) => {
+                    tracing::info!("no gateway answers yet; asking again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(JOIN_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        platform
+            .use_cluster_blob_key(secrets.blobs.clone())
+            .map_err(|e| JoinFailure::Protocol(e.to_string()))?;
+        let bus = Arc::new(SealedBus::new(client, &secrets, platform.clone()));
+        Ok(Worker {
+            platform,
+            bus,
+            epoch: secrets.epoch,
+        })
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    pub fn node_id(&self) -> String {
+        self.bus.node_id()
+    }
+
+    /// Takes invocations until the connection closes; at most as many run at once as the
+    /// sandbox has instances.
+    pub async fn run(self) -> Result<(), async_nats::Error> {
+        let mut jobs = self
+            .bus
+            .client()
+            .queue_subscribe(INVOKE, WORKERS.to_owned())
+            .await?;
+        let slots = Arc::new(Semaphore::new(
+            self.platform.config().sandbox.instances as usize,
+        ));
+        while let Some(message) = jobs.next().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break;
+            };
+            let (bus, platform) = (self.bus.clone(), self.platform.clone());
+            tokio::spawn(async move {
+                serve(&bus, &platform, message).await;
+                drop(slot);
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn serve(bus: &Arc<SealedBus>, platform: &Platform, message: Message) {
+    let Some(opened) = bus.open_request(&message, INVOKE) else {
+        return;
+    };
+    let outcome = match wire::decode_job(&opened.payload) {
+        Ok(job) => {
+            let state = job.record.permissions.kv.then(|| {
+                Arc::new(RemoteState {
+                    bus: bus.clone(),
+                    function: job.record.name.to_string(),
+                }) as Arc<dyn StateStore>
+            });
+            platform.execute(job, state).await
+        }
+        Err(e) => Err(RuntimeError::Internal(e.to_string())),
+    };
+    let answer = wire::encode_outcome(&outcome);
+    let sent = match bus.reply(&message, &opened.header, &answer).await {
+        Err(BusError::TooLarge { bytes, max }) => {
+            // The gateway still gets an answer: one that fits and says why.
+            let too_large = RuntimeError::Invalid(format!(
+                "the function's answer ({bytes} bytes sealed) is larger than the bus carries \
+                 ({max} bytes); raise the NATS server's max_payload or return less"
+            ));
+            bus.reply(
+                &message,
+                &opened.header,
+                &wire::encode_outcome(&Err(too_large)),
+            )
+            .await
+        }
+        sent => sent,
+    };
+    if let Err(e) = sent {
+        tracing::warn!("could not answer an invocation: {e}");
+    }
+}
