@@ -42,6 +42,11 @@ ensure_debian_packages() {
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# A cluster runs on NATS with JetStream: the tests and the cluster demo start a real server.
+ensure_nats() {
+    ensure_debian_packages nats-server
+}
+
 # The JavaScript plug-in embeds QuickJS, which is C: it needs clang with a WebAssembly
 # back end and Debian's wasi-libc. Debian keeps wasi-libc's headers and libraries under
 # wasm32-wasi; clang looks for a sysroot, so one is made of links, outside the checkout.

@@ -109,6 +109,12 @@ async fn serve(bus: &Arc<SealedBus>, platform: &Platform, message: Message) {
         }
         Err(e) => Err(RuntimeError::Internal(e.to_string())),
     };
+    // The operator's log names the message, never the function or tenant.
+    tracing::debug!(
+        job = %crate::bus::short_id(&opened.header.id),
+        outcome = outcome.as_ref().map_or_else(|e| e.code().as_str(), |_| "ok"),
+        "ran an invocation"
+    );
     let answer = wire::encode_outcome(&outcome);
     let sent = match bus.reply(&message, &opened.header, &answer).await {
         Err(BusError::TooLarge { bytes, max }) => {

@@ -1,5 +1,8 @@
-//! End-to-end tests of the `cella` binary: a real `cella up` process and the CLI commands a
-//! user types, checked by their output and exit status.
+//! End-to-end tests of the `cella` binary: a real `cella up` process (or a cluster of
+//! `cella gateway` and `cella worker` processes on a real `nats-server`) and the CLI commands
+//! a user types, checked by their output and exit status.
+
+mod cluster;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -28,10 +31,19 @@ struct Server {
 impl Server {
     /// Starts `cella up` on a free port and waits until its output contains `ready`.
     fn start(data_dir: &Path, extra: &[&str], ready: &str) -> Server {
-        let mut child = Command::new(CELLA)
+        let mut command = Command::new(CELLA);
+        command
             .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
+            .args(extra);
+        Server::launch(command, data_dir, data_dir, ready)
+    }
+
+    /// Starts `command` (a node on a free port), writes a policy that trusts it to
+    /// `policy_dir` (its simulated platform key is in `sim_dir`) and waits until its output
+    /// contains `ready`.
+    fn launch(mut command: Command, policy_dir: &Path, sim_dir: &Path, ready: &str) -> Server {
+        let mut child = command
             .env_remove("CELLA_CONFIG")
             .env("CELLA_LOG", "warn")
             .stdout(Stdio::piped())
@@ -50,7 +62,7 @@ impl Server {
         let mut server = Server {
             child,
             url: String::new(),
-            policy: data_dir.join("test-policy.toml"),
+            policy: policy_dir.join("test-policy.toml"),
             lines,
             banner: Vec::new(),
         };
@@ -58,14 +70,12 @@ impl Server {
             let line = server
                 .lines
                 .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| {
-                    panic!("cella up did not print {ready:?}: {:?}", server.banner)
-                });
+                .unwrap_or_else(|_| panic!("cella did not print {ready:?}: {:?}", server.banner));
             if let Some(rest) = line.split("listening on ").nth(1) {
                 server.url = rest.split_whitespace().next().unwrap().to_owned();
             }
             if let Some(measurement) = line.strip_prefix("measurement: ") {
-                let anchor = std::fs::read_to_string(data_dir.join("sim-platform.pub")).unwrap();
+                let anchor = std::fs::read_to_string(sim_dir.join("sim-platform.pub")).unwrap();
                 std::fs::write(
                     &server.policy,
                     format!(

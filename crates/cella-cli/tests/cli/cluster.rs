@@ -1,0 +1,321 @@
+//! A cluster on one machine, as a user runs it: a real `nats-server` (with JetStream) on
+//! loopback, a `cella gateway` and `cella worker` processes started by the test, and the CLI.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{CELLA, Server, guests_dir, ok};
+
+/// A `nats-server` on a free loopback port, stopped when dropped.
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    fn start(dir: &Path) -> Nats {
+        let mut child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .arg(dir.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect(
+                "nats-server is not installed; ./scripts/test installs it (Debian package \
+                 nats-server)",
+            );
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut lines = stderr.lines().map_while(Result::ok);
+        let url = lines
+            .find_map(|line| {
+                line.split("Listening for client connections on ")
+                    .nth(1)
+                    .map(|address| format!("nats://{}", address.trim()))
+            })
+            .expect("nats-server starts listening");
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Nats { child, url }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `cella worker` process, its log kept in a file; killed when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Worker {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One machine's cluster: NATS, a gateway, and the workers the test adds.
+struct Cluster {
+    dir: tempfile::TempDir,
+    nats: Nats,
+    gateway: Server,
+    token: String,
+    key: PathBuf,
+}
+
+impl Cluster {
+    /// Every node of the cluster shares the NATS server, the blob store and the simulated
+    /// machine (so they trust each other's simulated evidence).
+    fn node(&self, role: &str) -> Command {
+        node_command(self.dir.path(), &self.nats.url, role)
+    }
+
+    /// Starts NATS and a gateway (with `gateway_flags`), and makes tenant `acme` with a
+    /// registered signing key.
+    fn start(gateway_flags: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = Nats::start(dir.path());
+        let mut gateway = node_command(dir.path(), &nats.url, "gateway");
+        gateway
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("gateway"))
+            .args(gateway_flags);
+        let gateway = Server::launch(gateway, dir.path(), &dir.path().join("sim"), "listening on");
+        assert!(
+            gateway
+                .banner
+                .iter()
+                .any(|l| l.contains("invocations run on workers")),
+            "{:?}",
+            gateway.banner
+        );
+        let mut cluster = Cluster {
+            dir,
+            nats,
+            gateway,
+            token: String::new(),
+            key: PathBuf::new(),
+        };
+        let created: serde_json::Value = serde_json::from_str(&ok(
+            cluster.cella(None, &["tenant", "create", "acme", "--format", "json"])
+        ))
+        .unwrap();
+        cluster.token = created["token"].as_str().unwrap().to_owned();
+        let keys = cluster.dir.path().join("keys");
+        ok(cluster.cella(None, &["keygen", "--dir", keys.to_str().unwrap()]));
+        let token = cluster.token.clone();
+        ok(cluster.cella(
+            Some(&token),
+            &["keys", "add", keys.join("default.pub").to_str().unwrap()],
+        ));
+        cluster.key = keys.join("default.key");
+        cluster
+    }
+
+    /// Starts a worker; returns it once it joined (or panics with its log).
+    fn worker(&self, name: &str) -> Worker {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let child = self
+            .node("worker")
+            .arg("--data-dir")
+            .arg(self.dir.path().join(name))
+            .env("CELLA_LOG", "warn,cella_cluster=debug")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+            ))
+            .spawn()
+            .expect("cella worker starts");
+        let mut worker = Worker { child, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !worker.log().contains("joined") {
+            if let Some(status) = worker.child.try_wait().unwrap() {
+                panic!("worker {name} exited ({status}): {}", worker.log());
+            }
+            assert!(Instant::now() < deadline, "worker {name}: {}", worker.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        worker
+    }
+
+    /// Runs the CLI against the gateway as the admin (`None`) or a tenant.
+    fn cella(&self, token: Option<&str>, args: &[&str]) -> Output {
+        super::cella(&self.gateway, &self.dir.path().join("gateway"), token, args)
+    }
+
+    fn tenant(&self, args: &[&str]) -> Output {
+        self.cella(Some(&self.token), args)
+    }
+
+    /// Deploys a guest from guests/dist as `name`, signed with the tenant's key.
+    fn deploy(&self, name: &str, file: &str, allow: &[&str]) {
+        let path = guests_dir().join(file);
+        let mut args = vec![
+            "deploy",
+            name,
+            path.to_str().unwrap(),
+            "--key",
+            self.key.to_str().unwrap(),
+        ];
+        for permission in allow {
+            args.extend(["--allow", permission]);
+        }
+        ok(self.tenant(&args));
+    }
+}
+
+fn node_command(dir: &Path, nats: &str, role: &str) -> Command {
+    let mut command = Command::new(CELLA);
+    command
+        .arg(role)
+        .env("CELLA_NATS", nats)
+        .env("CELLA_SIM_PLATFORM", dir.join("sim"))
+        .env(
+            "CELLA_BLOBS",
+            format!("file://{}", dir.join("blobs").display()),
+        )
+        .env("CELLA_TEE", "sim");
+    command
+}
+
+/// How many invocations a worker's log says it ran.
+fn ran(worker: &Worker) -> usize {
+    worker.log().matches("ran an invocation").count()
+}
+
+#[test]
+fn a_gateway_spreads_invocations_over_two_attested_workers() {
+    let cluster = Cluster::start(&[]);
+    let workers = [cluster.worker("worker-1"), cluster.worker("worker-2")];
+    cluster.deploy("primes", "primes.wasm", &[]);
+    cluster.deploy("counter", "state.wasm", &["kv"]);
+
+    for n in 0..16 {
+        let out = ok(cluster.tenant(&["invoke", "primes", "-d", &format!("{}", 100 + n)]));
+        assert!(out.contains(&format!("\"n\":{}", 100 + n)), "{out}");
+    }
+    let counts: Vec<usize> = workers.iter().map(ran).collect();
+    assert!(
+        counts.iter().all(|&c| c > 0) && counts.iter().sum::<usize>() >= 16,
+        "every worker takes a share: {counts:?}"
+    );
+
+    // The function's state is one wherever it runs: ten increments on either worker.
+    for _ in 0..10 {
+        ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    }
+    let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
+    assert_eq!(hits.trim(), "10");
+
+    // With every worker gone, an invocation fails with what to do.
+    drop(workers);
+    let refused = cluster.tenant(&["invoke", "primes", "-d", "7"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no worker answers") && stderr.contains("cella worker"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_of_another_build_gets_no_keys_and_no_work() {
+    let other_build = "ab".repeat(48);
+    let cluster = Cluster::start(&["--worker-measurement", &other_build]);
+    let log = cluster.dir.path().join("refused.log");
+    let refused = cluster
+        .node("worker")
+        .arg("--data-dir")
+        .arg(cluster.dir.path().join("refused"))
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "the worker must not join");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("refused this worker") && stderr.contains("measurement"),
+        "{stderr}"
+    );
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("joined"));
+
+    cluster.deploy("primes", "primes.wasm", &[]);
+    let invoked = cluster.tenant(&["invoke", "primes", "-d", "7"]);
+    assert!(!invoked.status.success(), "no worker may take the work");
+    assert!(String::from_utf8_lossy(&invoked.stderr).contains("no worker answers"));
+}
+
+#[test]
+fn messages_altered_or_replayed_on_the_bus_are_refused() {
+    let cluster = Cluster::start(&[]);
+    let worker = cluster.worker("worker");
+    cluster.deploy("counter", "state.wasm", &["kv"]);
+    // Its own threads keep the bus connection going while the test runs the CLI.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = runtime
+        .block_on(async_nats::connect(cluster.nats.url.as_str()))
+        .unwrap();
+
+    // Plays the operator of the bus: records a real sealed invocation as it passes.
+    let mut recorder = runtime.block_on(async {
+        let recorder = bus.subscribe("cella.invoke").await.expect("subscribes");
+        bus.flush()
+            .await
+            .expect("the subscription reaches the server");
+        recorder
+    });
+    ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    let recorded = runtime.block_on(async {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(10), recorder.next())
+            .await
+            .expect("the invocation crossed the bus")
+            .unwrap()
+    });
+    assert!(
+        !String::from_utf8_lossy(&recorded.payload).contains("counter"),
+        "the bus sees ciphertext only"
+    );
+
+    let send = |payload: Vec<u8>| {
+        runtime.block_on(async {
+            let request = async_nats::Request::new()
+                .payload(payload.into())
+                .timeout(Some(Duration::from_secs(2)));
+            bus.send_request("cella.invoke", request).await
+        })
+    };
+    // Replayed byte for byte: refused, nothing runs again.
+    assert!(send(recorded.payload.to_vec()).is_err(), "no answer");
+    // One byte changed: refused.
+    let mut altered = recorded.payload.to_vec();
+    let middle = altered.len() / 2;
+    altered[middle] ^= 0x01;
+    assert!(send(altered).is_err(), "no answer");
+    // Cut short: refused.
+    assert!(send(recorded.payload[..40].to_vec()).is_err(), "no answer");
+
+    let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
+    assert_eq!(hits.trim(), "1", "only the real invocation counted");
+    let log = worker.log();
+    for reason in ["replayed", "unauthentic", "malformed"] {
+        assert!(log.contains(reason), "refusal {reason} logged: {log}");
+    }
+}
