@@ -673,3 +673,87 @@ fn print_env(remote: &Remote, env: &[cella_client::EnvSetting]) -> anyhow::Resul
         }
     }
 }
+
+/// `cella invoke --async`: submits, prints the invocation's id and status (and with `wait`,
+/// waits for it to finish and prints its output).
+pub(crate) async fn invoke_async(
+    remote: &Remote,
+    name: &str,
+    request: InvokeInput<'_>,
+    idempotency_key: Option<&str>,
+    wait: bool,
+) -> anyhow::Result<()> {
+    let input = read_data(request.data)?;
+    let (client, _) = attested_client(remote).await?;
+    let submitted = client
+        .invoke_async(name, input, request.args, idempotency_key)
+        .await
+        .map_err(explain)?;
+    if wait {
+        return wait_for(remote, &client, &submitted.id).await;
+    }
+    match remote.format {
+        Format::Json => print_json(&submitted),
+        Format::Text => {
+            println!("{} {}", submitted.id, submitted.status);
+            eprintln!("follow it with: cella invocation {} --wait", submitted.id);
+            Ok(())
+        }
+    }
+}
+
+/// `cella invocation ID`: an asynchronous invocation's status and result.
+pub(crate) async fn invocation(remote: &Remote, id: &str, wait: bool) -> anyhow::Result<()> {
+    let (client, _) = attested_client(remote).await?;
+    if wait {
+        return wait_for(remote, &client, id).await;
+    }
+    let invocation = client.async_invocation(id).await.map_err(explain)?;
+    print_invocation(remote, &invocation)
+}
+
+/// Polls until the invocation is final, then prints it; fails unless it succeeded.
+async fn wait_for(remote: &Remote, client: &cella_client::Client, id: &str) -> anyhow::Result<()> {
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let invocation = client.async_invocation(id).await.map_err(explain)?;
+        if invocation.is_final() {
+            print_invocation(remote, &invocation)?;
+            if invocation.status != "succeeded" {
+                anyhow::bail!("invocation {id} ended {}", invocation.status);
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
+fn print_invocation(
+    remote: &Remote,
+    invocation: &cella_client::AsyncInvocation,
+) -> anyhow::Result<()> {
+    if remote.format == Format::Json {
+        return print_json(invocation);
+    }
+    if invocation.status == "succeeded" {
+        use base64::Engine as _;
+        let output = invocation
+            .output_base64
+            .as_deref()
+            .map(|o| base64::engine::general_purpose::STANDARD.decode(o))
+            .transpose()?
+            .unwrap_or_default();
+        use std::io::Write as _;
+        std::io::stdout().write_all(&output)?;
+        return Ok(());
+    }
+    println!(
+        "{} {} after {} attempt(s)",
+        invocation.id, invocation.status, invocation.attempts
+    );
+    if let Some(error) = &invocation.error {
+        println!("last error [{}]: {}", error.code, error.message);
+    }
+    Ok(())
+}

@@ -197,6 +197,26 @@ enum Command {
         /// Write the output to this file instead of stdout.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
+        /// Run it asynchronously: print the invocation's id once it is stored (needs a
+        /// cluster); follow it with `cella invocation ID`.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// With --async: wait for it to finish and print its output.
+        #[arg(long, requires = "asynchronous")]
+        wait: bool,
+        /// With --async: your name for this request; sending it again returns the same
+        /// invocation instead of running another.
+        #[arg(long, value_name = "KEY", requires = "asynchronous")]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show an asynchronous invocation of yours: its status, and its output once it succeeded.
+    Invocation {
+        id: String,
+        /// Wait until it finished.
+        #[arg(long)]
+        wait: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -472,6 +492,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             args,
             output,
+            asynchronous,
+            wait,
+            idempotency_key,
             remote,
         } => {
             let input = c::InvokeInput {
@@ -480,8 +503,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 receipt: receipt.as_deref(),
                 expect_hash: expect_hash.as_deref(),
             };
-            c::invoke(&remote, &name, input, output.as_deref()).await
+            if asynchronous {
+                c::invoke_async(&remote, &name, input, idempotency_key.as_deref(), wait).await
+            } else {
+                c::invoke(&remote, &name, input, output.as_deref()).await
+            }
         }
+        Command::Invocation { id, wait, remote } => c::invocation(&remote, &id, wait).await,
         Command::Chain {
             steps,
             receipt,

@@ -745,6 +745,32 @@ impl Client {
         })
     }
 
+    /// Submits an asynchronous invocation of `name`: returns once the node stored it
+    /// durably, with its id and status. The same `idempotency_key` again returns the same
+    /// invocation instead of running another.
+    pub async fn invoke_async(
+        &self,
+        name: &str,
+        input: Vec<u8>,
+        args: &[String],
+        idempotency_key: Option<&str>,
+    ) -> Result<AsyncInvocation, ClientError> {
+        let mut query: Vec<(&str, &str)> = args.iter().map(|a| ("arg", a.as_str())).collect();
+        query.push(("async", "1"));
+        let path = format!("/v1/functions/{}/invoke", segment(name));
+        let mut builder = self.request(Method::POST, &path).query(&query).body(input);
+        if let Some(key) = idempotency_key {
+            builder = builder.header("idempotency-key", key);
+        }
+        self.json(builder).await
+    }
+
+    /// An asynchronous invocation you submitted: its status, and its result once finished.
+    pub async fn async_invocation(&self, id: &str) -> Result<AsyncInvocation, ClientError> {
+        let path = format!("/v1/invocations/{}", segment(id));
+        self.json(self.request(Method::GET, &path)).await
+    }
+
     pub async fn functions(&self) -> Result<Vec<FunctionRecord>, ClientError> {
         #[derive(Deserialize)]
         struct List {
@@ -890,4 +916,35 @@ pub struct FunctionStats {
     pub invocations: u64,
     pub host_calls: u64,
     pub denials: std::collections::BTreeMap<String, u64>,
+}
+
+/// An asynchronous invocation as the API shows it to its caller.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct AsyncInvocation {
+    pub id: String,
+    pub function: String,
+    pub version: String,
+    /// `queued`, `succeeded`, `failed` or `dead_letter`.
+    pub status: String,
+    pub attempts: u32,
+    pub submitted_at: String,
+    pub finished_at: Option<String>,
+    /// The output, when it is text.
+    pub output: Option<String>,
+    pub output_base64: Option<String>,
+    pub error: Option<AsyncFailure>,
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct AsyncFailure {
+    pub code: String,
+    pub message: String,
+}
+
+impl AsyncInvocation {
+    /// Whether it will change no more.
+    pub fn is_final(&self) -> bool {
+        self.status != "queued"
+    }
 }

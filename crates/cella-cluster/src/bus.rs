@@ -199,6 +199,22 @@ impl SealedBus {
         Ok(opened)
     }
 
+    /// Seals `payload` as an event on `subject` (a message stored for later, such as a job in
+    /// a JetStream stream).
+    pub fn seal_event(&self, subject: &str, payload: &[u8]) -> Result<bytes::Bytes, BusError> {
+        self.seal(self.header(Kind::Event, subject, [0; 16]), payload)
+    }
+
+    /// Opens an event stored on `subject`. Unlike requests, events are not refused as
+    /// replays: a durable stream delivers one again until it is acknowledged, so whoever
+    /// acts on it must do so once in effect (asynchronous jobs finish once).
+    pub fn open_event(&self, payload: &[u8], subject: &str) -> Option<Opened> {
+        Envelope(payload.to_vec())
+            .open(&self.key(), subject, Kind::Event)
+            .map_err(|e| self.refuse(subject, reason(&e), &e))
+            .ok()
+    }
+
     /// Opens a request that arrived on `subject`; refusals are counted and logged.
     pub fn open_request(&self, message: &Message, subject: &str) -> Option<Opened> {
         let opened = Envelope(message.payload.to_vec())

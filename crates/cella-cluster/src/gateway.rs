@@ -46,6 +46,20 @@ impl Gateway {
                 tracing::error!("the state service stopped: {e}");
             }
         });
+        let control = (bus.clone(), platform.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::asynchronous::serve_control(control.0, control.1).await {
+                tracing::error!("the asynchronous-job service stopped: {e}");
+            }
+        });
+        let queue = crate::asynchronous::JetStreamQueue::new(bus.clone())
+            .await
+            .map_err(|e| {
+                RuntimeError::Internal(format!(
+                    "cannot set up the JetStream stream for asynchronous jobs: {e}; start                      nats-server with JetStream enabled (`nats-server -js`)"
+                ))
+            })?;
+        platform.queue_to(Arc::new(queue))?;
         platform.dispatch_to(Arc::new(NatsDispatcher {
             bus: bus.clone(),
             platform: platform.clone(),

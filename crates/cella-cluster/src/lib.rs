@@ -11,8 +11,10 @@
 //! - [`bus`]: sealed request-reply; refusals counted.
 //! - [`wire`]: what jobs, outcomes and state calls look like inside a sealed message.
 //! - [`state`]: functions' key-value state, kept by the gateway, reached by workers.
+//! - `asynchronous`: jobs in a JetStream stream, each finishing exactly once in effect.
 #![forbid(unsafe_code)]
 
+mod asynchronous;
 pub mod bus;
 mod gateway;
 pub mod join;
@@ -23,6 +25,7 @@ mod worker;
 
 use std::time::Duration;
 
+pub use asynchronous::MAX_ATTEMPTS;
 pub use gateway::Gateway;
 pub use join::JoinFailure;
 pub use worker::Worker;

@@ -13,3 +13,11 @@ pub const STATE: &str = "cella.state";
 pub const WORKERS: &str = "cella-workers";
 /// The queue group gateways answer state calls in.
 pub const GATEWAYS: &str = "cella-gateways";
+/// Asynchronous jobs, stored in the JetStream stream [`JOBS_STREAM`].
+pub const JOBS: &str = "cella.async.jobs";
+/// The durable stream of asynchronous jobs (work-queue retention, on disk).
+pub const JOBS_STREAM: &str = "CELLA_ASYNC";
+/// The durable consumer all workers share: each job goes to one of them at a time.
+pub const JOBS_CONSUMER: &str = "cella-workers";
+/// Workers asking a gateway whether a job still waits, and reporting how it ended.
+pub const ASYNC_CONTROL: &str = "cella.async.control";

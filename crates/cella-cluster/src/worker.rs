@@ -68,9 +68,18 @@ impl Worker {
         self.bus.node_id()
     }
 
-    /// Takes invocations until the connection closes; at most as many run at once as the
-    /// sandbox has instances.
+    /// Takes invocations, synchronous and asynchronous, until the connection closes.
     pub async fn run(self) -> Result<(), async_nats::Error> {
+        let jobs = crate::asynchronous::take_jobs(self.bus.clone(), self.platform.clone());
+        tokio::select! {
+            taken = jobs => taken,
+            served = self.serve_invocations() => served,
+        }
+    }
+
+    /// Answers synchronous invocations; at most as many run at once as the sandbox has
+    /// instances.
+    async fn serve_invocations(&self) -> Result<(), async_nats::Error> {
         let mut jobs = self
             .bus
             .client()

@@ -40,6 +40,7 @@ pub(crate) fn routes() -> Router<AppState> {
             put(deploy).get(get_function).delete(delete_function),
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
+        .route("/v1/invocations/{id}", get(crate::asynchronous::status))
         .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/functions/{name}/stats", get(stats))
         .route("/v1/functions/{name}/env", get(env).patch(set_env))
@@ -389,13 +390,30 @@ async fn invoke(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let args = repeated_parameter(
-        &query,
-        "arg",
-        "pass function arguments as `?arg=VALUE` (repeatable)",
-    )?;
+    let mut args = Vec::new();
+    let mut asynchronous = false;
+    for (key, value) in query_pairs(&query) {
+        match (key.as_str(), value.as_str()) {
+            ("arg", _) => args.push(value),
+            ("async", "1" | "true") => asynchronous = true,
+            ("async", "0" | "false") => asynchronous = false,
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "unknown query parameter `{key}={value}`; pass function arguments as \
+                         `?arg=VALUE` (repeatable), and `?async=1` to run it asynchronously"
+                    ),
+                ));
+            }
+        }
+    }
     let options = invoke_options(&headers)?;
     let stdin = read_limited(body, state.config.max_body_bytes, "request body").await?;
+    if asynchronous {
+        let request = crate::asynchronous::request(stdin, args, options.expect);
+        return crate::asynchronous::submit(&state, &caller, &name, &headers, request).await;
+    }
     let output = state
         .platform
         .invoke(

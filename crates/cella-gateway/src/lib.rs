@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod asynchronous;
 mod auth;
 mod body;
 mod error;

@@ -165,6 +165,11 @@ pub enum RuntimeError {
         name: FunctionName,
         missing: Vec<Permission>,
     },
+    #[error(
+        "no invocation `{0}` of yours exists; ids are what `POST \
+         /v1/functions/NAME/invoke?async=1` answered"
+    )]
+    NoSuchInvocation(String),
     /// A worker of the cluster refused or failed the invocation (its code and message).
     #[error("{}", .0.message)]
     Remote(Box<crate::RemoteFailure>),
@@ -178,6 +183,7 @@ impl RuntimeError {
             RuntimeError::Remote(failure) => failure.code,
             RuntimeError::Forbidden(_) => ErrorCode::Forbidden,
             RuntimeError::NoSuchFunction(_)
+            | RuntimeError::NoSuchInvocation(_)
             | RuntimeError::NoSuchVersion { .. }
             | RuntimeError::NoSuchPlugin(_) => ErrorCode::NotFound,
             RuntimeError::Preinit {

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod artifacts;
+mod asynchronous;
 mod attestation;
 mod chain;
 mod code_cache;
@@ -21,6 +22,7 @@ mod platform;
 mod plugins;
 mod remote;
 
+pub use asynchronous::{AsyncRequest, JobQueue, MAX_IDEMPOTENCY_KEY, is_final_failure};
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use chain::MAX_CHAIN_STEPS;
 pub use error::{ErrorCode, RuntimeError};

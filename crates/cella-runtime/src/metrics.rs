@@ -59,6 +59,13 @@ pub struct Metrics {
     bus_rejected: Family<Reason, Counter>,
     jobs: Family<Worker, Counter>,
     joins: Family<JoinOutcome, Counter>,
+    async_submitted: Counter<u64, AtomicU64>,
+    async_finished: Family<AsyncOutcome, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AsyncOutcome {
+    status: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -138,8 +145,22 @@ impl Default for Metrics {
             "Workers that asked to join, by outcome (`admitted`, `refused`)",
             joins.clone(),
         );
+        let async_submitted = Counter::default();
+        let async_finished = Family::<AsyncOutcome, Counter>::default();
+        registry.register(
+            "async_invocations_submitted",
+            "Asynchronous invocations accepted (stored durably, answered 202)",
+            async_submitted.clone(),
+        );
+        registry.register(
+            "async_invocations_finished",
+            "Asynchronous invocations finished, by final status (`succeeded`, `failed`, `dead_letter`)",
+            async_finished.clone(),
+        );
         Metrics {
             registry,
+            async_submitted,
+            async_finished,
             bus_rejected,
             jobs,
             joins,
@@ -229,6 +250,16 @@ impl Metrics {
             .get_or_create(&Worker {
                 worker: worker.to_owned(),
             })
+            .inc();
+    }
+
+    pub(crate) fn async_submitted(&self) {
+        self.async_submitted.inc();
+    }
+
+    pub(crate) fn async_finished(&self, status: &'static str) {
+        self.async_finished
+            .get_or_create(&AsyncOutcome { status })
             .inc();
     }
 

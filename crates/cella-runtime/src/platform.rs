@@ -124,6 +124,8 @@ pub struct Platform {
     config: PlatformConfig,
     /// Where invocations run when not here: set on a cluster's gateway.
     pub(crate) dispatcher: std::sync::OnceLock<Arc<dyn crate::remote::Dispatcher>>,
+    /// Where asynchronous jobs are stored: set on a cluster's gateway.
+    pub(crate) job_queue: std::sync::OnceLock<Arc<dyn crate::asynchronous::JobQueue>>,
 }
 
 /// Runs blocking registry work off the async threads.
@@ -201,6 +203,7 @@ impl Platform {
             identity,
             config,
             dispatcher: std::sync::OnceLock::new(),
+            job_queue: std::sync::OnceLock::new(),
         })
     }
 

@@ -15,6 +15,9 @@ mod version;
 
 pub use blobs::{BlobError, BlobKey, BlobStore};
 pub use object_store::ObjectStore;
-pub use registry::{ClusterSecrets, Registry, RegistryError, StateRefusal, Tenant, TenantKey};
+pub use registry::{
+    AsyncError, AsyncInvocation, AsyncStatus, ClusterSecrets, Finish, Finished, Registry,
+    RegistryError, StateRead, StateRefusal, StateWrite, Tenant, TenantKey, value_sha256,
+};
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

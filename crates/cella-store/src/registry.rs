@@ -30,13 +30,14 @@ const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
 /// blinded function name → sealed JSON [`FunctionRecord`]
 const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
 /// Every table of sealed records (the digest covers them all).
-const SEALED_TABLES: [Sealed; 6] = [
+const SEALED_TABLES: [Sealed; 7] = [
     TENANTS,
     TOKENS,
     FUNCTIONS,
     keys::KEYS,
     plugins::PLUGINS,
     function_data::FUNCTION_DATA,
+    invocations::INVOCATIONS,
 ];
 /// settings of the registry itself; values sealed except the wrapped data key
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
@@ -714,10 +715,14 @@ fn unwrap_data_key(
 
 mod cluster;
 mod function_data;
+mod invocations;
 mod keys;
 mod plugins;
 pub use cluster::ClusterSecrets;
 pub use function_data::StateRefusal;
+pub use invocations::{
+    AsyncError, AsyncInvocation, AsyncStatus, Finish, Finished, StateRead, StateWrite, value_sha256,
+};
 pub use keys::TenantKey;
 
 #[cfg(test)]

@@ -26,14 +26,14 @@ struct EnvRecord {
 
 /// A function's key-value state: keys and values as hex.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct StateRecord {
-    owner: Option<TenantName>,
-    entries: BTreeMap<String, String>,
+pub(super) struct StateRecord {
+    pub(super) owner: Option<TenantName>,
+    pub(super) entries: BTreeMap<String, String>,
 }
 
 impl StateRecord {
     /// What the state counts against its limit: the bytes of its keys and values.
-    fn size(&self) -> u64 {
+    pub(super) fn size(&self) -> u64 {
         self.entries
             .iter()
             .map(|(k, v)| (k.len() / 2 + v.len() / 2) as u64)
@@ -52,7 +52,7 @@ fn env_key(function: &FunctionName) -> String {
     format!("env/{function}")
 }
 
-fn state_key(function: &FunctionName) -> String {
+pub(super) fn state_key(function: &FunctionName) -> String {
     format!("kv/{function}")
 }
 

@@ -1,0 +1,580 @@
+//! Asynchronous invocations on JetStream.
+//!
+//! - The gateway stores each job, sealed, in the `CELLA_ASYNC` stream (on disk, work-queue
+//!   retention) with the invocation id as `Nats-Msg-Id`, so a job stored twice within the
+//!   stream's duplicate window is kept once; it answers 202 only after JetStream acknowledged
+//!   the store.
+//! - Workers share one durable pull consumer: JetStream delivers each job to one worker at a
+//!   time and again if it is not acknowledged in time (a worker killed mid-run), up to
+//!   [`MAX_ATTEMPTS`] deliveries.
+//! - A worker runs the job with its state writes held back ([`BufferedState`]) and reports
+//!   the outcome to a gateway, which records it — the result and the state writes in one
+//!   registry transaction, only if every value the job read still holds, and only once. Only
+//!   then is the message acknowledged. A job delivered again after it finished is
+//!   acknowledged without running; one whose reads went stale runs again. So each job takes
+//!   effect exactly once however often it is delivered.
+//! - A failed attempt is retried with backoff unless retrying cannot help; after the last
+//!   attempt the invocation is dead-lettered (status `dead_letter`, and counted).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use bytes::Bytes;
+use cella_runtime::{JobQueue, Outcome, Platform, RuntimeError};
+use cella_sandbox::{StateError, StateStore};
+use cella_store::{AsyncError, AsyncStatus, Finish, Finished, StateRead, StateWrite};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::bus::{BusError, SealedBus};
+use crate::state::RemoteState;
+use crate::subjects::{ASYNC_CONTROL, GATEWAYS, JOBS, JOBS_CONSUMER, JOBS_STREAM};
+use crate::wire;
+
+/// Deliveries of one job at most; the last failure dead-letters it.
+pub const MAX_ATTEMPTS: i64 = 5;
+/// How long a delivered job may go unacknowledged before JetStream delivers it again; a
+/// worker running a job reports progress well within it.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+const PROGRESS_EVERY: Duration = Duration::from_secs(3);
+/// How long the stream remembers ids to drop duplicates.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Runs of one delivery whose reads went stale before another writer's, at most.
+const MAX_CONFLICT_RUNS: usize = 50;
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The stream and the consumer, created if missing (gateways and workers both make sure).
+async fn jobs_consumer(
+    client: &async_nats::Client,
+) -> Result<consumer::PullConsumer, async_nats::Error> {
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: JOBS_STREAM.into(),
+            subjects: vec![JOBS.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .get_or_create_consumer(
+            JOBS_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(JOBS_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_deliver: MAX_ATTEMPTS,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(consumer)
+}
+
+/// What travels in the stream: the invocation id and the job (sealed together).
+#[derive(Serialize, Deserialize)]
+struct JobHead {
+    id: String,
+}
+
+/// The gateway's queue: JetStream.
+pub(crate) struct JetStreamQueue {
+    pub(crate) bus: Arc<SealedBus>,
+    pub(crate) js: jetstream::Context,
+}
+
+impl JetStreamQueue {
+    pub(crate) async fn new(bus: Arc<SealedBus>) -> Result<Self, async_nats::Error> {
+        jobs_consumer(bus.client()).await?;
+        let js = jetstream::new(bus.client().clone());
+        Ok(JetStreamQueue { bus, js })
+    }
+}
+
+fn unavailable(what: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Overloaded(format!(
+        "the job could not be stored ({what}); nothing was accepted, so retry (with the same \
+         Idempotency-Key) once the cluster's NATS server is back"
+    ))
+}
+
+#[async_trait::async_trait]
+impl JobQueue for JetStreamQueue {
+    async fn enqueue(&self, id: &str, job: cella_runtime::Job) -> Result<(), RuntimeError> {
+        let payload = wire::frame(&JobHead { id: id.to_owned() }, &wire::encode_job(&job));
+        let sealed = self
+            .bus
+            .seal_event(JOBS, &payload)
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(sealed)
+            .message_id(id);
+        let ack = self
+            .js
+            .send_publish(JOBS, publish)
+            .await
+            .map_err(unavailable)?;
+        tokio::time::timeout(CONTROL_TIMEOUT, ack)
+            .await
+            .map_err(|_| unavailable("JetStream did not confirm in time"))?
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// A worker's call to a gateway about an asynchronous invocation.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Control {
+    /// Does it still wait to run?
+    Pending { id: String },
+    /// How an attempt ended (its output, if any, is the body).
+    Finish(FinishHead),
+}
+
+#[derive(Serialize, Deserialize)]
+struct FinishHead {
+    id: String,
+    attempt: u32,
+    status: AsyncStatus,
+    error: Option<AsyncError>,
+    log: Option<String>,
+    /// Keys (base64) and the SHA-256 (hex) of the value read, or none if absent.
+    reads: Vec<(String, Option<String>)>,
+    /// Keys (base64) and the value written (base64), or none if deleted.
+    writes: Vec<(String, Option<String>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ControlAnswer {
+    Pending(bool),
+    Recorded(AsyncStatus),
+    AlreadyFinal,
+    Conflict,
+    Full { would_be: u64, limit: u64 },
+    Unavailable(String),
+}
+
+/// The gateway's side of [`Control`].
+pub(crate) async fn serve_control(
+    bus: Arc<SealedBus>,
+    platform: Arc<Platform>,
+) -> Result<(), async_nats::Error> {
+    let mut calls = bus
+        .client()
+        .queue_subscribe(ASYNC_CONTROL, GATEWAYS.to_owned())
+        .await?;
+    while let Some(message) = calls.next().await {
+        let (bus, platform) = (bus.clone(), platform.clone());
+        tokio::spawn(async move {
+            let Some(opened) = bus.open_request(&message, ASYNC_CONTROL) else {
+                return;
+            };
+            let answer = match wire::unframe::<Control>(&opened.payload) {
+                Ok((control, body)) => control_answer(&platform, control, body).await,
+                Err(e) => ControlAnswer::Unavailable(e.to_string()),
+            };
+            let reply = wire::frame(&answer, b"");
+            if let Err(e) = bus.reply(&message, &opened.header, &reply).await {
+                tracing::warn!("could not answer a worker about a job: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn control_answer(platform: &Platform, control: Control, body: Bytes) -> ControlAnswer {
+    let unavailable = |e: &dyn std::fmt::Display| ControlAnswer::Unavailable(e.to_string());
+    match control {
+        Control::Pending { id } => match platform.async_pending(&id).await {
+            Ok(pending) => ControlAnswer::Pending(pending),
+            Err(e) => unavailable(&e),
+        },
+        Control::Finish(head) => {
+            let id = head.id.clone();
+            let finish = match finish_from(head, body) {
+                Ok(finish) => finish,
+                Err(e) => return unavailable(&e),
+            };
+            match platform.finish_async(&id, finish).await {
+                Ok(Finished::Recorded(invocation)) => ControlAnswer::Recorded(invocation.status),
+                Ok(Finished::AlreadyFinal(_)) => ControlAnswer::AlreadyFinal,
+                Ok(Finished::Conflict) => ControlAnswer::Conflict,
+                Ok(Finished::Full { would_be, limit }) => ControlAnswer::Full { would_be, limit },
+                Err(e) => unavailable(&e),
+            }
+        }
+    }
+}
+
+fn finish_from(head: FinishHead, output: Bytes) -> Result<Finish, wire::Malformed> {
+    let reads = head
+        .reads
+        .into_iter()
+        .map(|(key, hash)| {
+            let value_sha256 = match hash {
+                None => None,
+                Some(hex_hash) => Some(
+                    hex::decode(hex_hash)
+                        .ok()
+                        .and_then(|h| h.try_into().ok())
+                        .ok_or_else(|| wire::Malformed("a read's hash".into()))?,
+                ),
+            };
+            Ok(StateRead {
+                key: wire::decode_key(&key)?,
+                value_sha256,
+            })
+        })
+        .collect::<Result<Vec<_>, wire::Malformed>>()?;
+    let writes = head
+        .writes
+        .into_iter()
+        .map(|(key, value)| {
+            Ok(StateWrite {
+                key: wire::decode_key(&key)?,
+                value: value.map(|v| wire::decode_key(&v)).transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>, wire::Malformed>>()?;
+    Ok(Finish {
+        attempt: head.attempt,
+        status: head.status,
+        output: (head.status == AsyncStatus::Succeeded).then(|| output.to_vec()),
+        error: head.error,
+        log: head.log,
+        reads,
+        writes,
+        // Set by the gateway.
+        state_limit: 0,
+        finished_at: String::new(),
+    })
+}
+
+/// A job's key-value state with its writes held back: reads go to the gateway (each key
+/// once, remembered with a hash of what was read), writes stay here until the outcome is
+/// recorded with them, or dropped with a failed attempt.
+pub(crate) struct BufferedState {
+    remote: RemoteState,
+    /// Each key as first read: the value (kept, so the job sees one value per key).
+    read: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    written: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl BufferedState {
+    fn new(remote: RemoteState) -> Self {
+        BufferedState {
+            remote,
+            read: Mutex::default(),
+            written: Mutex::default(),
+        }
+    }
+
+    fn reads(&self) -> Vec<(String, Option<String>)> {
+        let read = self.read.lock().unwrap_or_else(PoisonError::into_inner);
+        read.iter()
+            .map(|(key, value)| {
+                let hash = value
+                    .as_deref()
+                    .map(|v| hex::encode(cella_store::value_sha256(v)));
+                (wire::encode_key(key), hash)
+            })
+            .collect()
+    }
+
+    fn writes(&self) -> Vec<(String, Option<String>)> {
+        let written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        written
+            .iter()
+            .map(|(key, value)| {
+                (
+                    wire::encode_key(key),
+                    value.as_deref().map(wire::encode_key),
+                )
+            })
+            .collect()
+    }
+}
+
+impl StateStore for BufferedState {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(value) = self
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return Ok(value.clone());
+        }
+        if let Some(value) = self
+            .read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return Ok(value.clone());
+        }
+        let value = self.remote.get(key)?;
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_vec(), value.clone());
+        Ok(value)
+    }
+
+    fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_vec(), Some(value.to_vec()));
+        Ok(())
+    }
+
+    fn delete(&self, key: &[u8]) -> Result<bool, StateError> {
+        let existed = self.get(key)?.is_some();
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_vec(), None);
+        Ok(existed)
+    }
+}
+
+/// A worker's side: takes jobs from the shared consumer until the connection closes.
+pub(crate) async fn take_jobs(
+    bus: Arc<SealedBus>,
+    platform: Arc<Platform>,
+) -> Result<(), async_nats::Error> {
+    let slots = Arc::new(Semaphore::new(platform.config().sandbox.instances as usize));
+    loop {
+        // The stream of messages ends or fails when the server goes away; begin again.
+        let messages = match jobs_consumer(bus.client()).await {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!("cannot take asynchronous jobs yet: {e}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(message) = messages.next().await {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!("asynchronous jobs: {e}");
+                    break;
+                }
+            };
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let (bus, platform) = (bus.clone(), platform.clone());
+            tokio::spawn(async move {
+                run_job(&bus, &platform, message).await;
+                drop(slot);
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn control(
+    bus: &SealedBus,
+    control: &Control,
+    body: &[u8],
+) -> Result<ControlAnswer, BusError> {
+    let answer = bus
+        .request(
+            ASYNC_CONTROL,
+            "gateway",
+            &wire::frame(control, body),
+            CONTROL_TIMEOUT,
+        )
+        .await?;
+    wire::unframe::<ControlAnswer>(&answer.payload)
+        .map(|(answer, _)| answer)
+        .map_err(|e| BusError::Nats(e.to_string()))
+}
+
+/// Backoff before the next attempt after `attempt` failed.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500 * 2u64.pow(attempt.min(6)))
+}
+
+async fn run_job(bus: &Arc<SealedBus>, platform: &Arc<Platform>, message: jetstream::Message) {
+    let attempt = message.info().map_or(1, |info| {
+        info.delivered.clamp(1, i64::from(u32::MAX)) as u32
+    });
+    let Some(opened) = bus.open_event(&message.payload, JOBS) else {
+        // Not sealed by this cluster: it can never run.
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    let Ok((head, job_bytes)) = wire::unframe::<JobHead>(&opened.payload) else {
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    let id = head.id;
+    match control(bus, &Control::Pending { id: id.clone() }, b"").await {
+        Ok(ControlAnswer::Pending(true)) => {}
+        Ok(ControlAnswer::Pending(false)) => {
+            // It finished before (its acknowledgement was lost): nothing to do.
+            let _ = message.ack().await;
+            return;
+        }
+        other => {
+            tracing::warn!(job = %id, "cannot ask about a job yet ({})", describe(&other));
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return;
+        }
+    }
+
+    // Tell JetStream the job is being worked on, so it is not delivered to another worker.
+    let progress = {
+        let message = message.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                if message.ack_with(AckKind::Progress).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let ack = finish_job(bus, platform, &id, attempt, &job_bytes).await;
+    progress.abort();
+    let sent = match ack {
+        Some(kind) => message.ack_with(kind).await,
+        None => message.ack().await,
+    };
+    if let Err(e) = sent {
+        tracing::warn!(job = %id, "could not acknowledge a job (it will be delivered again and finish once): {e}");
+    }
+}
+
+fn describe(answer: &Result<ControlAnswer, BusError>) -> String {
+    match answer {
+        Ok(ControlAnswer::Unavailable(why)) => why.clone(),
+        Ok(_) => "an unexpected answer".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Runs the job until its outcome is recorded; returns how to acknowledge the message
+/// (`None`: done).
+async fn finish_job(
+    bus: &Arc<SealedBus>,
+    platform: &Arc<Platform>,
+    id: &str,
+    attempt: u32,
+    job_bytes: &[u8],
+) -> Option<AckKind> {
+    for _ in 0..MAX_CONFLICT_RUNS {
+        let job = match wire::decode_job(job_bytes) {
+            Ok(job) => job,
+            Err(_) => return Some(AckKind::Term),
+        };
+        let state = job.record.permissions.kv.then(|| {
+            Arc::new(BufferedState::new(RemoteState {
+                bus: bus.clone(),
+                function: job.record.name.to_string(),
+            }))
+        });
+        let outcome = platform
+            .execute(job, state.clone().map(|s| s as Arc<dyn StateStore>))
+            .await;
+        let (head, output) = finish_head(id, attempt, outcome, state.as_deref());
+        let status = head.status;
+        match control(bus, &Control::Finish(head), &output).await {
+            Ok(ControlAnswer::Recorded(AsyncStatus::Queued)) => {
+                return Some(AckKind::Nak(Some(backoff(attempt))));
+            }
+            Ok(ControlAnswer::Recorded(_) | ControlAnswer::AlreadyFinal) => return None,
+            // Another job changed what this one read: run it again on the new values.
+            Ok(ControlAnswer::Conflict) => continue,
+            Ok(ControlAnswer::Full { would_be, limit }) => {
+                let failure = RuntimeError::Invalid(format!(
+                    "the invocation's writes would grow the function's state to {would_be} \
+                     bytes, past its limit of {limit}; nothing was written"
+                ));
+                let (head, _) = finish_head(id, attempt, Err(failure), None);
+                let head = FinishHead {
+                    status: AsyncStatus::Failed,
+                    ..head
+                };
+                return match control(bus, &Control::Finish(head), b"").await {
+                    Ok(ControlAnswer::Recorded(_) | ControlAnswer::AlreadyFinal) => None,
+                    _ => Some(AckKind::Nak(Some(Duration::from_secs(1)))),
+                };
+            }
+            other => {
+                tracing::warn!(job = %id, ?status, "could not record a job's outcome ({}); it will run again", describe(&other));
+                return Some(AckKind::Nak(Some(Duration::from_secs(1))));
+            }
+        }
+    }
+    tracing::warn!(job = %id, "a job's reads kept going stale; it will be delivered again");
+    Some(AckKind::Nak(Some(backoff(attempt))))
+}
+
+/// The report of one attempt: its status, error, log and state changes, and the output.
+fn finish_head(
+    id: &str,
+    attempt: u32,
+    outcome: Result<Outcome, RuntimeError>,
+    state: Option<&BufferedState>,
+) -> (FinishHead, Vec<u8>) {
+    let (reads, writes) = state.map_or_else(Default::default, |s| (s.reads(), s.writes()));
+    let head = |status, error, log| FinishHead {
+        id: id.to_owned(),
+        attempt,
+        status,
+        error,
+        log,
+        reads: Vec::new(),
+        writes: Vec::new(),
+    };
+    match outcome {
+        Ok(Outcome::Command(output)) => (
+            FinishHead {
+                reads,
+                writes,
+                ..head(AsyncStatus::Succeeded, None, Some(output.log.to_text()))
+            },
+            output.stdout.to_vec(),
+        ),
+        Ok(Outcome::Http(_)) => {
+            let error = AsyncError {
+                code: "wrong_kind".into(),
+                message: "an HTTP function cannot run asynchronously".into(),
+            };
+            (head(AsyncStatus::Failed, Some(error), None), Vec::new())
+        }
+        Err(e) => {
+            let code = e.code();
+            let status = if cella_runtime::is_final_failure(code) {
+                AsyncStatus::Failed
+            } else if i64::from(attempt) >= MAX_ATTEMPTS {
+                AsyncStatus::DeadLetter
+            } else {
+                AsyncStatus::Queued
+            };
+            let error = AsyncError {
+                code: code.as_str().to_owned(),
+                message: e.to_string(),
+            };
+            (head(status, Some(error), e.log()), Vec::new())
+        }
+    }
+}
