@@ -45,6 +45,9 @@ const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Runs of one delivery whose reads went stale before another writer's, at most.
 const MAX_CONFLICT_RUNS: usize = 50;
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Asynchronous jobs one worker runs at once, at most: jobs of one function often touch the
+/// same keys, and each one more in flight is one more whose reads may go stale.
+const ASYNC_SLOTS: usize = 8;
 
 /// The stream and the consumer, created if missing (gateways and workers both make sure).
 async fn jobs_consumer(
@@ -351,7 +354,8 @@ pub(crate) async fn take_jobs(
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
 ) -> Result<(), async_nats::Error> {
-    let slots = Arc::new(Semaphore::new(platform.config().sandbox.instances as usize));
+    let slots = (platform.config().sandbox.instances as usize).clamp(1, ASYNC_SLOTS);
+    let slots = Arc::new(Semaphore::new(slots));
     loop {
         // The stream of messages ends or fails when the server goes away; begin again.
         let messages = match jobs_consumer(bus.client()).await {
@@ -501,8 +505,14 @@ async fn finish_job(
                 return Some(AckKind::Nak(Some(backoff(attempt))));
             }
             Ok(ControlAnswer::Recorded(_) | ControlAnswer::AlreadyFinal) => return None,
-            // Another job changed what this one read: run it again on the new values.
-            Ok(ControlAnswer::Conflict) => continue,
+            // Another job changed what this one read: run it again on the new values, after
+            // a short random pause so that jobs colliding on one key spread out.
+            Ok(ControlAnswer::Conflict) => {
+                let mut jitter = [0u8; 1];
+                let _ = getrandom::fill(&mut jitter);
+                tokio::time::sleep(Duration::from_millis(u64::from(jitter[0] % 20))).await;
+                continue;
+            }
             Ok(ControlAnswer::Full { would_be, limit }) => {
                 let failure = RuntimeError::Invalid(format!(
                     "the invocation's writes would grow the function's state to {would_be} \

@@ -8,16 +8,30 @@ use std::time::{Duration, Instant};
 
 use super::{CELLA, Server, guests_dir, ok};
 
-/// A `nats-server` on a free loopback port, stopped when dropped.
+/// A `nats-server` with JetStream on disk, on a loopback port, stopped when dropped.
 struct Nats {
     child: Child,
     url: String,
+    dir: PathBuf,
 }
 
 impl Nats {
+    /// Starts a server on a free port, keeping JetStream's files under `dir`.
     fn start(dir: &Path) -> Nats {
+        Nats::on_port(dir, "-1")
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same port and files.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        *self = Nats::on_port(&self.dir, &port);
+    }
+
+    fn on_port(dir: &Path, port: &str) -> Nats {
         let mut child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", port, "-js", "-sd"])
             .arg(dir.join("nats"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -37,7 +51,11 @@ impl Nats {
             .expect("nats-server starts listening");
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        Nats { child, url }
+        Nats {
+            child,
+            url,
+            dir: dir.to_owned(),
+        }
     }
 }
 
@@ -318,4 +336,94 @@ fn messages_altered_or_replayed_on_the_bus_are_refused() {
     for reason in ["replayed", "unauthentic", "malformed"] {
         assert!(log.contains(reason), "refusal {reason} logged: {log}");
     }
+}
+
+/// The tenant's API client, trusting the gateway through the test policy.
+fn api_client(cluster: &Cluster) -> cella_client::Client {
+    let text = std::fs::read_to_string(&cluster.gateway.policy).unwrap();
+    let policy: cella_tee::Policy = toml::from_str(&text).unwrap();
+    cella_client::Client::with_policy(&cluster.gateway.url, Some(cluster.token.clone()), &policy)
+        .unwrap()
+}
+
+/// Submits invocation `i` until the gateway accepts it (a refusal while NATS is down is
+/// retried with the same idempotency key, as a client should); returns its id.
+async fn submit(client: &cella_client::Client, i: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let key = format!("request-{i}");
+        let args = ["incr".to_owned(), "hits".to_owned()];
+        match client
+            .invoke_async("counter", Vec::new(), &args, Some(&key))
+            .await
+        {
+            Ok(accepted) => return accepted.id,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "request {i} never accepted: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+#[test]
+fn no_async_invocation_is_lost_or_doubled_when_a_worker_dies_or_nats_restarts() {
+    const INVOCATIONS: usize = 1000;
+    let mut cluster = Cluster::start(&[]);
+    let mut doomed = Some(cluster.worker("worker-1"));
+    let _survivor = cluster.worker("worker-2");
+    cluster.deploy("counter", "state.wasm", &["kv"]);
+    let client = api_client(&cluster);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // Submitted 50 at a time; a worker is killed mid-run, then NATS itself.
+    let mut ids = Vec::with_capacity(INVOCATIONS);
+    for batch in (0..INVOCATIONS).collect::<Vec<_>>().chunks(50) {
+        let submitted = runtime.block_on(futures::future::join_all(
+            batch.iter().map(|&i| submit(&client, i)),
+        ));
+        ids.extend(submitted);
+        match ids.len() {
+            300 => drop(doomed.take()),
+            600 => cluster.nats.restart(),
+            _ => {}
+        }
+    }
+    // The same idempotency key returns the same invocation, and runs nothing again.
+    let again = runtime.block_on(submit(&client, 7));
+    assert_eq!(again, ids[7]);
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut pending: Vec<&String> = ids.iter().collect();
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} invocations never finished",
+            pending.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let statuses = runtime.block_on(futures::future::join_all(
+            pending.iter().map(|id| client.async_invocation(id)),
+        ));
+        let mut still = Vec::new();
+        for (id, status) in pending.iter().zip(statuses) {
+            match status {
+                Ok(invocation) if invocation.is_final() => assert_eq!(
+                    invocation.status, "succeeded",
+                    "invocation {id}: {invocation:?}"
+                ),
+                // Not yet, or the gateway is between NATS connections.
+                _ => still.push(*id),
+            }
+        }
+        pending = still;
+    }
+
+    // Exactly once in effect: the counter in sealed state moved once per invocation.
+    let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
+    assert_eq!(hits.trim(), INVOCATIONS.to_string());
 }
