@@ -757,3 +757,104 @@ fn print_invocation(
     }
     Ok(())
 }
+
+pub(crate) async fn trigger_add(
+    remote: &Remote,
+    function: &str,
+    subject: &str,
+    reply_subject: Option<&str>,
+    public_output: bool,
+) -> anyhow::Result<()> {
+    let (client, _) = attested_client(remote).await?;
+    let (trigger, key) = client
+        .add_trigger(function, subject, reply_subject, public_output)
+        .await
+        .map_err(explain)?;
+    if remote.format == Format::Json {
+        return print_json(&json!({ "trigger": trigger, "result_key": key }));
+    }
+    println!(
+        "trigger {} invokes `{function}` for every event on `{subject}`",
+        trigger["id"].as_str().unwrap_or_default()
+    );
+    match (reply_subject, key) {
+        (Some(reply), Some(key)) => {
+            println!("results go to `{reply}` sealed; the key that opens them (shown once):");
+            println!("  {key}");
+            println!("open one with: cella trigger open --key KEY FILE");
+        }
+        (Some(reply), None) => println!("results go to `{reply}` in clear"),
+        (None, _) => println!("results are kept with each invocation (cella invocation ID)"),
+    }
+    Ok(())
+}
+
+pub(crate) async fn trigger_list(remote: &Remote, function: &str) -> anyhow::Result<()> {
+    let (client, _) = attested_client(remote).await?;
+    let triggers = client.triggers(function).await.map_err(explain)?;
+    if remote.format == Format::Json {
+        return print_json(&triggers);
+    }
+    for t in &triggers {
+        let reply = t["reply_subject"].as_str().unwrap_or("-");
+        let output = if t["public_output"].as_bool() == Some(true) {
+            "public"
+        } else {
+            "sealed"
+        };
+        println!(
+            "{}  {}  → {reply} ({output})",
+            t["id"].as_str().unwrap_or_default(),
+            t["subject"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn trigger_remove(
+    remote: &Remote,
+    function: &str,
+    id: &str,
+) -> anyhow::Result<()> {
+    let (client, _) = attested_client(remote).await?;
+    client.remove_trigger(function, id).await.map_err(explain)?;
+    println!("removed trigger {id} of `{function}`");
+    Ok(())
+}
+
+/// Opens a result a trigger published and prints the function's output.
+pub(crate) fn trigger_open(file: &Path, key: Option<&str>) -> anyhow::Result<()> {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        text
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let result: cella_runtime::TriggerResult =
+        serde_json::from_str(&text).context("not a result a trigger published")?;
+    let key = match key {
+        Some(k) => Some(match k.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the key file {path}"))?
+                .trim()
+                .to_owned(),
+            None => k.to_owned(),
+        }),
+        None => None,
+    };
+    if result.status != "succeeded" {
+        anyhow::bail!(
+            "invocation {} ended {}{}",
+            result.invocation,
+            result.status,
+            result.error.map(|e| format!(": {e}")).unwrap_or_default()
+        );
+    }
+    let output = result
+        .output(key.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    use std::io::Write as _;
+    std::io::stdout().write_all(&output)?;
+    Ok(())
+}

@@ -211,6 +211,13 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Event triggers: invoke a function for every event on a NATS subject.
+    Trigger {
+        #[command(subcommand)]
+        command: TriggerCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Show an asynchronous invocation of yours: its status, and its output once it succeeded.
     Invocation {
         id: String,
@@ -379,6 +386,38 @@ enum PluginCommand {
 }
 
 #[derive(Subcommand)]
+enum TriggerCommand {
+    /// Invoke FUNCTION asynchronously for every event published on a subject (needs a
+    /// cluster). Prints the trigger and, when results are sealed, their key (shown once).
+    Add {
+        function: String,
+        /// The NATS subject events arrive on (`*` matches one token, `>` the rest).
+        #[arg(long)]
+        subject: String,
+        /// Publish each result on this subject.
+        #[arg(long, value_name = "SUBJECT")]
+        reply_subject: Option<String>,
+        /// Publish results in clear: the function's output is public. Otherwise they are
+        /// sealed, and only the result key opens them.
+        #[arg(long)]
+        public_output: bool,
+    },
+    /// List FUNCTION's triggers.
+    List { function: String },
+    /// Remove one of FUNCTION's triggers.
+    Remove { function: String, id: String },
+    /// Open a result published on a reply subject: prints the function's output.
+    Open {
+        /// The result as published (JSON): a file, or `-` for stdin.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// The trigger's result key, as hex or @FILE (for sealed results).
+        #[arg(long, env = "CELLA_RESULT_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TenantCommand {
     /// Create a tenant and print its token (shown once).
     Create { name: String },
@@ -421,6 +460,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify { remote } => tee_cmds::verify(&remote).await,
         Command::Attest { nonce, remote } => tee_cmds::attest(&remote, nonce.as_deref()).await,
         Command::Doctor { format } => tee_cmds::doctor(format),
+        Command::Trigger { command, remote } => match command {
+            TriggerCommand::Add {
+                function,
+                subject,
+                reply_subject,
+                public_output,
+            } => {
+                c::trigger_add(
+                    &remote,
+                    &function,
+                    &subject,
+                    reply_subject.as_deref(),
+                    public_output,
+                )
+                .await
+            }
+            TriggerCommand::List { function } => c::trigger_list(&remote, &function).await,
+            TriggerCommand::Remove { function, id } => {
+                c::trigger_remove(&remote, &function, &id).await
+            }
+            TriggerCommand::Open { file, key } => c::trigger_open(&file, key.as_deref()),
+        },
         Command::Tenant { command, remote } => match command {
             TenantCommand::Create { name } => c::tenant_create(&remote, &name).await,
             TenantCommand::List => c::tenant_list(&remote).await,

@@ -771,6 +771,51 @@ impl Client {
         self.json(self.request(Method::GET, &path)).await
     }
 
+    /// Makes an event trigger for `name`; returns it and, when its results are sealed, the
+    /// key that opens them (shown this once).
+    pub async fn add_trigger(
+        &self,
+        name: &str,
+        subject: &str,
+        reply_subject: Option<&str>,
+        public_output: bool,
+    ) -> Result<(serde_json::Value, Option<String>), ClientError> {
+        #[derive(Deserialize)]
+        struct Added {
+            trigger: serde_json::Value,
+            result_key: Option<String>,
+        }
+        let path = format!("/v1/functions/{}/triggers", segment(name));
+        let body = serde_json::json!({
+            "subject": subject,
+            "reply_subject": reply_subject,
+            "public_output": public_output,
+        });
+        let added: Added = self
+            .json(self.request(Method::POST, &path).json(&body))
+            .await?;
+        Ok((added.trigger, added.result_key))
+    }
+
+    pub async fn triggers(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        #[derive(Deserialize)]
+        struct List {
+            triggers: Vec<serde_json::Value>,
+        }
+        let path = format!("/v1/functions/{}/triggers", segment(name));
+        let list: List = self.json(self.request(Method::GET, &path)).await?;
+        Ok(list.triggers)
+    }
+
+    pub async fn remove_trigger(
+        &self,
+        name: &str,
+        id: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let path = format!("/v1/functions/{}/triggers/{}", segment(name), segment(id));
+        self.json(self.request(Method::DELETE, &path)).await
+    }
+
     pub async fn functions(&self) -> Result<Vec<FunctionRecord>, ClientError> {
         #[derive(Deserialize)]
         struct List {

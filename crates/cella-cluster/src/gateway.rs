@@ -60,6 +60,13 @@ impl Gateway {
                 ))
             })?;
         platform.queue_to(Arc::new(queue))?;
+        platform.publish_events_to(Arc::new(crate::triggers::NatsEvents {
+            client: bus.client().clone(),
+        }))?;
+        tokio::spawn(crate::triggers::follow(
+            platform.clone(),
+            bus.client().clone(),
+        ));
         platform.dispatch_to(Arc::new(NatsDispatcher {
             bus: bus.clone(),
             platform: platform.clone(),

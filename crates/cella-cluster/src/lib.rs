@@ -12,6 +12,7 @@
 //! - [`wire`]: what jobs, outcomes and state calls look like inside a sealed message.
 //! - [`state`]: functions' key-value state, kept by the gateway, reached by workers.
 //! - `asynchronous`: jobs in a JetStream stream, each finishing exactly once in effect.
+//! - `triggers`: events on tenants' subjects, each an asynchronous invocation.
 #![forbid(unsafe_code)]
 
 mod asynchronous;
@@ -20,6 +21,7 @@ mod gateway;
 pub mod join;
 mod state;
 pub mod subjects;
+mod triggers;
 pub mod wire;
 mod worker;
 

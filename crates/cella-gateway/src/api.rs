@@ -41,6 +41,14 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/invocations/{id}", get(crate::asynchronous::status))
+        .route(
+            "/v1/functions/{name}/triggers",
+            get(crate::triggers::list).post(crate::triggers::add),
+        )
+        .route(
+            "/v1/functions/{name}/triggers/{id}",
+            axum::routing::delete(crate::triggers::remove),
+        )
         .route("/v1/functions/{name}/logs", get(logs))
         .route("/v1/functions/{name}/stats", get(stats))
         .route("/v1/functions/{name}/env", get(env).patch(set_env))
@@ -131,7 +139,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     e
 }
 
-async fn json_body<T: DeserializeOwned>(body: Body, example: &str) -> ApiResult<T> {
+pub(crate) async fn json_body<T: DeserializeOwned>(body: Body, example: &str) -> ApiResult<T> {
     let bytes = read_limited(body, 64 * 1024, "request body").await?;
     serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::new(

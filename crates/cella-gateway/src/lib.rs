@@ -12,6 +12,7 @@ mod body;
 mod error;
 mod guessing;
 mod passthrough;
+mod triggers;
 
 use std::sync::Arc;
 

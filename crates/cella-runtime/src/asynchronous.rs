@@ -74,6 +74,17 @@ impl Platform {
         target: &str,
         request: AsyncRequest,
     ) -> Result<(AsyncInvocation, bool), RuntimeError> {
+        self.submit_as(caller, target, request, None).await
+    }
+
+    /// [`Platform::submit`], for an event of trigger `trigger` when given.
+    pub(crate) async fn submit_as(
+        &self,
+        caller: &Principal,
+        target: &str,
+        request: AsyncRequest,
+        trigger: Option<&str>,
+    ) -> Result<(AsyncInvocation, bool), RuntimeError> {
         let Some(queue) = self.job_queue.get() else {
             return Err(RuntimeError::Invalid(
                 "asynchronous invocations need a cluster: run `cella gateway --nats URL` with \
@@ -107,6 +118,7 @@ impl Platform {
             output_hex: None,
             error: None,
             log: None,
+            trigger: trigger.map(str::to_owned),
         };
         let registry = self.registry().clone();
         let submitted = blocking(move || Ok(registry.submit_invocation(invocation)?)).await?;
@@ -178,6 +190,7 @@ impl Platform {
             && invocation.status.is_final()
         {
             self.metrics().async_finished(invocation.status.as_str());
+            self.publish_result(invocation).await;
         }
         Ok(finished)
     }

@@ -21,6 +21,7 @@ mod metrics;
 mod platform;
 mod plugins;
 mod remote;
+mod triggers;
 
 pub use asynchronous::{AsyncRequest, JobQueue, MAX_IDEMPOTENCY_KEY, is_final_failure};
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
@@ -33,3 +34,4 @@ pub use platform::{
     AccessChange, HttpOutput, InvokeOptions, InvokeOutput, Platform, PlatformConfig,
 };
 pub use remote::{Dispatcher, Job, Outcome, RemoteFailure, Work};
+pub use triggers::{EventSink, NewTrigger, TriggerResult};

@@ -126,6 +126,10 @@ pub struct Platform {
     pub(crate) dispatcher: std::sync::OnceLock<Arc<dyn crate::remote::Dispatcher>>,
     /// Where asynchronous jobs are stored: set on a cluster's gateway.
     pub(crate) job_queue: std::sync::OnceLock<Arc<dyn crate::asynchronous::JobQueue>>,
+    /// Where triggers' results go: set on a cluster's gateway.
+    pub(crate) event_sink: std::sync::OnceLock<Arc<dyn crate::triggers::EventSink>>,
+    /// Moves whenever a trigger is added or removed.
+    pub(crate) triggers_changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Runs blocking registry work off the async threads.
@@ -204,6 +208,8 @@ impl Platform {
             config,
             dispatcher: std::sync::OnceLock::new(),
             job_queue: std::sync::OnceLock::new(),
+            event_sink: std::sync::OnceLock::new(),
+            triggers_changed: tokio::sync::watch::Sender::new(0),
         })
     }
 

@@ -30,7 +30,7 @@ const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
 /// blinded function name → sealed JSON [`FunctionRecord`]
 const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
 /// Every table of sealed records (the digest covers them all).
-const SEALED_TABLES: [Sealed; 7] = [
+const SEALED_TABLES: [Sealed; 8] = [
     TENANTS,
     TOKENS,
     FUNCTIONS,
@@ -38,6 +38,7 @@ const SEALED_TABLES: [Sealed; 7] = [
     plugins::PLUGINS,
     function_data::FUNCTION_DATA,
     invocations::INVOCATIONS,
+    triggers::TRIGGERS,
 ];
 /// settings of the registry itself; values sealed except the wrapped data key
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
@@ -612,6 +613,7 @@ impl Registry {
     ) -> Result<Option<FunctionRecord>, RegistryError> {
         self.write(|tx| {
             self.delete_function_data(tx, name)?;
+            self.delete_triggers_of(tx, name)?;
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
             self.remove(&mut functions, FUNCTIONS, name.as_str().as_bytes())
         })
@@ -718,12 +720,14 @@ mod function_data;
 mod invocations;
 mod keys;
 mod plugins;
+mod triggers;
 pub use cluster::ClusterSecrets;
 pub use function_data::StateRefusal;
 pub use invocations::{
     AsyncError, AsyncInvocation, AsyncStatus, Finish, Finished, StateRead, StateWrite, value_sha256,
 };
 pub use keys::TenantKey;
+pub use triggers::Trigger;
 
 #[cfg(test)]
 mod tests;

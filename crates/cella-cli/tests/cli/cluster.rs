@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use super::{CELLA, Server, guests_dir, ok};
 
 /// A `nats-server` with JetStream on disk, on a loopback port, stopped when dropped.
@@ -301,7 +303,6 @@ fn messages_altered_or_replayed_on_the_bus_are_refused() {
     });
     ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
     let recorded = runtime.block_on(async {
-        use futures::StreamExt;
         tokio::time::timeout(Duration::from_secs(10), recorder.next())
             .await
             .expect("the invocation crossed the bus")
@@ -426,4 +427,107 @@ fn no_async_invocation_is_lost_or_doubled_when_a_worker_dies_or_nats_restarts() 
     // Exactly once in effect: the counter in sealed state moved once per invocation.
     let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
     assert_eq!(hits.trim(), INVOCATIONS.to_string());
+}
+
+#[test]
+fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
+    const EVENTS: usize = 100;
+    let cluster = Cluster::start(&[]);
+    let _workers = [cluster.worker("worker-1"), cluster.worker("worker-2")];
+    cluster.deploy("echo", "echo.wasm", &[]);
+    let added: serde_json::Value = serde_json::from_str(&ok(cluster.tenant(&[
+        "trigger",
+        "add",
+        "echo",
+        "--subject",
+        "orders.>",
+        "--reply-subject",
+        "results.orders",
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    let key = added["result_key"]
+        .as_str()
+        .expect("a sealed trigger has a key");
+    // A reply subject the trigger listens to would feed results back in without end.
+    let looping = cluster.tenant(&[
+        "trigger",
+        "add",
+        "echo",
+        "--subject",
+        "orders.>",
+        "--reply-subject",
+        "orders.results",
+    ]);
+    assert!(!looping.status.success());
+    assert!(String::from_utf8_lossy(&looping.stderr).contains("without end"));
+    let listed = ok(cluster.tenant(&["trigger", "list", "echo"]));
+    assert!(
+        listed.contains("orders.>") && listed.contains("sealed"),
+        "{listed}"
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = runtime
+        .block_on(async_nats::connect(cluster.nats.url.as_str()))
+        .unwrap();
+    let results = runtime.block_on(async {
+        let mut results = bus.subscribe("results.orders").await.unwrap();
+        bus.flush().await.unwrap();
+        // Another system publishes orders; one is delivered twice with the same id.
+        for i in 0..EVENTS {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("order-{i}").as_str(),
+            );
+            bus.publish_with_headers(
+                format!("orders.eu.{i}"),
+                headers,
+                format!("order {i}").into(),
+            )
+            .await
+            .unwrap();
+        }
+        let mut again = async_nats::HeaderMap::new();
+        again.insert(async_nats::header::NATS_MESSAGE_ID, "order-0");
+        bus.publish_with_headers("orders.eu.0", again, "order 0".into())
+            .await
+            .unwrap();
+        bus.flush().await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < EVENTS {
+            let message = tokio::time::timeout(Duration::from_secs(120), results.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {} results came", got.len()))
+                .unwrap();
+            got.push(message.payload);
+        }
+        // The duplicate ran nothing: no result beyond one per order.
+        let extra = tokio::time::timeout(Duration::from_secs(2), results.next()).await;
+        assert!(extra.is_err(), "one result per order");
+        got
+    });
+    let mut outputs: Vec<String> = results
+        .iter()
+        .map(|payload| {
+            assert!(
+                !String::from_utf8_lossy(payload).contains("order "),
+                "results cross the bus sealed"
+            );
+            let result: cella_runtime::TriggerResult = serde_json::from_slice(payload).unwrap();
+            assert_eq!(result.status, "succeeded");
+            assert!(result.output(None).is_err(), "sealed results need the key");
+            String::from_utf8(result.output(Some(key)).unwrap()).unwrap()
+        })
+        .collect();
+    outputs.sort();
+    let mut expected: Vec<String> = (0..EVENTS).map(|i| format!("order {i}")).collect();
+    expected.sort();
+    assert_eq!(outputs, expected);
 }

@@ -76,6 +76,9 @@ pub struct AsyncInvocation {
     /// The last attempt's log (stderr tail and the monitor's denials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+    /// The trigger whose event made it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// A state key as an invocation read it: the SHA-256 of its value then, or `None` if absent.
