@@ -54,7 +54,7 @@ pub(crate) struct WorkerArgs {
 /// The policy a peer must pass: the file if given, else "the same build as this node, on the
 /// same kind of TEE" (for the simulated TEE: under this node's simulated platform key); the
 /// measurements given replace the policy's.
-fn peer_policy(
+pub(crate) fn peer_policy(
     platform: &Platform,
     file: Option<&PathBuf>,
     measurements: &[Measurement],

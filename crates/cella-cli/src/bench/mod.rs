@@ -1,8 +1,10 @@
 //! `cella bench startup|autoscale|chain`: the figures of PIE's evaluation, measured side by
-//! side in one run on this machine; `cella bench monitor`: what the per-call monitor costs. Absolute times on a shared machine mean little; the ratios
+//! side in one run on this machine; `cella bench monitor`: what the per-call monitor costs;
+//! `cella bench cluster`: a cluster's throughput and asynchronous latency. Absolute times on a shared machine mean little; the ratios
 //! between modes measured together are the result. Each run prints a table and writes JSON.
 
 mod chain;
+mod cluster;
 mod monitor;
 mod startup;
 mod stats;
@@ -24,6 +26,9 @@ pub(crate) enum Suite {
     Chain,
     /// Nanoseconds per host call with and without the monitor counting.
     Monitor,
+    /// A cluster on this machine (nats-server, a gateway, workers): throughput with 1 and 2
+    /// workers against one node, and asynchronous end-to-end latency.
+    Cluster,
 }
 
 impl Suite {
@@ -33,6 +38,7 @@ impl Suite {
             Suite::Autoscale => "autoscale",
             Suite::Chain => "chain",
             Suite::Monitor => "monitor",
+            Suite::Cluster => "cluster",
         }
     }
 }
@@ -66,6 +72,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Autoscale => startup::autoscale(&args.guests, args.scale).await?,
         Suite::Chain => chain::chain(&args.guests, args.scale).await?,
         Suite::Monitor => monitor::monitor(&args.guests, args.scale).await?,
+        Suite::Cluster => cluster::cluster(&args.guests, args.scale).await?,
     };
     let report = serde_json::json!({
         "suite": args.suite.name(),
