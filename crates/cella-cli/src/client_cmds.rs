@@ -858,3 +858,10 @@ pub(crate) fn trigger_open(file: &Path, key: Option<&str>) -> anyhow::Result<()>
     std::io::stdout().write_all(&output)?;
     Ok(())
 }
+
+pub(crate) async fn cluster_rotate(remote: &Remote) -> anyhow::Result<()> {
+    let (client, _) = attested_client(remote).await?;
+    let epoch = client.rotate_cluster().await.map_err(explain)?;
+    println!("the cluster key is now at epoch {epoch}; workers join again to get it");
+    Ok(())
+}

@@ -102,6 +102,9 @@ enum Command {
     Doctor {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Also check the NATS server a cluster would use (JetStream, message size).
+        #[arg(long, env = "CELLA_NATS", value_name = "URL")]
+        nats: Option<String>,
     },
     /// Manage tenants (needs the admin token).
     Tenant {
@@ -208,6 +211,13 @@ enum Command {
         /// invocation instead of running another.
         #[arg(long, value_name = "KEY", requires = "asynchronous")]
         idempotency_key: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Manage the cluster (admin token).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
         #[command(flatten)]
         remote: Remote,
     },
@@ -386,6 +396,13 @@ enum PluginCommand {
 }
 
 #[derive(Subcommand)]
+enum ClusterCommand {
+    /// Retire the cluster key: the gateway derives the next one and every worker must pass
+    /// the worker policy again to get it.
+    Rotate,
+}
+
+#[derive(Subcommand)]
 enum TriggerCommand {
     /// Invoke FUNCTION asynchronously for every event published on a subject (needs a
     /// cluster). Prints the trigger and, when results are sealed, their key (shown once).
@@ -459,7 +476,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => config::show(&args),
         Command::Verify { remote } => tee_cmds::verify(&remote).await,
         Command::Attest { nonce, remote } => tee_cmds::attest(&remote, nonce.as_deref()).await,
-        Command::Doctor { format } => tee_cmds::doctor(format),
+        Command::Doctor { format, nats } => tee_cmds::doctor(format, nats.as_deref()).await,
+        Command::Cluster {
+            command: ClusterCommand::Rotate,
+            remote,
+        } => c::cluster_rotate(&remote).await,
         Command::Trigger { command, remote } => match command {
             TriggerCommand::Add {
                 function,

@@ -218,9 +218,16 @@ pub(crate) async fn attest(remote: &Remote, nonce: Option<&str>) -> anyhow::Resu
     Ok(())
 }
 
-pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
+pub(crate) async fn doctor(format: Format, nats: Option<&str>) -> anyhow::Result<()> {
     let probes = cella_tee::detect::probe(Path::new("/"));
     let hardware = cella_tee::detect::hardware(&probes);
+    let nats = match nats {
+        Some(url) => Some(cella_cluster::probe(url).await.map_err(|e| e.to_string())),
+        None => None,
+    };
+    let nats_ok = nats
+        .as_ref()
+        .is_none_or(|n| n.as_ref().is_ok_and(|h| h.jetstream.is_ok()));
     match format {
         Format::Json => println!(
             "{}",
@@ -228,6 +235,15 @@ pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
                 "probes": probes,
                 "hardware": hardware,
                 "up_uses": hardware.map_or("sim", |tee| tee.as_str()),
+                "nats": nats.as_ref().map(|n| match n {
+                    Ok(health) => serde_json::json!({
+                        "url": health.url,
+                        "server_version": health.server_version,
+                        "max_payload": health.max_payload,
+                        "jetstream": health.jetstream.as_ref().err(),
+                    }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                }),
             }))?
         ),
         Format::Text => {
@@ -249,7 +265,24 @@ pub(crate) fn doctor(format: Format) -> anyhow::Result<()> {
                      proves nothing about hardware)"
                 ),
             }
+            match &nats {
+                None => {}
+                Some(Err(e)) => println!("✗ nats     {e}"),
+                Some(Ok(health)) => {
+                    println!(
+                        "✔ nats     {} (nats-server {}, messages up to {} bytes)",
+                        health.url, health.server_version, health.max_payload
+                    );
+                    match &health.jetstream {
+                        Ok(()) => println!("✔ nats     JetStream enabled"),
+                        Err(e) => println!("✗ nats     JetStream: {e}"),
+                    }
+                }
+            }
         }
+    }
+    if !nats_ok {
+        anyhow::bail!("the NATS server cannot carry a cluster; see ✗ above");
     }
     Ok(())
 }

@@ -816,6 +816,18 @@ impl Client {
         self.json(self.request(Method::DELETE, &path)).await
     }
 
+    /// Rotates the cluster key (admin token); returns the new epoch.
+    pub async fn rotate_cluster(&self) -> Result<u32, ClientError> {
+        #[derive(Deserialize)]
+        struct Rotated {
+            epoch: u32,
+        }
+        let rotated: Rotated = self
+            .json(self.request(Method::POST, "/v1/cluster/rotate"))
+            .await?;
+        Ok(rotated.epoch)
+    }
+
     pub async fn functions(&self) -> Result<Vec<FunctionRecord>, ClientError> {
         #[derive(Deserialize)]
         struct List {

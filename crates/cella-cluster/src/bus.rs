@@ -58,6 +58,9 @@ fn stale_reason(e: &Stale) -> &'static str {
 pub struct SealedBus {
     client: Client,
     key: RwLock<BusKey>,
+    /// The key of the epoch before, kept to open stored events (jobs queued before a
+    /// rotation); requests and replies under it are refused.
+    previous: RwLock<Option<BusKey>>,
     /// This node's id on the bus (the sender of what it seals).
     node: MessageId,
     guard: Mutex<ReplayGuard>,
@@ -70,6 +73,7 @@ impl SealedBus {
         SealedBus {
             client,
             key: RwLock::new(BusKey::derive(&secrets.bus, secrets.epoch)),
+            previous: RwLock::new(None),
             node: cella_bus::random_id(),
             guard: Mutex::new(ReplayGuard::new(FRESHNESS_WINDOW.as_millis() as u64)),
             platform,
@@ -87,8 +91,15 @@ impl SealedBus {
 
     /// Seals with the key of a new epoch from now on; messages under older ones are refused.
     pub fn rotate(&self, secrets: &ClusterSecrets) {
-        *self.key.write().unwrap_or_else(PoisonError::into_inner) =
-            BusKey::derive(&secrets.bus, secrets.epoch);
+        let next = BusKey::derive(&secrets.bus, secrets.epoch);
+        let old = std::mem::replace(
+            &mut *self.key.write().unwrap_or_else(PoisonError::into_inner),
+            next,
+        );
+        *self
+            .previous
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(old);
     }
 
     pub fn epoch(&self) -> u32 {
@@ -209,8 +220,23 @@ impl SealedBus {
     /// replays: a durable stream delivers one again until it is acknowledged, so whoever
     /// acts on it must do so once in effect (asynchronous jobs finish once).
     pub fn open_event(&self, payload: &[u8], subject: &str) -> Option<Opened> {
-        Envelope(payload.to_vec())
-            .open(&self.key(), subject, Kind::Event)
+        let envelope = Envelope(payload.to_vec());
+        let opened = envelope.open(&self.key(), subject, Kind::Event);
+        let opened = match opened {
+            Err(SealError::WrongEpoch { .. }) => {
+                let previous = self
+                    .previous
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                match previous {
+                    Some(previous) => envelope.open(&previous, subject, Kind::Event),
+                    None => opened,
+                }
+            }
+            opened => opened,
+        };
+        opened
             .map_err(|e| self.refuse(subject, reason(&e), &e))
             .ok()
     }

@@ -12,7 +12,7 @@ use cella_tee::Policy;
 
 use crate::bus::{BusError, SealedBus, short_id};
 use crate::join::Admissions;
-use crate::subjects::INVOKE;
+use crate::subjects::{INVOKE, ROTATED};
 use crate::wire;
 
 /// How much longer than the function's own timeout a gateway waits for a worker's answer
@@ -67,6 +67,7 @@ impl Gateway {
             platform.clone(),
             bus.client().clone(),
         ));
+        tokio::spawn(announce_rotations(bus.clone(), platform.clone()));
         platform.dispatch_to(Arc::new(NatsDispatcher {
             bus: bus.clone(),
             platform: platform.clone(),
@@ -80,6 +81,31 @@ impl Gateway {
 
     pub fn node_id(&self) -> String {
         self.bus.node_id()
+    }
+}
+
+/// When the cluster key is rotated: tells the members (under the old key, so only they can
+/// read it) to join again, then seals with the new key.
+async fn announce_rotations(bus: Arc<SealedBus>, platform: Arc<Platform>) {
+    let mut rotations = platform.watch_cluster_key();
+    while rotations.changed().await.is_ok() {
+        let secrets = match platform.cluster_secrets() {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                tracing::error!("cannot read the rotated cluster key: {e}");
+                continue;
+            }
+        };
+        match bus.seal_event(ROTATED, &secrets.epoch.to_le_bytes()) {
+            Ok(notice) => {
+                if let Err(e) = bus.client().publish(ROTATED, notice).await {
+                    tracing::error!("cannot announce the rotation: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cannot seal the rotation notice: {e}"),
+        }
+        bus.rotate(&secrets);
+        tracing::info!(epoch = secrets.epoch, "rotated the cluster key");
     }
 }
 

@@ -58,3 +58,35 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Connec
             reason: e.to_string(),
         })
 }
+
+/// What `cella doctor` reports about a NATS server.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NatsHealth {
+    pub url: String,
+    pub server_version: String,
+    pub max_payload: usize,
+    /// JetStream answers (asynchronous invocations need it).
+    pub jetstream: Result<(), String>,
+}
+
+/// Connects to `url` and checks what a cluster needs of it.
+pub async fn probe(url: &str) -> Result<NatsHealth, ConnectError> {
+    let client = connect(url, "cella-doctor").await?;
+    let info = client.server_info();
+    // The account-info request, read loosely: any server version's answer will do.
+    let fix = "start nats-server with JetStream (`-js`, and a store directory `-sd`)";
+    let jetstream = match client.request("$JS.API.INFO", "".into()).await {
+        Err(e) => Err(format!("not enabled ({e}); {fix}")),
+        Ok(answer) => match serde_json::from_slice::<serde_json::Value>(&answer.payload) {
+            Ok(info) if info.get("error").is_none() => Ok(()),
+            Ok(info) => Err(format!("{}; {fix}", info["error"])),
+            Err(e) => Err(format!("unreadable answer ({e}); {fix}")),
+        },
+    };
+    Ok(NatsHealth {
+        url: url.to_owned(),
+        server_version: info.version,
+        max_payload: info.max_payload,
+        jetstream,
+    })
+}

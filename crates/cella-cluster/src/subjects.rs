@@ -21,3 +21,6 @@ pub const JOBS_STREAM: &str = "CELLA_ASYNC";
 pub const JOBS_CONSUMER: &str = "cella-workers";
 /// Workers asking a gateway whether a job still waits, and reporting how it ended.
 pub const ASYNC_CONTROL: &str = "cella.async.control";
+/// The gateway's notice that the cluster key was rotated (sealed under the old key): workers
+/// join again to get the new one.
+pub const ROTATED: &str = "cella.cluster.rotated";

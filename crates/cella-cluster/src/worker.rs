@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::bus::{BusError, SealedBus};
 use crate::join::{JoinFailure, join};
 use crate::state::RemoteState;
-use crate::subjects::{INVOKE, WORKERS};
+use crate::subjects::{INVOKE, ROTATED, WORKERS};
 use crate::wire;
 
 /// How often a worker asks again while no gateway answers, at most.
@@ -28,6 +28,8 @@ pub struct Worker {
     platform: Arc<Platform>,
     bus: Arc<SealedBus>,
     epoch: u32,
+    /// What the gateway must pass when the worker joins again (after a rotation).
+    gateway_policy: Policy,
 }
 
 impl Worker {
@@ -37,18 +39,7 @@ impl Worker {
         client: Client,
         gateway_policy: &Policy,
     ) -> Result<Worker, JoinFailure> {
-        let mut wait = Duration::from_millis(200);
-        let secrets = loop {
-            match join(&client, &platform, gateway_policy).await {
-                Ok(secrets) => break secrets,
-                Err(JoinFailure::NoGateway) => {
-                    tracing::info!("no gateway answers yet; asking again in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(JOIN_RETRY_MAX);
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let secrets = join_when_answered(&client, &platform, gateway_policy).await?;
         platform
             .use_cluster_blob_key(secrets.blobs.clone())
             .map_err(|e| JoinFailure::Protocol(e.to_string()))?;
@@ -57,6 +48,7 @@ impl Worker {
             platform,
             bus,
             epoch: secrets.epoch,
+            gateway_policy: gateway_policy.clone(),
         })
     }
 
@@ -68,13 +60,41 @@ impl Worker {
         self.bus.node_id()
     }
 
-    /// Takes invocations, synchronous and asynchronous, until the connection closes.
+    /// Takes invocations, synchronous and asynchronous, until the connection closes or the
+    /// worker is not admitted again after a rotation of the cluster key.
     pub async fn run(self) -> Result<(), async_nats::Error> {
         let jobs = crate::asynchronous::take_jobs(self.bus.clone(), self.platform.clone());
         tokio::select! {
             taken = jobs => taken,
             served = self.serve_invocations() => served,
+            rejoined = self.follow_rotations() => rejoined,
         }
+    }
+
+    /// Joins again whenever the gateway announces a new cluster key; a worker refused then
+    /// stops (it could open no more work).
+    async fn follow_rotations(&self) -> Result<(), async_nats::Error> {
+        let mut notices = self.bus.client().subscribe(ROTATED).await?;
+        while let Some(notice) = notices.next().await {
+            if self.bus.open_event(&notice.payload, ROTATED).is_none() {
+                continue;
+            }
+            let client = self.bus.client().clone();
+            match join_when_answered(&client, &self.platform, &self.gateway_policy).await {
+                Ok(secrets) => {
+                    self.bus.rotate(&secrets);
+                    println!(
+                        "worker {} joined again (cluster key epoch {})",
+                        self.node_id(),
+                        secrets.epoch
+                    );
+                }
+                Err(e) => {
+                    return Err(format!("not admitted again after a key rotation: {e}").into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Answers synchronous invocations; at most as many run at once as the sandbox has
@@ -99,6 +119,26 @@ impl Worker {
             });
         }
         Ok(())
+    }
+}
+
+/// Joins, waiting while no gateway answers.
+async fn join_when_answered(
+    client: &Client,
+    platform: &Platform,
+    gateway_policy: &Policy,
+) -> Result<cella_store::ClusterSecrets, JoinFailure> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match join(client, platform, gateway_policy).await {
+            Ok(secrets) => return Ok(secrets),
+            Err(JoinFailure::NoGateway) => {
+                tracing::info!("no gateway answers yet; asking again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(JOIN_RETRY_MAX);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

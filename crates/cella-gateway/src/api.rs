@@ -41,6 +41,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/invocations/{id}", get(crate::asynchronous::status))
+        .route("/v1/cluster/rotate", post(rotate_cluster))
         .route(
             "/v1/functions/{name}/triggers",
             get(crate::triggers::list).post(crate::triggers::add),
@@ -339,6 +340,15 @@ async fn env(
     Path(name): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(json!({ "env": state.platform.env(&caller, &name)? })))
+}
+
+/// Rotates the cluster key (admin): workers are admitted again to get the new one.
+async fn rotate_cluster(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<serde_json::Value>> {
+    let epoch = state.platform.rotate_cluster(&caller).await?;
+    Ok(Json(json!({ "epoch": epoch })))
 }
 
 /// A JSON merge patch (RFC 7396) of the environment: a string sets a value, `null` removes it.

@@ -130,6 +130,8 @@ pub struct Platform {
     pub(crate) event_sink: std::sync::OnceLock<Arc<dyn crate::triggers::EventSink>>,
     /// Moves whenever a trigger is added or removed.
     pub(crate) triggers_changed: tokio::sync::watch::Sender<u64>,
+    /// Moves to the new epoch when the cluster key is rotated.
+    pub(crate) cluster_rotated: tokio::sync::watch::Sender<u32>,
 }
 
 /// Runs blocking registry work off the async threads.
@@ -210,6 +212,7 @@ impl Platform {
             job_queue: std::sync::OnceLock::new(),
             event_sink: std::sync::OnceLock::new(),
             triggers_changed: tokio::sync::watch::Sender::new(0),
+            cluster_rotated: tokio::sync::watch::Sender::new(0),
         })
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use cella_core::{FunctionName, FunctionRecord};
 use cella_sandbox::{CommandInput, CommandOutput, Grants, HttpResponse, LogTail, StateStore};
+use cella_store::Principal;
 use cella_tee::Attester;
 
 use crate::platform::Platform;
@@ -84,14 +85,25 @@ impl Platform {
         Ok(self.registry().cluster_secrets()?)
     }
 
-    /// Retires the cluster's bus key: the next epoch's is derived, older ones are refused.
-    pub async fn rotate_cluster(&self) -> Result<cella_store::ClusterSecrets, RuntimeError> {
+    /// Retires the cluster's bus key (admin only): the next epoch's is derived, and workers
+    /// must be admitted again to get it. Returns the new epoch.
+    pub async fn rotate_cluster(&self, caller: &Principal) -> Result<u32, RuntimeError> {
+        crate::platform::require_admin(caller, "rotate the cluster key")?;
+        if self.dispatcher.get().is_none() {
+            return Err(RuntimeError::Invalid(
+                "this node runs alone (`cella up`); only a cluster's gateway has a cluster key"
+                    .into(),
+            ));
+        }
         let registry = self.registry().clone();
-        crate::platform::blocking(move || {
-            registry.rotate_cluster()?;
-            Ok(registry.cluster_secrets()?)
-        })
-        .await
+        let epoch = crate::platform::blocking(move || Ok(registry.rotate_cluster()?)).await?;
+        self.cluster_rotated.send_replace(epoch);
+        Ok(epoch)
+    }
+
+    /// A channel that changes when the cluster key is rotated (to the new epoch).
+    pub fn watch_cluster_key(&self) -> tokio::sync::watch::Receiver<u32> {
+        self.cluster_rotated.subscribe()
     }
 
     /// The job that runs `work` with `record`.

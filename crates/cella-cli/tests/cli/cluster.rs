@@ -240,6 +240,36 @@ fn a_gateway_spreads_invocations_over_two_attested_workers() {
     let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
     assert_eq!(hits.trim(), "10");
 
+    // The operator's checks of the bus pass.
+    let doctor = Command::new(CELLA)
+        .args(["doctor", "--nats", &cluster.nats.url])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ok(doctor).into_bytes()).contains("JetStream enabled"),
+        "doctor sees JetStream"
+    );
+
+    // Rotating the cluster key: both workers are admitted again and keep working; tenants
+    // may not rotate it.
+    let by_tenant = cluster.tenant(&["cluster", "rotate"]);
+    assert!(!by_tenant.status.success());
+    let rotated = ok(cluster.cella(None, &["cluster", "rotate"]));
+    assert!(rotated.contains("epoch 2"), "{rotated}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers
+        .iter()
+        .all(|w| w.log().contains("joined again (cluster key epoch 2)"))
+    {
+        assert!(Instant::now() < deadline, "workers did not join again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in 0..4 {
+        ok(cluster.tenant(&["invoke", "primes", "-d", &n.to_string()]));
+    }
+    let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    assert_eq!(hits.trim(), "11");
+
     // With every worker gone, an invocation fails with what to do.
     drop(workers);
     let refused = cluster.tenant(&["invoke", "primes", "-d", "7"]);
