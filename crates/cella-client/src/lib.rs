@@ -425,6 +425,18 @@ impl Client {
         })
     }
 
+    /// The node's Prometheus metrics, as text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let response = self.send(self.request(Method::GET, "/metrics")).await?;
+        response
+            .text()
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: self.base.clone(),
+                source,
+            })
+    }
+
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
         self.json(self.request(Method::GET, "/v1/health")).await
     }

@@ -68,6 +68,7 @@ impl Gateway {
             bus.client().clone(),
         ));
         tokio::spawn(announce_rotations(bus.clone(), platform.clone()));
+        tokio::spawn(crate::capacity::follow(bus.clone(), platform.clone()));
         platform.dispatch_to(Arc::new(NatsDispatcher {
             bus: bus.clone(),
             platform: platform.clone(),

@@ -13,10 +13,12 @@
 //! - [`state`]: functions' key-value state, kept by the gateway, reached by workers.
 //! - `asynchronous`: jobs in a JetStream stream, each finishing exactly once in effect.
 //! - `triggers`: events on tenants' subjects, each an asynchronous invocation.
+//! - `capacity`: workers' spare capacity, summed up in the gateway's metrics.
 #![forbid(unsafe_code)]
 
 mod asynchronous;
 pub mod bus;
+mod capacity;
 mod gateway;
 pub mod join;
 mod state;

@@ -24,3 +24,5 @@ pub const ASYNC_CONTROL: &str = "cella.async.control";
 /// The gateway's notice that the cluster key was rotated (sealed under the old key): workers
 /// join again to get the new one.
 pub const ROTATED: &str = "cella.cluster.rotated";
+/// Workers' announcements of their spare capacity (sealed).
+pub const CAPACITY: &str = "cella.workers.capacity";

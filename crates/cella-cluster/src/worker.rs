@@ -105,9 +105,14 @@ impl Worker {
             .client()
             .queue_subscribe(INVOKE, WORKERS.to_owned())
             .await?;
-        let slots = Arc::new(Semaphore::new(
-            self.platform.config().sandbox.instances as usize,
+        let total = self.platform.config().sandbox.instances;
+        let slots = Arc::new(Semaphore::new(total as usize));
+        let announcing = tokio::spawn(crate::capacity::announce(
+            self.bus.clone(),
+            slots.clone(),
+            total,
         ));
+        let _stop_announcing = AbortOnDrop(announcing);
         while let Some(message) = jobs.next().await {
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
@@ -119,6 +124,15 @@ impl Worker {
             });
         }
         Ok(())
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -61,6 +61,13 @@ pub struct Metrics {
     joins: Family<JoinOutcome, Counter>,
     async_submitted: Counter<u64, AtomicU64>,
     async_finished: Family<AsyncOutcome, Counter>,
+    workers: Gauge<i64, std::sync::atomic::AtomicI64>,
+    slots: Family<SlotState, Gauge<i64, std::sync::atomic::AtomicI64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SlotState {
+    state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,8 +164,22 @@ impl Default for Metrics {
             "Asynchronous invocations finished, by final status (`succeeded`, `failed`, `dead_letter`)",
             async_finished.clone(),
         );
+        let workers = Gauge::default();
+        let slots = Family::<SlotState, Gauge<i64, std::sync::atomic::AtomicI64>>::default();
+        registry.register(
+            "cluster_workers",
+            "Workers that announced their capacity in the last 10 seconds",
+            workers.clone(),
+        );
+        registry.register(
+            "cluster_slots",
+            "Invocation slots of those workers, by state (`total`, `free`)",
+            slots.clone(),
+        );
         Metrics {
             registry,
+            workers,
+            slots,
             async_submitted,
             async_finished,
             bus_rejected,
@@ -261,6 +282,18 @@ impl Metrics {
         self.async_finished
             .get_or_create(&AsyncOutcome { status })
             .inc();
+    }
+
+    /// The workers heard from lately and their slots.
+    pub fn cluster_capacity(&self, workers: u64, total: u64, free: u64) {
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.workers.set(gauge(workers));
+        self.slots
+            .get_or_create(&SlotState { state: "total" })
+            .set(gauge(total));
+        self.slots
+            .get_or_create(&SlotState { state: "free" })
+            .set(gauge(free));
     }
 
     /// A worker asked to join and was admitted or refused.

@@ -228,6 +228,28 @@ fn a_gateway_spreads_invocations_over_two_attested_workers() {
         assert!(out.contains(&format!("\"n\":{}", 100 + n)), "{out}");
     }
     let counts: Vec<usize> = workers.iter().map(ran).collect();
+    // The gateway knows both workers and their spare slots.
+    let client = api_client(&cluster);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = runtime.block_on(client.metrics()).unwrap();
+        if metrics.contains("cella_cluster_workers 2") {
+            assert!(
+                metrics.contains("cella_cluster_slots{state=\"free\"}"),
+                "{metrics}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers' capacity unseen: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         counts.iter().all(|&c| c > 0) && counts.iter().sum::<usize>() >= 16,
         "every worker takes a share: {counts:?}"
