@@ -324,6 +324,23 @@ fn a_worker_of_another_build_gets_no_keys_and_no_work() {
     );
     assert!(!std::fs::read_to_string(&log).unwrap().contains("joined"));
 
+    // Nor does a worker trust a gateway its own policy does not name.
+    let distrustful = cluster
+        .node("worker")
+        .arg("--data-dir")
+        .arg(cluster.dir.path().join("distrustful"))
+        .args(["--gateway-measurement", &other_build])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!distrustful.status.success());
+    let stderr = String::from_utf8_lossy(&distrustful.stderr);
+    assert!(
+        stderr.contains("gateway's evidence does not pass") && stderr.contains("measurement"),
+        "{stderr}"
+    );
+
     cluster.deploy("primes", "primes.wasm", &[]);
     let invoked = cluster.tenant(&["invoke", "primes", "-d", "7"]);
     assert!(!invoked.status.success(), "no worker may take the work");
