@@ -50,7 +50,7 @@ pub struct JoinGrant {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    #[error("the worker's evidence does not pass the cluster's policy: {}", failed(.0))]
+    #[error("the worker's evidence does not pass the cluster's policy: {}", .0.failures())]
     Refused(Box<Verification>),
     #[error("the join request is malformed: {0}")]
     Malformed(String),
@@ -58,16 +58,6 @@ pub enum JoinError {
     Attest(String),
     #[error("the grant does not open with this worker's key (not for it, or changed)")]
     Unauthentic,
-}
-
-fn failed(verification: &Verification) -> String {
-    verification
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{} (expected {}, found {})", c.name, c.expected, c.actual))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// The worker's side: a key pair made in the enclave for one join.

@@ -124,16 +124,6 @@ fn verify(
     }
 }
 
-fn failed_checks(verification: &cella_tee::Verification) -> String {
-    verification
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{} (expected {}, found {})", c.name, c.expected, c.actual))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
 /// The gateway's side: admits workers under `policy`.
 pub struct Admissions {
     platform: Arc<Platform>,
@@ -305,7 +295,7 @@ pub async fn join(
         platform.wall_time(),
     );
     if !verification.passed() {
-        return Err(JoinFailure::GatewayNotTrusted(failed_checks(&verification)));
+        return Err(JoinFailure::GatewayNotTrusted(verification.failures()));
     }
 
     let challenge = hex::decode(&welcome.challenge).map_err(|_| protocol("the challenge"))?;

@@ -91,6 +91,16 @@ impl Verification {
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.checks.iter().all(|c| c.ok)
     }
+
+    /// The failed checks on one line: `name (expected …, found …); …`.
+    pub fn failures(&self) -> String {
+        self.checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} (expected {}, found {})", c.name, c.expected, c.actual))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 fn check(

@@ -352,15 +352,7 @@ fn messages_altered_or_replayed_on_the_bus_are_refused() {
     let cluster = Cluster::start(&[]);
     let worker = cluster.worker("worker");
     cluster.deploy("counter", "state.wasm", &["kv"]);
-    // Its own threads keep the bus connection going while the test runs the CLI.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let bus = runtime
-        .block_on(async_nats::connect(cluster.nats.url.as_str()))
-        .unwrap();
+    let (runtime, bus) = bus_client(&cluster);
 
     // Plays the operator of the bus: records a real sealed invocation as it passes.
     let mut recorder = runtime.block_on(async {
@@ -406,6 +398,20 @@ fn messages_altered_or_replayed_on_the_bus_are_refused() {
     for reason in ["replayed", "unauthentic", "malformed"] {
         assert!(log.contains(reason), "refusal {reason} logged: {log}");
     }
+}
+
+/// A plain NATS client on the cluster's server, as any other system (or the bus's operator)
+/// has one; its runtime's own thread keeps the connection going while the test runs the CLI.
+fn bus_client(cluster: &Cluster) -> (tokio::runtime::Runtime, async_nats::Client) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = runtime
+        .block_on(async_nats::connect(cluster.nats.url.as_str()))
+        .unwrap();
+    (runtime, bus)
 }
 
 /// The tenant's API client, trusting the gateway through the test policy.
@@ -537,14 +543,7 @@ fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
         "{listed}"
     );
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let bus = runtime
-        .block_on(async_nats::connect(cluster.nats.url.as_str()))
-        .unwrap();
+    let (runtime, bus) = bus_client(&cluster);
     let results = runtime.block_on(async {
         let mut results = bus.subscribe("results.orders").await.unwrap();
         bus.flush().await.unwrap();
