@@ -408,7 +408,8 @@ enum TriggerCommand {
     /// cluster). Prints the trigger and, when results are sealed, their key (shown once).
     Add {
         function: String,
-        /// The NATS subject events arrive on (`*` matches one token, `>` the rest).
+        /// The NATS subject events arrive on, under your tenant's name (`acme.orders.>`; `*`
+        /// matches one token, `>` the rest).
         #[arg(long)]
         subject: String,
         /// Publish each result on this subject.

@@ -34,8 +34,11 @@ use crate::state::RemoteState;
 use crate::subjects::{ASYNC_CONTROL, GATEWAYS, JOBS, JOBS_CONSUMER, JOBS_STREAM};
 use crate::wire;
 
-/// Deliveries of one job at most; the last failure dead-letters it.
-pub const MAX_ATTEMPTS: i64 = 5;
+/// Attempts of one job (runs that failed) at most; the last failure dead-letters it.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// Deliveries of one job at most: besides attempts, a job is delivered again when its worker
+/// died or could not reach a gateway. A safety net against a job that kills its workers.
+const MAX_DELIVERIES: i64 = 25;
 /// How long a delivered job may go unacknowledged before JetStream delivers it again; a
 /// worker running a job reports progress well within it.
 const ACK_WAIT: Duration = Duration::from_secs(10);
@@ -71,7 +74,7 @@ async fn jobs_consumer(
                 durable_name: Some(JOBS_CONSUMER.into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
-                max_deliver: MAX_ATTEMPTS,
+                max_deliver: MAX_DELIVERIES,
                 ..Default::default()
             },
         )
@@ -101,8 +104,8 @@ impl JetStreamQueue {
 
 fn unavailable(what: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Overloaded(format!(
-        "the job could not be stored ({what}); nothing was accepted, so retry (with the same \
-         Idempotency-Key) once the cluster's NATS server is back"
+        "the job could not be stored ({what}); it was not accepted: retry once the cluster's \
+         NATS server is back"
     ))
 }
 
@@ -134,7 +137,7 @@ impl JobQueue for JetStreamQueue {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Control {
-    /// Does it still wait to run?
+    /// Does it still wait to run, and after how many attempts?
     Pending { id: String },
     /// How an attempt ended (its output, if any, is the body).
     Finish(FinishHead),
@@ -156,11 +159,17 @@ struct FinishHead {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum ControlAnswer {
-    Pending(bool),
+    /// Still queued, after this many attempts.
+    Waiting(u32),
+    /// Finished (or unknown): nothing to run.
+    Done,
     Recorded(AsyncStatus),
     AlreadyFinal,
     Conflict,
-    Full { would_be: u64, limit: u64 },
+    Full {
+        would_be: u64,
+        limit: u64,
+    },
     Unavailable(String),
 }
 
@@ -196,7 +205,8 @@ async fn control_answer(platform: &Platform, control: Control, body: Bytes) -> C
     let unavailable = |e: &dyn std::fmt::Display| ControlAnswer::Unavailable(e.to_string());
     match control {
         Control::Pending { id } => match platform.async_pending(&id).await {
-            Ok(pending) => ControlAnswer::Pending(pending),
+            Ok(Some(attempts)) => ControlAnswer::Waiting(attempts),
+            Ok(None) => ControlAnswer::Done,
             Err(e) => unavailable(&e),
         },
         Control::Finish(head) => {
@@ -265,15 +275,19 @@ fn finish_from(head: FinishHead, output: Bytes) -> Result<Finish, wire::Malforme
 /// recorded with them, or dropped with a failed attempt.
 pub(crate) struct BufferedState {
     remote: RemoteState,
+    /// The most the held-back writes may hold (keys and values), the function's state limit:
+    /// a guest cannot fill the worker's memory through them.
+    limit: u64,
     /// Each key as first read: the value (kept, so the job sees one value per key).
     read: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     written: Mutex<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
 }
 
 impl BufferedState {
-    fn new(remote: RemoteState) -> Self {
+    fn new(remote: RemoteState, limit: u64) -> Self {
         BufferedState {
             remote,
+            limit,
             read: Mutex::default(),
             written: Mutex::default(),
         }
@@ -332,10 +346,20 @@ impl StateStore for BufferedState {
     }
 
     fn set(&self, key: &[u8], value: &[u8]) -> Result<(), StateError> {
-        self.written
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_vec(), Some(value.to_vec()));
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        let others: u64 = written
+            .iter()
+            .filter(|(k, _)| k.as_slice() != key)
+            .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+            .sum();
+        let would_be = others + (key.len() + value.len()) as u64;
+        if would_be > self.limit {
+            return Err(StateError::Full {
+                would_be,
+                limit: self.limit,
+            });
+        }
+        written.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
@@ -359,7 +383,14 @@ pub(crate) async fn take_jobs(
     loop {
         // The stream of messages ends or fails when the server goes away; begin again.
         let messages = match jobs_consumer(bus.client()).await {
-            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            // Pull no more than can run: a job waiting here gets no progress reports and
+            // would be delivered again elsewhere.
+            Ok(consumer) => consumer
+                .stream()
+                .max_messages_per_batch(slots.available_permits().max(1))
+                .messages()
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let mut messages = match messages {
@@ -415,22 +446,32 @@ fn backoff(attempt: u32) -> Duration {
 }
 
 async fn run_job(bus: &Arc<SealedBus>, platform: &Arc<Platform>, message: jetstream::Message) {
-    let attempt = message.info().map_or(1, |info| {
-        info.delivered.clamp(1, i64::from(u32::MAX)) as u32
-    });
-    let Some(opened) = bus.open_event(&message.payload, JOBS) else {
+    let opened = match bus.open_event(&message.payload, JOBS) {
+        Ok(opened) => opened,
+        // Sealed under an epoch this worker does not hold (yet): another worker, or this
+        // one once it joined again, can open it.
+        Err(cella_bus::SealError::WrongEpoch { .. }) => {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(2))))
+                .await;
+            return;
+        }
         // Not sealed by this cluster: it can never run.
-        let _ = message.ack_with(AckKind::Term).await;
-        return;
+        Err(_) => {
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
     };
     let Ok((head, job_bytes)) = wire::unframe::<JobHead>(&opened.payload) else {
         let _ = message.ack_with(AckKind::Term).await;
         return;
     };
     let id = head.id;
-    match control(bus, &Control::Pending { id: id.clone() }, b"").await {
-        Ok(ControlAnswer::Pending(true)) => {}
-        Ok(ControlAnswer::Pending(false)) => {
+    // Attempts are the runs that failed, as the gateway counted them: a delivery lost with a
+    // worker is no attempt.
+    let attempt = match control(bus, &Control::Pending { id: id.clone() }, b"").await {
+        Ok(ControlAnswer::Waiting(attempts)) => attempts.saturating_add(1),
+        Ok(ControlAnswer::Done) => {
             // It finished before (its acknowledgement was lost): nothing to do.
             let _ = message.ack().await;
             return;
@@ -442,7 +483,7 @@ async fn run_job(bus: &Arc<SealedBus>, platform: &Arc<Platform>, message: jetstr
                 .await;
             return;
         }
-    }
+    };
 
     // Tell JetStream the job is being worked on, so it is not delivered to another worker.
     let progress = {
@@ -490,10 +531,14 @@ async fn finish_job(
             Err(_) => return Some(AckKind::Term),
         };
         let state = job.record.permissions.kv.then(|| {
-            Arc::new(BufferedState::new(RemoteState {
-                bus: bus.clone(),
-                function: job.record.name.to_string(),
-            }))
+            Arc::new(BufferedState::new(
+                RemoteState {
+                    bus: bus.clone(),
+                    function: job.record.name.to_string(),
+                    owner: job.record.owner.to_string(),
+                },
+                platform.config().max_state_bytes,
+            ))
         });
         let outcome = platform
             .execute(job, state.clone().map(|s| s as Arc<dyn StateStore>))
@@ -518,16 +563,17 @@ async fn finish_job(
                     "the invocation's writes would grow the function's state to {would_be} \
                      bytes, past its limit of {limit}; nothing was written"
                 ));
-                let (head, _) = finish_head(id, attempt, Err(failure), None);
-                let head = FinishHead {
-                    status: AsyncStatus::Failed,
-                    ..head
-                };
-                return match control(bus, &Control::Finish(head), b"").await {
-                    Ok(ControlAnswer::Recorded(_) | ControlAnswer::AlreadyFinal) => None,
-                    _ => Some(AckKind::Nak(Some(Duration::from_secs(1)))),
-                };
+                return fail(bus, id, attempt, failure).await;
             }
+            // The outcome does not fit on the bus: it is recorded as a failure that says so.
+            Err(BusError::TooLarge { bytes, max }) => {
+                let failure = RuntimeError::Invalid(format!(
+                    "the function's output ({bytes} bytes with its log, sealed) is larger than \
+                     the bus carries ({max}); raise the NATS server's max_payload or return less"
+                ));
+                return fail(bus, id, attempt, failure).await;
+            }
+
             other => {
                 tracing::warn!(job = %id, ?status, "could not record a job's outcome ({}); it will run again", describe(&other));
                 return Some(AckKind::Nak(Some(Duration::from_secs(1))));
@@ -536,6 +582,19 @@ async fn finish_job(
     }
     tracing::warn!(job = %id, "a job's reads kept going stale; it will be delivered again");
     Some(AckKind::Nak(Some(backoff(attempt))))
+}
+
+/// Records the invocation as failed for good with `failure`; how to acknowledge the message.
+async fn fail(bus: &SealedBus, id: &str, attempt: u32, failure: RuntimeError) -> Option<AckKind> {
+    let (head, _) = finish_head(id, attempt, Err(failure), None);
+    let head = FinishHead {
+        status: AsyncStatus::Failed,
+        ..head
+    };
+    match control(bus, &Control::Finish(head), b"").await {
+        Ok(ControlAnswer::Recorded(_) | ControlAnswer::AlreadyFinal) => None,
+        _ => Some(AckKind::Nak(Some(Duration::from_secs(1)))),
+    }
 }
 
 /// The report of one attempt: its status, error, log and state changes, and the output.
@@ -575,7 +634,7 @@ fn finish_head(
             let code = e.code();
             let status = if cella_runtime::is_final_failure(code) {
                 AsyncStatus::Failed
-            } else if i64::from(attempt) >= MAX_ATTEMPTS {
+            } else if attempt >= MAX_ATTEMPTS {
                 AsyncStatus::DeadLetter
             } else {
                 AsyncStatus::Queued

@@ -91,6 +91,9 @@ impl SealedBus {
 
     /// Seals with the key of a new epoch from now on; messages under older ones are refused.
     pub fn rotate(&self, secrets: &ClusterSecrets) {
+        if secrets.epoch <= self.epoch() {
+            return;
+        }
         let next = BusKey::derive(&secrets.bus, secrets.epoch);
         let old = std::mem::replace(
             &mut *self.key.write().unwrap_or_else(PoisonError::into_inner),
@@ -219,7 +222,7 @@ impl SealedBus {
     /// Opens an event stored on `subject`. Unlike requests, events are not refused as
     /// replays: a durable stream delivers one again until it is acknowledged, so whoever
     /// acts on it must do so once in effect (asynchronous jobs finish once).
-    pub fn open_event(&self, payload: &[u8], subject: &str) -> Option<Opened> {
+    pub fn open_event(&self, payload: &[u8], subject: &str) -> Result<Opened, SealError> {
         let envelope = Envelope(payload.to_vec());
         let opened = envelope.open(&self.key(), subject, Kind::Event);
         let opened = match opened {
@@ -236,9 +239,7 @@ impl SealedBus {
             }
             opened => opened,
         };
-        opened
-            .map_err(|e| self.refuse(subject, reason(&e), &e))
-            .ok()
+        opened.inspect_err(|e| self.refuse(subject, reason(e), e))
     }
 
     /// Opens a request that arrived on `subject`; refusals are counted and logged.

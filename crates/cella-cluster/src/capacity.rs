@@ -62,7 +62,7 @@ pub(crate) async fn follow(bus: Arc<SealedBus>, platform: Arc<Platform>) {
         tokio::select! {
             announcement = announcements.next() => {
                 let Some(message) = announcement else { return };
-                let Some(opened) = bus.open_event(&message.payload, CAPACITY) else { continue };
+                let Ok(opened) = bus.open_event(&message.payload, CAPACITY) else { continue };
                 // An announcement replayed later says nothing about now.
                 let now_ms = platform
                     .wall_time()

@@ -56,7 +56,8 @@ impl Gateway {
             .await
             .map_err(|e| {
                 RuntimeError::Internal(format!(
-                    "cannot set up the JetStream stream for asynchronous jobs: {e}; start                      nats-server with JetStream enabled (`nats-server -js`)"
+                    "cannot set up the JetStream stream for asynchronous jobs: {e}; start \
+                     nats-server with JetStream enabled (`nats-server -js`)"
                 ))
             })?;
         platform.queue_to(Arc::new(queue))?;

@@ -29,6 +29,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::subjects::{JOIN_ADMIT, JOIN_HELLO};
 
+/// The gateway's answer when it cannot take another join now (the worker asks again).
+const BUSY: &str = "too many joins are pending; retry in a minute";
+
 /// How long a challenge stays good, and how many may be outstanding at once.
 const CHALLENGE_LIFETIME: Duration = Duration::from_secs(60);
 const MAX_PENDING_CHALLENGES: usize = 1024;
@@ -183,7 +186,7 @@ impl Admissions {
                 .unwrap_or_else(PoisonError::into_inner);
             pending.retain(|_, issued| issued.elapsed() < CHALLENGE_LIFETIME);
             if pending.len() >= MAX_PENDING_CHALLENGES {
-                return Err("too many joins are pending; retry in a minute".into());
+                return Err(BUSY.into());
             }
             pending.insert(challenge, Instant::now());
         }
@@ -338,6 +341,7 @@ pub async fn join(
 /// A refusal the gateway sent instead of the expected answer, or `what` was malformed.
 fn refusal_or(payload: &[u8], what: &str) -> JoinFailure {
     match serde_json::from_slice(payload) {
+        Ok(Admission::Refused { reason }) if reason == BUSY => JoinFailure::Protocol(reason),
         Ok(Admission::Refused { reason }) => JoinFailure::Refused(reason),
         _ => JoinFailure::Protocol(format!("the gateway sent {what}")),
     }

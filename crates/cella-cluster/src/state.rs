@@ -22,6 +22,7 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct RemoteState {
     pub(crate) bus: Arc<SealedBus>,
     pub(crate) function: String,
+    pub(crate) owner: String,
 }
 
 impl RemoteState {
@@ -29,6 +30,7 @@ impl RemoteState {
     fn call(&self, op: StateOp, key: &[u8], value: &[u8]) -> Result<(bool, Bytes), StateError> {
         let call = StateCall {
             function: self.function.clone(),
+            owner: self.owner.clone(),
             op,
             key: wire::encode_key(key),
         };
@@ -109,7 +111,7 @@ async fn answer(bus: &SealedBus, platform: &Arc<Platform>, message: Message) {
 
 async fn apply(platform: &Arc<Platform>, call: StateCall, value: Bytes) -> (StateAnswer, Bytes) {
     let unavailable = |reason: String| StateAnswer::Unavailable { reason };
-    let store = match platform.state_for_worker(&call.function) {
+    let store = match platform.state_for_worker(&call.function, &call.owner) {
         Ok(store) => store,
         Err(e) => return (unavailable(e.to_string()), Bytes::new()),
     };

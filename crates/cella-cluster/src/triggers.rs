@@ -13,8 +13,11 @@ use cella_store::Trigger;
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
-/// The queue group gateways take events in.
-const TRIGGER_GROUP: &str = "cella-triggers";
+/// The queue group gateways take a trigger's events in: one per trigger, so triggers whose
+/// subjects overlap each get every event, and gateways share each trigger's.
+fn queue_group(trigger: &Trigger) -> String {
+    format!("cella-trigger-{}", trigger.id)
+}
 
 /// Publishes triggers' results on the bus (plain NATS: the result is sealed to the tenant
 /// unless its owner declared it public).
@@ -25,8 +28,10 @@ pub(crate) struct NatsEvents {
 #[async_trait::async_trait]
 impl EventSink for NatsEvents {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), RuntimeError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(cella_runtime::RESULT_HEADER, "1");
         self.client
-            .publish(subject.to_owned(), payload)
+            .publish_with_headers(subject.to_owned(), headers, payload)
             .await
             .map_err(|e| RuntimeError::Internal(format!("cannot publish on `{subject}`: {e}")))
     }
@@ -67,7 +72,7 @@ pub(crate) async fn follow(platform: Arc<Platform>, client: Client) {
 
 async fn listen(platform: Arc<Platform>, client: Client, trigger: Trigger) {
     let mut events = match client
-        .queue_subscribe(trigger.subject.clone(), TRIGGER_GROUP.to_owned())
+        .queue_subscribe(trigger.subject.clone(), queue_group(&trigger))
         .await
     {
         Ok(events) => events,
@@ -77,6 +82,10 @@ async fn listen(platform: Arc<Platform>, client: Client, trigger: Trigger) {
         }
     };
     while let Some(event) = events.next().await {
+        let headers = event.headers.as_ref();
+        if headers.is_some_and(|h| h.get(cella_runtime::RESULT_HEADER).is_some()) {
+            continue;
+        }
         let event_id = event
             .headers
             .as_ref()
@@ -86,8 +95,8 @@ async fn listen(platform: Arc<Platform>, client: Client, trigger: Trigger) {
             .fire(&trigger, event.payload, event_id.as_deref())
             .await
         {
-            // The event's publisher is not ours to answer; the owner sees failures in the
-            // invocation records, and the operator here.
+            // The event's publisher is not ours to answer, and no invocation exists to record
+            // it in: the operator's log says why (a deleted function, a full queue).
             tracing::warn!(trigger = %trigger.id, "an event was not accepted: {e}");
         }
     }

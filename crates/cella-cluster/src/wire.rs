@@ -272,6 +272,8 @@ pub fn decode_outcome(bytes: &[u8]) -> Result<Result<Outcome, RuntimeError>, Mal
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StateCall {
     pub function: String,
+    /// The owner of the function in the job's record: the state is theirs only.
+    pub owner: String,
     pub op: StateOp,
     /// The key, base64.
     pub key: String,

@@ -76,7 +76,12 @@ impl Worker {
     async fn follow_rotations(&self) -> Result<(), async_nats::Error> {
         let mut notices = self.bus.client().subscribe(ROTATED).await?;
         while let Some(notice) = notices.next().await {
-            if self.bus.open_event(&notice.payload, ROTATED).is_none() {
+            let Ok(opened) = self.bus.open_event(&notice.payload, ROTATED) else {
+                continue;
+            };
+            // A notice replayed later names an epoch already reached: nothing to do.
+            let announced = <[u8; 4]>::try_from(opened.payload.as_slice()).map(u32::from_le_bytes);
+            if announced.is_ok_and(|epoch| epoch <= self.bus.epoch()) {
                 continue;
             }
             let client = self.bus.client().clone();
@@ -146,8 +151,9 @@ async fn join_when_answered(
     loop {
         match join(client, platform, gateway_policy).await {
             Ok(secrets) => return Ok(secrets),
-            Err(JoinFailure::NoGateway) => {
-                tracing::info!("no gateway answers yet; asking again in {wait:?}");
+            // No gateway yet, or a passing hiccup (the bus, too many joins at once): again.
+            Err(e @ (JoinFailure::NoGateway | JoinFailure::Protocol(_))) => {
+                tracing::info!("cannot join yet ({e}); asking again in {wait:?}");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(JOIN_RETRY_MAX);
             }
@@ -166,6 +172,7 @@ async fn serve(bus: &Arc<SealedBus>, platform: &Platform, message: Message) {
                 Arc::new(RemoteState {
                     bus: bus.clone(),
                     function: job.record.name.to_string(),
+                    owner: job.record.owner.to_string(),
                 }) as Arc<dyn StateStore>
             });
             platform.execute(job, state).await

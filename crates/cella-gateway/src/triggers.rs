@@ -31,7 +31,7 @@ pub(crate) async fn add(
 ) -> Result<impl IntoResponse, ApiError> {
     let add: AddTrigger = json_body(
         body,
-        r#"{"subject":"orders.>","reply_subject":"orders.results","public_output":false}"#,
+        r#"{"subject":"acme.orders.>","reply_subject":"acme.results","public_output":false}"#,
     )
     .await?;
     let (trigger, result_key) = state

@@ -105,6 +105,17 @@ impl Platform {
                        requests to /v1/functions/NAME/http/",
             });
         }
+        let request_sha256 = {
+            let mut what = Vec::new();
+            for part in std::iter::once(target.as_bytes())
+                .chain(request.args.iter().map(|a| a.as_bytes()))
+                .chain(std::iter::once(&request.stdin[..]))
+            {
+                what.extend_from_slice(&(part.len() as u64).to_le_bytes());
+                what.extend_from_slice(part);
+            }
+            cella_receipt::sha256(&what)
+        };
         let invocation = AsyncInvocation {
             id: async_invocation_id(),
             caller: tenant_of(caller)?.clone(),
@@ -119,6 +130,8 @@ impl Platform {
             error: None,
             log: None,
             trigger: trigger.map(str::to_owned),
+            function_owner: Some(record.owner.clone()),
+            request_sha256: Some(request_sha256.clone()),
         };
         let registry = self.registry().clone();
         let submitted = blocking(move || Ok(registry.submit_invocation(invocation)?)).await?;
@@ -126,6 +139,13 @@ impl Platform {
             Ok(new) => (new, true),
             Err(earlier) => (earlier, false),
         };
+        if !new && invocation.request_sha256.as_deref() != Some(request_sha256.as_str()) {
+            return Err(RuntimeError::IdempotencyConflict(format!(
+                "this Idempotency-Key was used for another request (invocation {}); use a new \
+                 key for a new request",
+                invocation.id
+            )));
+        }
         // A repeated request re-stores a job still queued: if the first store never happened
         // (the gateway stopped in between) this one does; otherwise the queue drops it.
         if invocation.status == AsyncStatus::Queued {
@@ -133,9 +153,18 @@ impl Platform {
                 args: request.args,
                 stdin: request.stdin,
             };
-            queue
+            let stored = queue
                 .enqueue(&invocation.id, self.job(&record, work)?)
-                .await?;
+                .await;
+            if let Err(e) = stored {
+                if new {
+                    // Not accepted: a retry starts afresh.
+                    let registry = self.registry().clone();
+                    let id = invocation.id.clone();
+                    blocking(move || Ok(registry.forget_invocation(&id)?)).await?;
+                }
+                return Err(e);
+            }
         }
         if new {
             self.metrics().async_submitted();
@@ -157,19 +186,27 @@ impl Platform {
             ));
         }
         match self.registry().invocation(id)? {
-            Some(invocation) if &invocation.caller == tenant => Ok(invocation),
+            Some(mut invocation) if &invocation.caller == tenant => {
+                // The log (stderr, denials) is the function owner's, as for synchronous calls.
+                if invocation.function_owner.as_ref() != Some(tenant) {
+                    invocation.log = None;
+                }
+                Ok(invocation)
+            }
             _ => Err(RuntimeError::NoSuchInvocation(id.to_owned())),
         }
     }
 
-    /// Whether invocation `id` still waits to run (a worker asks before it starts a job).
-    pub async fn async_pending(&self, id: &str) -> Result<bool, RuntimeError> {
+    /// The attempts invocation `id` has had if it still waits to run, `None` once it finished
+    /// (a worker asks before it starts a job).
+    pub async fn async_pending(&self, id: &str) -> Result<Option<u32>, RuntimeError> {
         let registry = self.registry().clone();
         let id = id.to_owned();
         blocking(move || {
             Ok(registry
                 .invocation(&id)?
-                .is_some_and(|i| i.status == AsyncStatus::Queued))
+                .filter(|i| i.status == AsyncStatus::Queued)
+                .map(|i| i.attempts))
         })
         .await
     }

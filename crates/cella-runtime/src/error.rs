@@ -170,6 +170,8 @@ pub enum RuntimeError {
          /v1/functions/NAME/invoke?async=1` answered"
     )]
     NoSuchInvocation(String),
+    #[error("{0}")]
+    IdempotencyConflict(String),
     /// A worker of the cluster refused or failed the invocation (its code and message).
     #[error("{}", .0.message)]
     Remote(Box<crate::RemoteFailure>),
@@ -207,7 +209,9 @@ impl RuntimeError {
             RuntimeError::Bundle(_) => ErrorCode::InvalidBundle,
             RuntimeError::MissingPermissions { .. } => ErrorCode::MissingPermission,
             RuntimeError::UntrustedKey(_) => ErrorCode::UntrustedKey,
-            RuntimeError::OldVersion(_) => ErrorCode::Conflict,
+            RuntimeError::OldVersion(_) | RuntimeError::IdempotencyConflict(_) => {
+                ErrorCode::Conflict
+            }
             RuntimeError::HashMismatch { .. } => ErrorCode::HashMismatch,
             RuntimeError::Name(_) => ErrorCode::InvalidName,
             RuntimeError::Limits(_) => ErrorCode::InvalidLimits,

@@ -34,4 +34,4 @@ pub use platform::{
     AccessChange, HttpOutput, InvokeOptions, InvokeOutput, Platform, PlatformConfig,
 };
 pub use remote::{Dispatcher, Job, Outcome, RemoteFailure, Work};
-pub use triggers::{EventSink, NewTrigger, TriggerResult};
+pub use triggers::{EventSink, NewTrigger, RESULT_HEADER, TriggerResult};

@@ -380,6 +380,8 @@ impl Platform {
         })
         .await?;
         self.logs.forget(&record.name);
+        // Its triggers went with it: stop listening.
+        self.triggers_changed.send_modify(|v| *v += 1);
         for hash in unused {
             self.code.remove(&hash);
             self.forget_precompiled(&hash).await;

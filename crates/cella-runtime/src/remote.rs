@@ -183,12 +183,18 @@ impl Platform {
     }
 
     /// The key-value state of function `name` as this node's registry keeps it, for a worker
-    /// that runs it: only if the function exists and is granted `kv`.
-    pub fn state_for_worker(&self, name: &str) -> Result<Arc<dyn StateStore>, RuntimeError> {
+    /// that runs it: only if the function exists, still belongs to `owner` (the owner of the
+    /// record the job carried) and is granted `kv`.
+    pub fn state_for_worker(
+        &self,
+        name: &str,
+        owner: &str,
+    ) -> Result<Arc<dyn StateStore>, RuntimeError> {
         let name = FunctionName::new(name)?;
         let record = self
             .registry()
             .function(&name)?
+            .filter(|r| r.owner.as_str() == owner)
             .ok_or_else(|| RuntimeError::NoSuchFunction(name.clone()))?;
         if !record.permissions.kv {
             return Err(RuntimeError::Forbidden(format!(

@@ -94,17 +94,30 @@ impl TriggerResult {
     }
 }
 
-/// A subject external systems publish to: NATS syntax, wildcards allowed where `wildcards`,
-/// and none of cella's own or the server's reserved subjects.
-fn check_subject(subject: &str, what: &str, wildcards: bool) -> Result<(), RuntimeError> {
+/// The header every published result carries: triggers never take such a message as an
+/// event, so no chain of triggers can feed results back into itself.
+pub const RESULT_HEADER: &str = "Cella-Trigger-Result";
+
+/// A subject of `tenant`'s: NATS syntax, under `tenant.` (so no tenant listens to another's
+/// events or to cella's own subjects), wildcards allowed where `wildcards`.
+fn check_subject(
+    subject: &str,
+    tenant: &str,
+    what: &str,
+    wildcards: bool,
+) -> Result<(), RuntimeError> {
     let bad = |why: &str| RuntimeError::Invalid(format!("{what} `{subject}` {why}"));
     if subject.is_empty() || subject.len() > MAX_SUBJECT {
         return Err(bad(&format!("must have 1 to {MAX_SUBJECT} characters")));
     }
-    if subject.starts_with("cella.") || subject.starts_with('$') || subject.starts_with("_INBOX") {
-        return Err(bad(
-            "is reserved (cella.*, $*, _INBOX.*); choose your own, like `orders.>`",
-        ));
+    match subject.strip_prefix(tenant) {
+        Some(rest) if rest.starts_with('.') && rest.len() > 1 => {}
+        _ => {
+            return Err(bad(&format!(
+                "must start with your tenant's name: `{tenant}.orders.>`, say (a tenant's \
+                 subjects are its own)"
+            )));
+        }
     }
     let tokens: Vec<&str> = subject.split('.').collect();
     for (i, token) in tokens.iter().enumerate() {
@@ -175,9 +188,17 @@ impl Platform {
             ));
         }
         let record = self.function(caller, name)?;
-        check_subject(&new.subject, "the subject", true)?;
+        if record.kind == cella_core::FunctionKind::WasiHttp {
+            return Err(RuntimeError::WrongKind {
+                name: record.name.clone(),
+                kind: record.kind,
+                hint: "only command and JavaScript functions take events",
+            });
+        }
+        let tenant = record.owner.as_str();
+        check_subject(&new.subject, tenant, "the subject", true)?;
         if let Some(reply) = &new.reply_subject {
-            check_subject(reply, "the reply subject", false)?;
+            check_subject(reply, tenant, "the reply subject", false)?;
             if matches(&new.subject, reply) {
                 return Err(RuntimeError::Invalid(format!(
                     "the reply subject `{reply}` is one of the subjects `{}` listens to: each \
@@ -187,11 +208,24 @@ impl Platform {
                 )));
             }
         }
-        let existing = self
-            .all_triggers()?
-            .into_iter()
-            .filter(|t| t.function == record.name)
-            .count();
+        let all = self.all_triggers()?;
+        // Results of one trigger feeding another's events (and so on) are stopped by the
+        // result header; a direct pair is refused here, where the owner can fix it.
+        for other in all.iter().filter(|t| t.owner == record.owner) {
+            let feeds = |from: &Option<String>, into: &str| {
+                from.as_deref().is_some_and(|reply| matches(into, reply))
+            };
+            if feeds(&new.reply_subject, &other.subject)
+                || feeds(&other.reply_subject, &new.subject)
+            {
+                return Err(RuntimeError::Invalid(format!(
+                    "trigger {} of `{}` would feed this one's results back to it (or the other \
+                     way round); use reply subjects no trigger listens to",
+                    other.id, other.function
+                )));
+            }
+        }
+        let existing = all.iter().filter(|t| t.function == record.name).count();
         if existing >= MAX_TRIGGERS_PER_FUNCTION {
             return Err(RuntimeError::Invalid(format!(
                 "function `{}` has {existing} triggers, the most allowed; remove one first",
@@ -269,7 +303,11 @@ impl Platform {
         let request = AsyncRequest {
             stdin: payload,
             args: Vec::new(),
-            idempotency_key: event_id.map(|e| format!("trigger-{}-{e}", trigger.id)),
+            // Any bytes a publisher chose, made a valid key of fixed length.
+            idempotency_key: event_id.map(|e| {
+                let digest = cella_receipt::sha256(e.as_bytes());
+                format!("trigger-{}-{}", trigger.id, &digest[..32])
+            }),
             expect: None,
         };
         let (invocation, _) = self
@@ -355,21 +393,28 @@ mod tests {
     }
 
     #[test]
-    fn reserved_and_malformed_subjects_are_refused() {
+    fn subjects_outside_the_tenants_own_or_malformed_are_refused() {
         for bad in [
             "",
+            ">",
+            "*.>",
+            "acme",
+            "acme.",
             "cella.invoke",
             "$JS.API.x",
             "_INBOX.x",
-            "a..b",
-            "a b",
-            "a.>.b",
-            "a.b*",
+            "other.x",
+            "acmex.y",
+            "acme..b",
+            "acme.a b",
+            "acme.>.b",
+            "acme.b*",
         ] {
-            assert!(check_subject(bad, "s", true).is_err(), "{bad}");
+            assert!(check_subject(bad, "acme", "s", true).is_err(), "{bad}");
         }
-        assert!(check_subject("orders.>", "s", true).is_ok());
-        assert!(check_subject("orders.>", "s", false).is_err());
+        assert!(check_subject("acme.orders.>", "acme", "s", true).is_ok());
+        assert!(check_subject("acme.*", "acme", "s", true).is_ok());
+        assert!(check_subject("acme.orders.>", "acme", "s", false).is_err());
     }
 
     #[test]

@@ -472,6 +472,12 @@ fn no_async_invocation_is_lost_or_doubled_when_a_worker_dies_or_nats_restarts() 
     // The same idempotency key returns the same invocation, and runs nothing again.
     let again = runtime.block_on(submit(&client, 7));
     assert_eq!(again, ids[7]);
+    // … and a key used for another request is refused, not mixed up with it.
+    let other = ["get".to_owned(), "hits".to_owned()];
+    let reused =
+        runtime.block_on(client.invoke_async("counter", Vec::new(), &other, Some("request-7")));
+    let refused = reused.expect_err("an idempotency key names one request");
+    assert_eq!(refused.code(), Some("conflict"), "{refused}");
 
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut pending: Vec<&String> = ids.iter().collect();
@@ -515,9 +521,9 @@ fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
         "add",
         "echo",
         "--subject",
-        "orders.>",
+        "acme.orders.>",
         "--reply-subject",
-        "results.orders",
+        "acme.results.orders",
         "--format",
         "json",
     ])))
@@ -531,21 +537,21 @@ fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
         "add",
         "echo",
         "--subject",
-        "orders.>",
+        "acme.orders.>",
         "--reply-subject",
-        "orders.results",
+        "acme.orders.results",
     ]);
     assert!(!looping.status.success());
     assert!(String::from_utf8_lossy(&looping.stderr).contains("without end"));
     let listed = ok(cluster.tenant(&["trigger", "list", "echo"]));
     assert!(
-        listed.contains("orders.>") && listed.contains("sealed"),
+        listed.contains("acme.orders.>") && listed.contains("sealed"),
         "{listed}"
     );
 
     let (runtime, bus) = bus_client(&cluster);
     let results = runtime.block_on(async {
-        let mut results = bus.subscribe("results.orders").await.unwrap();
+        let mut results = bus.subscribe("acme.results.orders").await.unwrap();
         bus.flush().await.unwrap();
         // Another system publishes orders; one is delivered twice with the same id.
         for i in 0..EVENTS {
@@ -555,7 +561,7 @@ fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
                 format!("order-{i}").as_str(),
             );
             bus.publish_with_headers(
-                format!("orders.eu.{i}"),
+                format!("acme.orders.eu.{i}"),
                 headers,
                 format!("order {i}").into(),
             )
@@ -564,7 +570,7 @@ fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
         }
         let mut again = async_nats::HeaderMap::new();
         again.insert(async_nats::header::NATS_MESSAGE_ID, "order-0");
-        bus.publish_with_headers("orders.eu.0", again, "order 0".into())
+        bus.publish_with_headers("acme.orders.eu.0", again, "order 0".into())
             .await
             .unwrap();
         bus.flush().await.unwrap();

@@ -4,7 +4,8 @@
 //! blob store. Both are derived from the registry's data key, which never leaves this node:
 //! a worker is handed the derived keys only, so it can read bundles and messages but not the
 //! registry. Rotation moves the epoch forward; a node that is not admitted again cannot derive
-//! the next bus key.
+//! the next bus key. The blob key does not rotate: bundles sealed under it stay readable by
+//! every node that was ever admitted (re-sealing the store is not built).
 
 use hkdf::Hkdf;
 use redb::{ReadableTable, TableHandle};

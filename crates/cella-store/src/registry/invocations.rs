@@ -79,6 +79,14 @@ pub struct AsyncInvocation {
     /// The trigger whose event made it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// Who owned the function when it was asked for: its state is theirs, and if the name
+    /// has passed to another tenant since, the invocation fails rather than touch theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_owner: Option<TenantName>,
+    /// SHA-256 (hex) of what was asked (target, arguments, input): a repeated idempotency
+    /// key must name the same request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_sha256: Option<String>,
 }
 
 /// A state key as an invocation read it: the SHA-256 of its value then, or `None` if absent.
@@ -163,6 +171,24 @@ impl Registry {
         })
     }
 
+    /// Removes a queued invocation whose job could not be stored (and its idempotency key), so
+    /// that the caller's retry starts afresh.
+    pub fn forget_invocation(&self, id: &str) -> Result<(), RegistryError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(INVOCATIONS).map_err(db)?;
+            let removed: Option<AsyncInvocation> =
+                self.remove(&mut table, INVOCATIONS, invocation_key(id).as_bytes())?;
+            if let Some(key) = removed.as_ref().and_then(|i| {
+                i.idempotency_key
+                    .as_ref()
+                    .map(|k| idempotency_key(&i.caller, k))
+            }) {
+                self.remove::<String>(&mut table, INVOCATIONS, key.as_bytes())?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, RegistryError> {
         let tx = self.read()?;
         let table = tx.open_table(INVOCATIONS).map_err(db)?;
@@ -185,6 +211,25 @@ impl Registry {
             };
             if invocation.status.is_final() {
                 return Ok(Err(Finished::AlreadyFinal(invocation)));
+            }
+            let mut finish = finish;
+            let owner_now = invocation_owner(self, tx, &invocation).ok();
+            if invocation.function_owner.is_some() && owner_now != invocation.function_owner {
+                // Deleted (and perhaps taken by another tenant) since it was asked for.
+                finish = Finish {
+                    status: AsyncStatus::Failed,
+                    output: None,
+                    error: Some(AsyncError {
+                        code: "not_found".into(),
+                        message: format!(
+                            "function `{}` was deleted before this invocation finished",
+                            invocation.function
+                        ),
+                    }),
+                    reads: Vec::new(),
+                    writes: Vec::new(),
+                    ..finish
+                };
             }
             if finish.status == AsyncStatus::Succeeded
                 && (!finish.reads.is_empty() || !finish.writes.is_empty())
