@@ -536,6 +536,7 @@ async fn finish_job(
                     bus: bus.clone(),
                     function: job.record.name.to_string(),
                     owner: job.record.owner.to_string(),
+                    job: String::new(),
                 },
                 platform.config().max_state_bytes,
             ))

@@ -158,6 +158,11 @@ impl SealedBus {
         );
     }
 
+    /// Counts a message refused for a reason of the receiver's own (not its seal).
+    pub fn refuse_quietly(&self, why: &'static str) {
+        self.platform.metrics().bus_rejected(why);
+    }
+
     /// Accepts `header` once within the window.
     fn fresh(&self, header: &Header) -> Result<(), &'static str> {
         let accepted = self
@@ -181,8 +186,21 @@ impl SealedBus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Opened, BusError> {
-        let header = self.header(Kind::Request, subject, [0; 16]);
-        let id = header.id;
+        self.request_as(cella_bus::random_id(), subject, who, payload, timeout)
+            .await
+    }
+
+    /// [`SealedBus::request`] under a message id the caller chose (fresh and random).
+    pub async fn request_as(
+        &self,
+        id: MessageId,
+        subject: &str,
+        who: &'static str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Opened, BusError> {
+        let mut header = self.header(Kind::Request, subject, [0; 16]);
+        header.id = id;
         let sealed = self.seal(header, payload)?;
         let request = async_nats::Request::new()
             .payload(sealed)

@@ -40,9 +40,10 @@ impl Gateway {
                 tracing::error!("the join service stopped: {e}");
             }
         });
-        let state = (bus.clone(), platform.clone());
+        let in_flight = Arc::new(crate::state::InFlight::default());
+        let state = (bus.clone(), platform.clone(), in_flight.clone());
         tokio::spawn(async move {
-            if let Err(e) = crate::state::serve(state.0, state.1).await {
+            if let Err(e) = crate::state::serve(state.0, state.1, state.2).await {
                 tracing::error!("the state service stopped: {e}");
             }
         });
@@ -73,6 +74,7 @@ impl Gateway {
         platform.dispatch_to(Arc::new(NatsDispatcher {
             bus: bus.clone(),
             platform: platform.clone(),
+            in_flight,
         }))?;
         Ok(Gateway { bus })
     }
@@ -114,6 +116,7 @@ async fn announce_rotations(bus: Arc<SealedBus>, platform: Arc<Platform>) {
 struct NatsDispatcher {
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
+    in_flight: Arc<crate::state::InFlight>,
 }
 
 #[async_trait::async_trait]
@@ -121,11 +124,14 @@ impl Dispatcher for NatsDispatcher {
     async fn dispatch(&self, job: Job) -> Result<Outcome, RuntimeError> {
         let timeout = Duration::from_millis(job.record.limits.timeout_ms) + DISPATCH_MARGIN;
         let payload = wire::encode_job(&job);
+        let id = cella_bus::random_id();
+        self.in_flight.open(id);
         let answer = self
             .bus
-            .request(INVOKE, "worker", &payload, timeout)
-            .await
-            .map_err(failure)?;
+            .request_as(id, INVOKE, "worker", &payload, timeout)
+            .await;
+        self.in_flight.close(&id);
+        let answer = answer.map_err(failure)?;
         self.platform
             .metrics()
             .job_ran_on(&short_id(&answer.header.sender));

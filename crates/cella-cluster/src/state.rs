@@ -2,11 +2,13 @@
 //! single node (sealed, versioned, bounded); a worker reaches it with sealed calls on
 //! `cella.state`, so the guest's view is the same wherever it runs.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::Message;
 use bytes::Bytes;
+use cella_bus::MessageId;
 use cella_runtime::Platform;
 use cella_sandbox::{StateError, StateStore};
 use futures::StreamExt;
@@ -23,6 +25,44 @@ pub(crate) struct RemoteState {
     pub(crate) bus: Arc<SealedBus>,
     pub(crate) function: String,
     pub(crate) owner: String,
+    /// The synchronous request this run answers (hex), or empty for an asynchronous job.
+    pub(crate) job: String,
+}
+
+/// Synchronous invocations a gateway has out, by request id, with the worker that first made
+/// a state call for each. A request replayed on the bus may reach a second worker, whose
+/// guard has not seen it; its writes are refused here, so it changes nothing.
+#[derive(Default)]
+pub(crate) struct InFlight(Mutex<HashMap<MessageId, Option<MessageId>>>);
+
+impl InFlight {
+    pub(crate) fn open(&self, id: MessageId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, None);
+    }
+
+    pub(crate) fn close(&self, id: &MessageId) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Whether `worker` may write for request `id`: it is in flight and `worker` is the first
+    /// (and so the only) worker to write for it.
+    fn claim(&self, id: &MessageId, worker: &MessageId) -> bool {
+        let mut open = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match open.get_mut(id) {
+            Some(owner @ None) => {
+                *owner = Some(*worker);
+                true
+            }
+            Some(Some(owner)) => owner == worker,
+            None => false,
+        }
+    }
 }
 
 impl RemoteState {
@@ -31,6 +71,7 @@ impl RemoteState {
         let call = StateCall {
             function: self.function.clone(),
             owner: self.owner.clone(),
+            job: self.job.clone(),
             op,
             key: wire::encode_key(key),
         };
@@ -76,23 +117,34 @@ impl StateStore for RemoteState {
 pub(crate) async fn serve(
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
+    in_flight: Arc<InFlight>,
 ) -> Result<(), async_nats::Error> {
     let mut calls = bus
         .client()
         .queue_subscribe(STATE, GATEWAYS.to_owned())
         .await?;
     while let Some(message) = calls.next().await {
-        let (bus, platform) = (bus.clone(), platform.clone());
-        tokio::spawn(async move { answer(&bus, &platform, message).await });
+        let (bus, platform, in_flight) = (bus.clone(), platform.clone(), in_flight.clone());
+        tokio::spawn(async move { answer(&bus, &platform, &in_flight, message).await });
     }
     Ok(())
 }
 
-async fn answer(bus: &SealedBus, platform: &Arc<Platform>, message: Message) {
+async fn answer(bus: &SealedBus, platform: &Arc<Platform>, in_flight: &InFlight, message: Message) {
     let Some(opened) = bus.open_request(&message, STATE) else {
         return;
     };
     let (answer, value) = match wire::unframe::<StateCall>(&opened.payload) {
+        Ok((call, _)) if call.op != StateOp::Get && !writable(in_flight, &call, &opened) => {
+            bus.refuse_quietly("replayed_job");
+            (
+                StateAnswer::Unavailable {
+                    reason: "this run's request is not in flight from this worker (a replay?)"
+                        .into(),
+                },
+                Bytes::new(),
+            )
+        }
         Ok((call, value)) => apply(platform, call, value).await,
         Err(e) => (
             StateAnswer::Unavailable {
@@ -107,6 +159,17 @@ async fn answer(bus: &SealedBus, platform: &Arc<Platform>, message: Message) {
     {
         tracing::warn!("could not answer a state call: {e}");
     }
+}
+
+/// A write is taken only for a synchronous request in flight, from the worker running it.
+fn writable(in_flight: &InFlight, call: &StateCall, opened: &cella_bus::Opened) -> bool {
+    let Some(id) = hex::decode(&call.job)
+        .ok()
+        .and_then(|id| <MessageId>::try_from(id).ok())
+    else {
+        return false;
+    };
+    in_flight.claim(&id, &opened.header.sender)
 }
 
 async fn apply(platform: &Arc<Platform>, call: StateCall, value: Bytes) -> (StateAnswer, Bytes) {

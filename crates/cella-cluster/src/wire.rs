@@ -274,6 +274,11 @@ pub struct StateCall {
     pub function: String,
     /// The owner of the function in the job's record: the state is theirs only.
     pub owner: String,
+    /// For a synchronous invocation, the hex id of the request that carried it: writes are
+    /// taken only while it is in flight, from the one worker that runs it. Empty for an
+    /// asynchronous job, whose writes reach the gateway only with its outcome.
+    #[serde(default)]
+    pub job: String,
     pub op: StateOp,
     /// The key, base64.
     pub key: String,

@@ -173,6 +173,7 @@ async fn serve(bus: &Arc<SealedBus>, platform: &Platform, message: Message) {
                     bus: bus.clone(),
                     function: job.record.name.to_string(),
                     owner: job.record.owner.to_string(),
+                    job: hex::encode(opened.header.id),
                 }) as Arc<dyn StateStore>
             });
             platform.execute(job, state).await
