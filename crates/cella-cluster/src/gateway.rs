@@ -71,6 +71,7 @@ impl Gateway {
         ));
         tokio::spawn(announce_rotations(bus.clone(), platform.clone()));
         tokio::spawn(crate::capacity::follow(bus.clone(), platform.clone()));
+        tokio::spawn(prune(platform.clone()));
         platform.dispatch_to(Arc::new(NatsDispatcher {
             bus: bus.clone(),
             platform: platform.clone(),
@@ -85,6 +86,19 @@ impl Gateway {
 
     pub fn node_id(&self) -> String {
         self.bus.node_id()
+    }
+}
+
+/// Forgets old finished asynchronous invocations every ten minutes.
+async fn prune(platform: Arc<Platform>) {
+    let mut every = tokio::time::interval(Duration::from_secs(600));
+    loop {
+        every.tick().await;
+        match platform.prune_async().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("forgot {n} asynchronous invocations finished over a day ago"),
+            Err(e) => tracing::warn!("cannot prune asynchronous invocations: {e}"),
+        }
     }
 }
 

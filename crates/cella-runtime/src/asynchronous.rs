@@ -233,6 +233,20 @@ impl Platform {
     }
 }
 
+/// How long a finished asynchronous invocation stays readable (and its idempotency key
+/// remembered).
+pub const ASYNC_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+impl Platform {
+    /// Forgets asynchronous invocations finished more than [`ASYNC_RETENTION`] ago; returns
+    /// how many (a gateway calls it now and then).
+    pub async fn prune_async(&self) -> Result<usize, RuntimeError> {
+        let before = cella_core::rfc3339(self.wall_time() - ASYNC_RETENTION);
+        let registry = self.registry().clone();
+        blocking(move || Ok(registry.prune_invocations(&before)?)).await
+    }
+}
+
 /// Errors no retry can fix: the job is failed at once rather than tried again.
 pub fn is_final_failure(code: ErrorCode) -> bool {
     matches!(

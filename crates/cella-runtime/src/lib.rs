@@ -23,7 +23,9 @@ mod plugins;
 mod remote;
 mod triggers;
 
-pub use asynchronous::{AsyncRequest, JobQueue, MAX_IDEMPOTENCY_KEY, is_final_failure};
+pub use asynchronous::{
+    ASYNC_RETENTION, AsyncRequest, JobQueue, MAX_IDEMPOTENCY_KEY, is_final_failure,
+};
 pub use attestation::{MAX_NONCE_BYTES, TeeMode};
 pub use chain::MAX_CHAIN_STEPS;
 pub use error::{ErrorCode, RuntimeError};

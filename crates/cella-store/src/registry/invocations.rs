@@ -5,7 +5,7 @@
 //! effect however often the bus delivers it.
 
 use cella_core::{FunctionName, TenantName};
-use redb::TableDefinition;
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -186,6 +186,43 @@ impl Registry {
                 self.remove::<String>(&mut table, INVOCATIONS, key.as_bytes())?;
             }
             Ok(())
+        })
+    }
+
+    /// Removes finished invocations (and their idempotency keys) that finished before
+    /// `before` (RFC 3339, as records are dated); returns how many.
+    pub fn prune_invocations(&self, before: &str) -> Result<usize, RegistryError> {
+        self.write(|tx| {
+            let mut table = tx.open_table(INVOCATIONS).map_err(db)?;
+            let mut doomed = Vec::new();
+            for entry in table.iter().map_err(db)? {
+                let (key, value) = entry.map_err(db)?;
+                // Index entries hold ids (strings), records hold invocations.
+                let Ok(invocation) =
+                    self.decode::<AsyncInvocation>(INVOCATIONS, key.value(), value.value())
+                else {
+                    continue;
+                };
+                if invocation
+                    .finished_at
+                    .as_deref()
+                    .is_some_and(|at| at < before)
+                {
+                    doomed.push(invocation);
+                }
+            }
+            for invocation in &doomed {
+                self.remove::<AsyncInvocation>(
+                    &mut table,
+                    INVOCATIONS,
+                    invocation_key(&invocation.id).as_bytes(),
+                )?;
+                if let Some(key) = &invocation.idempotency_key {
+                    let index = idempotency_key(&invocation.caller, key);
+                    self.remove::<String>(&mut table, INVOCATIONS, index.as_bytes())?;
+                }
+            }
+            Ok(doomed.len())
         })
     }
 

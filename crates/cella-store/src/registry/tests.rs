@@ -476,3 +476,61 @@ fn deleting_a_function_deletes_what_it_kept() {
     assert_eq!(registry.state_get(&acme, &f, b"k").unwrap(), None);
     assert!(registry.env_values(&acme, &f).unwrap().is_empty());
 }
+
+#[test]
+fn finished_invocations_are_pruned_with_their_keys_and_queued_ones_kept() {
+    use crate::{AsyncInvocation, AsyncStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    let invocation = |id: &str, key: &str, finished_at: Option<&str>| AsyncInvocation {
+        id: id.into(),
+        caller: tenant("acme"),
+        function: FunctionName::new("f").unwrap(),
+        version: "1.0.0".into(),
+        status: if finished_at.is_some() {
+            AsyncStatus::Succeeded
+        } else {
+            AsyncStatus::Queued
+        },
+        attempts: 1,
+        submitted_at: "2026-01-01T00:00:00Z".into(),
+        finished_at: finished_at.map(str::to_owned),
+        idempotency_key: Some(key.into()),
+        output_hex: None,
+        error: None,
+        log: None,
+        trigger: None,
+        function_owner: None,
+        request_sha256: None,
+    };
+    for (id, key, finished) in [
+        ("aa", "old", Some("2026-01-01T00:00:01Z")),
+        ("bb", "new", Some("2026-01-03T00:00:00Z")),
+        ("cc", "waiting", None),
+    ] {
+        registry
+            .submit_invocation(invocation(id, key, finished))
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(
+        registry.prune_invocations("2026-01-02T00:00:00Z").unwrap(),
+        1
+    );
+    assert!(registry.invocation("aa").unwrap().is_none());
+    assert!(registry.invocation("bb").unwrap().is_some());
+    assert!(registry.invocation("cc").unwrap().is_some());
+    // The pruned one's key is free again; the others' still name them.
+    assert!(
+        registry
+            .submit_invocation(invocation("dd", "old", None))
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        registry
+            .submit_invocation(invocation("ee", "new", None))
+            .unwrap()
+            .is_err()
+    );
+}
