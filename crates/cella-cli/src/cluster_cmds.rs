@@ -113,6 +113,9 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     up::serve(platform, config, &args.up).await
 }
 
+/// How long a stopping worker lets running invocations finish.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     up::init_tracing();
     let config = config::resolve(&args.config)?;
@@ -134,7 +137,13 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         ran = worker.run() => ran.map_err(|e| anyhow::anyhow!("the bus connection failed: {e}"))?,
-        () = up::shutdown_signal() => {}
+        () = up::shutdown_signal() => {
+            // No new work comes now; let what runs finish.
+            println!("worker stopping: finishing the invocations it runs (at most {DRAIN_GRACE:?})");
+            if !worker.drain(DRAIN_GRACE).await {
+                println!("worker stopping with invocations unfinished (asynchronous ones run again elsewhere)");
+            }
+        }
     }
     println!("worker stopped");
     Ok(())

@@ -52,6 +52,11 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// same keys, and each one more in flight is one more whose reads may go stale.
 const ASYNC_SLOTS: usize = 8;
 
+/// Asynchronous jobs a worker with `instances` sandbox slots runs at once.
+pub(crate) fn async_slots(instances: u32) -> usize {
+    (instances as usize).clamp(1, ASYNC_SLOTS)
+}
+
 /// The stream and the consumer, created if missing (gateways and workers both make sure).
 async fn jobs_consumer(
     client: &async_nats::Client,
@@ -377,9 +382,8 @@ impl StateStore for BufferedState {
 pub(crate) async fn take_jobs(
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
+    slots: Arc<Semaphore>,
 ) -> Result<(), async_nats::Error> {
-    let slots = (platform.config().sandbox.instances as usize).clamp(1, ASYNC_SLOTS);
-    let slots = Arc::new(Semaphore::new(slots));
     loop {
         // The stream of messages ends or fails when the server goes away; begin again.
         let messages = match jobs_consumer(bus.client()).await {

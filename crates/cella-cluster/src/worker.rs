@@ -27,6 +27,9 @@ const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
 pub struct Worker {
     platform: Arc<Platform>,
     bus: Arc<SealedBus>,
+    /// Synchronous and asynchronous invocations running: all permits back means idle.
+    sync_slots: Arc<Semaphore>,
+    async_slots: Arc<Semaphore>,
     epoch: u32,
     /// What the gateway must pass when the worker joins again (after a rotation).
     gateway_policy: Policy,
@@ -44,7 +47,10 @@ impl Worker {
             .use_cluster_blob_key(secrets.blobs.clone())
             .map_err(|e| JoinFailure::Protocol(e.to_string()))?;
         let bus = Arc::new(SealedBus::new(client, &secrets, platform.clone()));
+        let instances = platform.config().sandbox.instances;
         Ok(Worker {
+            sync_slots: Arc::new(Semaphore::new(instances as usize)),
+            async_slots: Arc::new(Semaphore::new(crate::asynchronous::async_slots(instances))),
             platform,
             bus,
             epoch: secrets.epoch,
@@ -62,13 +68,34 @@ impl Worker {
 
     /// Takes invocations, synchronous and asynchronous, until the connection closes or the
     /// worker is not admitted again after a rotation of the cluster key.
-    pub async fn run(self) -> Result<(), async_nats::Error> {
-        let jobs = crate::asynchronous::take_jobs(self.bus.clone(), self.platform.clone());
+    pub async fn run(&self) -> Result<(), async_nats::Error> {
+        let jobs = crate::asynchronous::take_jobs(
+            self.bus.clone(),
+            self.platform.clone(),
+            self.async_slots.clone(),
+        );
         tokio::select! {
             taken = jobs => taken,
             served = self.serve_invocations() => served,
             rejoined = self.follow_rotations() => rejoined,
         }
+    }
+
+    /// Waits, at most `grace`, for the invocations still running to finish (after `run` was
+    /// stopped, so no new ones come); returns whether all did. Asynchronous jobs cut short are
+    /// delivered again to another worker.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let all = |slots: &Arc<Semaphore>, n: usize| {
+            let slots = slots.clone();
+            async move { slots.acquire_many_owned(n as u32).await.is_ok() }
+        };
+        let sync = self.platform.config().sandbox.instances as usize;
+        let asynchronous = crate::asynchronous::async_slots(sync as u32);
+        tokio::time::timeout(grace, async {
+            all(&self.sync_slots, sync).await && all(&self.async_slots, asynchronous).await
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Joins again whenever the gateway announces a new cluster key; a worker refused then
@@ -111,7 +138,7 @@ impl Worker {
             .queue_subscribe(INVOKE, WORKERS.to_owned())
             .await?;
         let total = self.platform.config().sandbox.instances;
-        let slots = Arc::new(Semaphore::new(total as usize));
+        let slots = self.sync_slots.clone();
         let announcing = tokio::spawn(crate::capacity::announce(
             self.bus.clone(),
             slots.clone(),
