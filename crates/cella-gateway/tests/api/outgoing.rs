@@ -196,3 +196,33 @@ async fn an_answer_larger_than_the_bound_is_refused_not_buffered() {
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_never_comes_is_cut_off_at_the_deadline() {
+    // An outside host that takes the connection and then says nothing, ever.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let (_, cert) = upstream().await;
+    let impatient = OutgoingConfig {
+        timeout: std::time::Duration::from_secs(1),
+        ..trusting(&cert, true)
+    };
+    let (_node, acme) = fetching(impatient, port).await;
+    let started = std::time::Instant::now();
+    let report = fetch(&acme, "fetcher", &format!("https://localhost:{port}/")).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "cut off at the deadline, not later: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        report.contains("denied") && report.contains("Timeout"),
+        "the guest gets a timeout error: {report}"
+    );
+}
