@@ -41,6 +41,8 @@ impl Gateway {
             }
         });
         let in_flight = Arc::new(crate::state::InFlight::default());
+        let demand = Arc::new(crate::warm::Demand::default());
+        tokio::spawn(crate::warm::announce(bus.clone(), demand.clone()));
         let state = (bus.clone(), platform.clone(), in_flight.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::state::serve(state.0, state.1, state.2).await {
@@ -76,6 +78,7 @@ impl Gateway {
             bus: bus.clone(),
             platform: platform.clone(),
             in_flight,
+            demand,
         }))?;
         Ok(Gateway { bus })
     }
@@ -131,12 +134,14 @@ struct NatsDispatcher {
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
     in_flight: Arc<crate::state::InFlight>,
+    demand: Arc<crate::warm::Demand>,
 }
 
 #[async_trait::async_trait]
 impl Dispatcher for NatsDispatcher {
     async fn dispatch(&self, job: Job) -> Result<Outcome, RuntimeError> {
         let timeout = Duration::from_millis(job.record.limits.timeout_ms) + DISPATCH_MARGIN;
+        self.demand.invoked(&job.record);
         let payload = wire::encode_job(&job);
         let id = cella_bus::random_id();
         self.in_flight.open(id);

@@ -14,6 +14,7 @@
 //! - `asynchronous`: jobs in a JetStream stream, each finishing exactly once in effect.
 //! - `triggers`: events on tenants' subjects, each an asynchronous invocation.
 //! - `capacity`: workers' spare capacity, summed up in the gateway's metrics.
+//! - `warm`: the functions in demand, loaded by workers ahead of their requests.
 #![forbid(unsafe_code)]
 
 mod asynchronous;
@@ -24,6 +25,7 @@ pub mod join;
 mod state;
 pub mod subjects;
 mod triggers;
+mod warm;
 pub mod wire;
 mod worker;
 

@@ -26,3 +26,5 @@ pub const ASYNC_CONTROL: &str = "cella.async.control";
 pub const ROTATED: &str = "cella.cluster.rotated";
 /// Workers' announcements of their spare capacity (sealed).
 pub const CAPACITY: &str = "cella.workers.capacity";
+/// The gateway naming the functions in demand, for workers to load ahead (sealed).
+pub const WARM: &str = "cella.workers.warm";

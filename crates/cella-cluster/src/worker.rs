@@ -74,11 +74,17 @@ impl Worker {
             self.platform.clone(),
             self.async_slots.clone(),
         );
-        tokio::select! {
+        let warming = AbortOnDrop(tokio::spawn(crate::warm::follow(
+            self.bus.clone(),
+            self.platform.clone(),
+        )));
+        let outcome = tokio::select! {
             taken = jobs => taken,
             served = self.serve_invocations() => served,
             rejoined = self.follow_rotations() => rejoined,
-        }
+        };
+        drop(warming);
+        outcome
     }
 
     /// Waits, at most `grace`, for the invocations still running to finish (after `run` was

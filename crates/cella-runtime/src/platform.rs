@@ -802,7 +802,7 @@ impl Platform {
 
     /// The compiled code of `record`: from the in-memory cache, else its sealed precompiled
     /// code, else the bundle — verified again and compiled.
-    async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
+    pub(crate) async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
         self.code
             .get_or_load(&record.hash, async {
                 let compiled = match self.load_precompiled(record).await {

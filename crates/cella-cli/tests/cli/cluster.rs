@@ -262,6 +262,17 @@ fn a_gateway_spreads_invocations_over_two_attested_workers() {
     let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
     assert_eq!(hits.trim(), "10");
 
+    // A worker that joins now is told which functions are in demand and loads them before
+    // its first request.
+    {
+        let late = cluster.worker("worker-3");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !late.log().contains("warmed functions in demand") {
+            assert!(Instant::now() < deadline, "not warmed: {}", late.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     // The operator's checks of the bus pass.
     let doctor = Command::new(CELLA)
         .args(["doctor", "--nats", &cluster.nats.url])
