@@ -378,6 +378,70 @@ impl StateStore for BufferedState {
     }
 }
 
+/// JetStream's advisory that a job was delivered its last time without being acknowledged.
+#[derive(Deserialize)]
+struct Exhausted {
+    stream_seq: u64,
+    deliveries: u64,
+}
+
+/// The gateway's side: a job JetStream gave up on (every delivery lost with its worker, or
+/// cut off from the gateway) is dead-lettered, so no invocation stays queued for ever.
+pub(crate) async fn dead_letter_exhausted(
+    bus: Arc<SealedBus>,
+    platform: Arc<Platform>,
+) -> Result<(), async_nats::Error> {
+    let subject =
+        format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{JOBS_CONSUMER}");
+    let mut advisories = bus.client().subscribe(subject).await?;
+    let js = jetstream::new(bus.client().clone());
+    while let Some(advisory) = advisories.next().await {
+        // The advisory itself is unsealed (the server's); what it points at must be a job
+        // of this cluster, and only a job still queued is touched.
+        let Ok(exhausted) = serde_json::from_slice::<Exhausted>(&advisory.payload) else {
+            continue;
+        };
+        let Ok(stream) = js.get_stream(JOBS_STREAM).await else {
+            continue;
+        };
+        let Ok(stored) = stream.get_raw_message(exhausted.stream_seq).await else {
+            continue;
+        };
+        let Ok(opened) = bus.open_event(&stored.payload, JOBS) else {
+            continue;
+        };
+        let Ok((head, _)) = wire::unframe::<JobHead>(&opened.payload) else {
+            continue;
+        };
+        if let Ok(Some(attempts)) = platform.async_pending(&head.id).await {
+            let finish = Finish {
+                attempt: attempts,
+                status: AsyncStatus::DeadLetter,
+                output: None,
+                error: Some(AsyncError {
+                    code: "dead_letter".into(),
+                    message: format!(
+                        "the job was delivered {} times without an outcome (its workers were \
+                         lost or could not reach a gateway); it will not be tried again",
+                        exhausted.deliveries
+                    ),
+                }),
+                log: None,
+                reads: Vec::new(),
+                writes: Vec::new(),
+                state_limit: 0,
+                finished_at: String::new(),
+            };
+            if let Err(e) = platform.finish_async(&head.id, finish).await {
+                tracing::warn!(job = %head.id, "cannot dead-letter an exhausted job: {e}");
+                continue;
+            }
+        }
+        let _ = stream.delete_message(exhausted.stream_seq).await;
+    }
+    Ok(())
+}
+
 /// A worker's side: takes jobs from the shared consumer until the connection closes.
 pub(crate) async fn take_jobs(
     bus: Arc<SealedBus>,

@@ -49,6 +49,14 @@ impl Gateway {
                 tracing::error!("the state service stopped: {e}");
             }
         });
+        let exhausted = (bus.clone(), platform.clone());
+        tokio::spawn(async move {
+            if let Err(e) =
+                crate::asynchronous::dead_letter_exhausted(exhausted.0, exhausted.1).await
+            {
+                tracing::error!("the dead-letter sweep stopped: {e}");
+            }
+        });
         let control = (bus.clone(), platform.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::asynchronous::serve_control(control.0, control.1).await {

@@ -106,8 +106,14 @@ impl Cluster {
     /// Starts NATS and a gateway (with `gateway_flags`), and makes tenant `acme` with a
     /// registered signing key.
     fn start(gateway_flags: &[&str]) -> Cluster {
+        Cluster::start_after(gateway_flags, |_| {})
+    }
+
+    /// [`Cluster::start`], with `prepare` run on the NATS server before the gateway starts.
+    fn start_after(gateway_flags: &[&str], prepare: impl FnOnce(&Nats)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let nats = Nats::start(dir.path());
+        prepare(&nats);
         let mut gateway = node_command(dir.path(), &nats.url, "gateway");
         gateway
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
@@ -631,4 +637,87 @@ fn events_on_a_subject_invoke_a_function_and_results_go_out_sealed() {
     let mut expected: Vec<String> = (0..EVENTS).map(|i| format!("order {i}")).collect();
     expected.sort();
     assert_eq!(outputs, expected);
+}
+
+#[test]
+fn a_job_whose_deliveries_all_die_is_dead_lettered_not_left_queued() {
+    use async_nats::jetstream::{self, consumer, stream};
+    // The stream as the gateway makes it, but a consumer that delivers each job once and
+    // waits 2 s for its acknowledgement (the gateway takes what exists).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = Cluster::start_after(&[], |nats| {
+        runtime.block_on(async {
+            let js = jetstream::new(async_nats::connect(nats.url.as_str()).await.unwrap());
+            let jobs = js
+                .get_or_create_stream(stream::Config {
+                    name: "CELLA_ASYNC".into(),
+                    subjects: vec!["cella.async.jobs".into()],
+                    retention: stream::RetentionPolicy::WorkQueue,
+                    duplicate_window: Duration::from_secs(120),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            jobs.get_or_create_consumer(
+                "cella-workers",
+                consumer::pull::Config {
+                    durable_name: Some("cella-workers".into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(2),
+                    max_deliver: 1,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        })
+    });
+    cluster.deploy("echo", "echo.wasm", &[]);
+    let client = api_client(&cluster);
+    let id = runtime.block_on(submit_to(&client, "echo"));
+
+    // A worker takes the job and dies before it finishes: nothing acknowledges it.
+    runtime.block_on(async {
+        let bus = async_nats::connect(cluster.nats.url.as_str())
+            .await
+            .unwrap();
+        let js = jetstream::new(bus);
+        let taker: consumer::PullConsumer = js
+            .get_stream("CELLA_ASYNC")
+            .await
+            .unwrap()
+            .get_consumer("cella-workers")
+            .await
+            .unwrap();
+        let mut batch = taker.fetch().max_messages(1).messages().await.unwrap();
+        batch.next().await.expect("the job is delivered").unwrap();
+    });
+    // Workers keep asking for jobs; JetStream finds this one out of deliveries.
+    let _worker = cluster.worker("worker");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let invocation = runtime.block_on(client.async_invocation(&id)).unwrap();
+        if invocation.is_final() {
+            assert_eq!(invocation.status, "dead_letter", "{invocation:?}");
+            let error = invocation.error.unwrap();
+            assert!(error.message.contains("without an outcome"), "{error:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {invocation:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Submits one asynchronous invocation of `function` (empty input); its id.
+async fn submit_to(client: &cella_client::Client, function: &str) -> String {
+    client
+        .invoke_async(function, b"x".to_vec(), &[], None)
+        .await
+        .unwrap()
+        .id
 }
