@@ -183,27 +183,17 @@ pub(crate) async fn serve_control(
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
 ) -> Result<(), async_nats::Error> {
-    let mut calls = bus
-        .client()
-        .queue_subscribe(ASYNC_CONTROL, GATEWAYS.to_owned())
-        .await?;
-    while let Some(message) = calls.next().await {
-        let (bus, platform) = (bus.clone(), platform.clone());
-        tokio::spawn(async move {
-            let Some(opened) = bus.open_request(&message, ASYNC_CONTROL) else {
-                return;
-            };
+    crate::bus::serve_requests(bus, ASYNC_CONTROL, GATEWAYS, move |opened| {
+        let platform = platform.clone();
+        async move {
             let answer = match wire::unframe::<Control>(&opened.payload) {
                 Ok((control, body)) => control_answer(&platform, control, body).await,
                 Err(e) => ControlAnswer::Unavailable(e.to_string()),
             };
-            let reply = wire::frame(&answer, b"");
-            if let Err(e) = bus.reply(&message, &opened.header, &reply).await {
-                tracing::warn!("could not answer a worker about a job: {e}");
-            }
-        });
-    }
-    Ok(())
+            wire::frame(&answer, b"")
+        }
+    })
+    .await
 }
 
 async fn control_answer(platform: &Platform, control: Control, body: Bytes) -> ControlAnswer {

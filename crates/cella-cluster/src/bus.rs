@@ -11,6 +11,7 @@ use async_nats::{Client, Message, RequestErrorKind};
 use cella_bus::{BusKey, Envelope, Header, Kind, MessageId, Opened, ReplayGuard, SealError, Stale};
 use cella_runtime::Platform;
 use cella_store::ClusterSecrets;
+use futures::StreamExt;
 
 /// How far a message's issue time may be from the receiver's clock; ids are remembered this
 /// long, so a replay inside the window is caught by id and one outside it by age.
@@ -289,6 +290,39 @@ impl SealedBus {
             .await
             .map_err(|e| BusError::Nats(e.to_string()))
     }
+}
+
+/// Answers every sealed request on `subject` (queue group `queue`) with what `answer` makes
+/// of it, each in a task of its own, until the subscription ends. Requests that do not open
+/// are refused and counted, and get no answer.
+pub async fn serve_requests<F, Fut>(
+    bus: Arc<SealedBus>,
+    subject: &'static str,
+    queue: &str,
+    answer: F,
+) -> Result<(), async_nats::Error>
+where
+    F: Fn(Opened) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Vec<u8>> + Send + 'static,
+{
+    let mut requests = bus
+        .client()
+        .queue_subscribe(subject, queue.to_owned())
+        .await?;
+    while let Some(message) = requests.next().await {
+        let (bus, answer) = (bus.clone(), answer.clone());
+        tokio::spawn(async move {
+            let Some(opened) = bus.open_request(&message, subject) else {
+                return;
+            };
+            let header = opened.header.clone();
+            let reply = answer(opened).await;
+            if let Err(e) = bus.reply(&message, &header, &reply).await {
+                tracing::warn!(subject, "could not answer a request: {e}");
+            }
+        });
+    }
+    Ok(())
 }
 
 /// The first four bytes of an id, in hex.

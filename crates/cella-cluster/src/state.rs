@@ -6,12 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_nats::Message;
 use bytes::Bytes;
 use cella_bus::MessageId;
 use cella_runtime::Platform;
 use cella_sandbox::{StateError, StateStore};
-use futures::StreamExt;
 
 use crate::bus::SealedBus;
 use crate::subjects::{GATEWAYS, STATE};
@@ -119,23 +117,25 @@ pub(crate) async fn serve(
     platform: Arc<Platform>,
     in_flight: Arc<InFlight>,
 ) -> Result<(), async_nats::Error> {
-    let mut calls = bus
-        .client()
-        .queue_subscribe(STATE, GATEWAYS.to_owned())
-        .await?;
-    while let Some(message) = calls.next().await {
-        let (bus, platform, in_flight) = (bus.clone(), platform.clone(), in_flight.clone());
-        tokio::spawn(async move { answer(&bus, &platform, &in_flight, message).await });
-    }
-    Ok(())
+    let counting = bus.clone();
+    crate::bus::serve_requests(bus, STATE, GATEWAYS, move |opened| {
+        let (bus, platform, in_flight) = (counting.clone(), platform.clone(), in_flight.clone());
+        async move {
+            let (answer, value) = answer(&bus, &platform, &in_flight, &opened).await;
+            wire::frame(&answer, &value)
+        }
+    })
+    .await
 }
 
-async fn answer(bus: &SealedBus, platform: &Arc<Platform>, in_flight: &InFlight, message: Message) {
-    let Some(opened) = bus.open_request(&message, STATE) else {
-        return;
-    };
-    let (answer, value) = match wire::unframe::<StateCall>(&opened.payload) {
-        Ok((call, _)) if call.op != StateOp::Get && !writable(in_flight, &call, &opened) => {
+async fn answer(
+    bus: &SealedBus,
+    platform: &Arc<Platform>,
+    in_flight: &InFlight,
+    opened: &cella_bus::Opened,
+) -> (StateAnswer, Bytes) {
+    match wire::unframe::<StateCall>(&opened.payload) {
+        Ok((call, _)) if call.op != StateOp::Get && !writable(in_flight, &call, opened) => {
             bus.refuse_quietly("replayed_job");
             (
                 StateAnswer::Unavailable {
@@ -152,12 +152,6 @@ async fn answer(bus: &SealedBus, platform: &Arc<Platform>, in_flight: &InFlight,
             },
             Bytes::new(),
         ),
-    };
-    if let Err(e) = bus
-        .reply(&message, &opened.header, &wire::frame(&answer, &value))
-        .await
-    {
-        tracing::warn!("could not answer a state call: {e}");
     }
 }
 
