@@ -126,7 +126,8 @@ enum Command {
         #[arg(long = "limit", value_name = "KEY=VALUE")]
         limits: Vec<String>,
         /// For a .wasm or .js file: a permission its manifest grants (`clocks`, `random`,
-        /// `kv`, `env=NAME`; repeatable). Nothing is granted otherwise.
+        /// `kv`, `env=NAME`, `http=HOST`, `scratch=MIB`; repeatable). Nothing is granted
+        /// otherwise.
         #[arg(long = "allow", value_name = "PERMISSION")]
         allow: Vec<cella_core::Permission>,
         /// For a .wasm or .js file: the signing key (default: `default.key` from `cella keygen`).

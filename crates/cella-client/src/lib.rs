@@ -935,7 +935,7 @@ impl DeployOptions {
         self
     }
 
-    /// Grants `permission` (`clocks`, `random`, `kv`, `env=NAME`).
+    /// Grants `permission` (`clocks`, `random`, `kv`, `env=NAME`, `http=HOST`, `scratch=MIB`).
     pub fn allow(mut self, permission: &str) -> Self {
         let permission = permission
             .parse()

@@ -16,7 +16,7 @@ pub use kind::FunctionKind;
 pub use limits::{LimitError, Limits, LimitsOverride, parse_size};
 pub use names::{FunctionName, NameError, PluginName, TenantName};
 pub use permissions::{
-    EnvName, HttpHost, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_HTTP_HOSTS, Permission,
-    PermissionError, Permissions,
+    EnvName, HttpHost, MAX_ENV_VALUE_BYTES, MAX_ENV_VARS, MAX_HTTP_HOSTS, MAX_SCRATCH_MIB,
+    Permission, PermissionError, Permissions,
 };
 pub use plugin::{Plugin, PluginUse};

@@ -11,7 +11,8 @@
 //!   the variables the manifest names (and the owner set). Every WASI program imports
 //!   `environ_get`, so importing it is no request; what it yields is. Outgoing HTTP is judged
 //!   the same way, per request: every request names its host, and only hosts on the
-//!   manifest's `http` list are reached.
+//!   manifest's `http` list are reached. Every component imports the file system interfaces
+//!   too; only a `scratch_mib` grant puts a directory behind them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -22,6 +23,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_ENV_VARS: usize = 32;
 /// Longest environment variable value, in bytes.
 pub const MAX_ENV_VALUE_BYTES: usize = 4096;
+/// Largest scratch file system one invocation may ask for, in MiB. It lives in the node's
+/// memory, beside the guest's own.
+pub const MAX_SCRATCH_MIB: u32 = 256;
 
 /// The permissions of one function, as its manifest's `[permissions]` table says:
 ///
@@ -32,6 +36,7 @@ pub const MAX_ENV_VALUE_BYTES: usize = 4096;
 /// kv = true                # the function's sealed key-value state
 /// env = ["GREETING"]       # these environment variables (values set by the owner)
 /// http = ["api.example.com", "*.example.org", "example.net:8443"]   # outgoing HTTPS
+/// scratch_mib = 16         # a private in-memory /tmp of 16 MiB per invocation (components)
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +51,14 @@ pub struct Permissions {
     pub env: BTreeSet<EnvName>,
     #[serde(default)]
     pub http: BTreeSet<HttpHost>,
+    /// MiB of private scratch files per invocation; 0 (the default) gives none. Left out of
+    /// encodings when 0, so manifests written before it existed keep their hashes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scratch_mib: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Permissions {
@@ -56,7 +69,13 @@ impl Permissions {
             Permission::Kv => self.kv,
             Permission::Env(name) => self.env.contains(name),
             Permission::Http(host) => self.http.contains(host),
+            Permission::Scratch(mib) => self.scratch_mib >= *mib,
         }
+    }
+
+    /// The bytes of the scratch file system each invocation gets, if any.
+    pub fn scratch_bytes(&self) -> Option<u64> {
+        (self.scratch_mib > 0).then(|| u64::from(self.scratch_mib) * 1024 * 1024)
     }
 
     /// Whether an outgoing request to `host` on `port` (HTTPS) is allowed.
@@ -76,6 +95,7 @@ impl Permissions {
             Permission::Http(host) => {
                 self.http.insert(host);
             }
+            Permission::Scratch(mib) => self.scratch_mib = self.scratch_mib.max(mib),
         }
     }
 
@@ -86,6 +106,9 @@ impl Permissions {
         }
         if self.http.len() > MAX_HTTP_HOSTS {
             return Err(PermissionError::TooManyHosts(self.http.len()));
+        }
+        if self.scratch_mib > MAX_SCRATCH_MIB {
+            return Err(PermissionError::ScratchTooLarge(self.scratch_mib));
         }
         Ok(())
     }
@@ -103,12 +126,15 @@ impl Permissions {
         .collect();
         words.extend(self.env.iter().map(|n| format!("env={n}")));
         words.extend(self.http.iter().map(|h| format!("http={h}")));
+        if self.scratch_mib > 0 {
+            words.push(Permission::Scratch(self.scratch_mib).to_string());
+        }
         words
     }
 }
 
 /// One permission, as `cella deploy --allow` spells it: `clocks`, `random`, `kv`, `env=NAME`,
-/// `http=HOST`.
+/// `http=HOST`, `scratch=MIB`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Permission {
     Clocks,
@@ -116,6 +142,8 @@ pub enum Permission {
     Kv,
     Env(EnvName),
     Http(HttpHost),
+    /// A private scratch file system of this many MiB.
+    Scratch(u32),
 }
 
 impl Permission {
@@ -127,6 +155,7 @@ impl Permission {
             Permission::Kv => "kv = true".into(),
             Permission::Env(name) => format!("env = [\"{name}\"]"),
             Permission::Http(host) => format!("http = [\"{host}\"]"),
+            Permission::Scratch(mib) => format!("scratch_mib = {mib}"),
         }
     }
 
@@ -138,6 +167,7 @@ impl Permission {
             Permission::Kv => "sealed key-value state",
             Permission::Env(_) => "an environment variable",
             Permission::Http(_) => "outgoing HTTPS to a host",
+            Permission::Scratch(_) => "a private scratch file system",
         }
     }
 }
@@ -150,6 +180,7 @@ impl fmt::Display for Permission {
             Permission::Kv => f.write_str("kv"),
             Permission::Env(name) => write!(f, "env={name}"),
             Permission::Http(host) => write!(f, "http={host}"),
+            Permission::Scratch(mib) => write!(f, "scratch={mib}"),
         }
     }
 }
@@ -167,6 +198,12 @@ impl std::str::FromStr for Permission {
                     Ok(Permission::Env(EnvName::new(name)?))
                 } else if let Some(host) = s.strip_prefix("http=") {
                     Ok(Permission::Http(HttpHost::new(host)?))
+                } else if let Some(mib) = s.strip_prefix("scratch=") {
+                    match mib.parse::<u32>() {
+                        Ok(mib @ 1..=MAX_SCRATCH_MIB) => Ok(Permission::Scratch(mib)),
+                        Ok(mib) => Err(PermissionError::ScratchTooLarge(mib)),
+                        Err(_) => Err(PermissionError::ScratchSize(shown(mib))),
+                    }
                 } else {
                     Err(PermissionError::Unknown(shown(s)))
                 }
@@ -178,10 +215,20 @@ impl std::str::FromStr for Permission {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PermissionError {
     #[error(
-        "`{0}` is not a permission; use `clocks`, `random`, `kv`, `env=NAME` or `http=HOST` \
-         (sockets and files are not offered)"
+        "`{0}` is not a permission; use `clocks`, `random`, `kv`, `env=NAME`, `http=HOST` or \
+         `scratch=MIB` (sockets and the host's files are not offered)"
     )]
     Unknown(String),
+    #[error(
+        "`{0}` is not a scratch size; use whole MiB from 1 to {MAX_SCRATCH_MIB}, for example \
+         `scratch=16`"
+    )]
+    ScratchSize(String),
+    #[error(
+        "a scratch file system of {0} MiB is not offered; use 1 to {MAX_SCRATCH_MIB} MiB \
+         (`scratch_mib` in [permissions])"
+    )]
+    ScratchTooLarge(u32),
     #[error(
         "`{0}` is not an HTTP host to allow; use a DNS name, optionally with `*.` in front (its \
          subdomains) and `:PORT` after (default 443), for example `api.example.com` or \
@@ -338,11 +385,42 @@ mod tests {
         assert!(granted.grants(&env) && granted.grants(&Permission::Kv));
         assert!(!granted.grants(&Permission::Clocks));
         assert_eq!(granted.words(), ["kv", "env=API_URL"]);
+
+        let scratch: Permission = "scratch=16".parse().unwrap();
+        assert_eq!(scratch.manifest_line(), "scratch_mib = 16");
+        granted.grant(scratch.clone());
+        assert!(granted.grants(&scratch) && !granted.grants(&Permission::Scratch(17)));
+        assert_eq!(granted.scratch_bytes(), Some(16 << 20));
+        assert_eq!(granted.words(), ["kv", "env=API_URL", "scratch=16"]);
+        assert_eq!(Permissions::default().scratch_bytes(), None);
+    }
+
+    #[test]
+    fn a_manifest_without_scratch_encodes_as_before() {
+        let granted = Permissions {
+            kv: true,
+            ..Permissions::default()
+        };
+        let json = serde_json::to_string(&granted).unwrap();
+        assert!(!json.contains("scratch"), "{json}");
+        let read: Permissions = serde_json::from_str(&json).unwrap();
+        assert_eq!(read, granted);
     }
 
     #[test]
     fn bad_permissions_say_what_is_allowed() {
-        for bad in ["net", "env=", "env=1X", "env=A=B", "env=A\0", "files"] {
+        for bad in [
+            "net",
+            "env=",
+            "env=1X",
+            "env=A=B",
+            "env=A\0",
+            "files",
+            "scratch=",
+            "scratch=x",
+            "scratch=0",
+            "scratch=257",
+        ] {
             let err = bad.parse::<Permission>().unwrap_err().to_string();
             assert!(err.contains("use"), "{bad}: {err}");
         }
@@ -355,6 +433,14 @@ mod tests {
         assert!(matches!(
             many.validate(),
             Err(PermissionError::TooManyEnvVars(33))
+        ));
+        let huge = Permissions {
+            scratch_mib: MAX_SCRATCH_MIB + 1,
+            ..Permissions::default()
+        };
+        assert!(matches!(
+            huge.validate(),
+            Err(PermissionError::ScratchTooLarge(257))
         ));
     }
 

@@ -316,6 +316,14 @@ pub(crate) fn check_permissions(
                 .into(),
         ));
     }
+    if granted.scratch_mib > 0 && kind != FunctionKind::WasiHttp {
+        return Err(RuntimeError::Invalid(
+            "`scratch_mib`: a scratch file system is given to `wasi-http` components (built for \
+             wasm32-wasip2); WASI preview 1 commands and JavaScript functions get no file \
+             system, so remove it from [permissions] or build the function as a component"
+                .into(),
+        ));
+    }
     Ok(())
 }
 

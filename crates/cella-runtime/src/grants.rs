@@ -31,6 +31,7 @@ impl Platform {
             env: self.granted_env(record)?,
             state: granted.kv.then(|| self.state_store(record)),
             http: granted.http.clone(),
+            scratch_bytes: granted.scratch_bytes(),
         })
     }
 

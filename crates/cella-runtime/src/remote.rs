@@ -132,6 +132,7 @@ impl Platform {
                 .collect(),
             state: state.filter(|_| granted.kv),
             http: granted.http.clone(),
+            scratch_bytes: granted.scratch_bytes(),
         };
         let started = std::time::Instant::now();
         let result = match work {

@@ -51,6 +51,8 @@ pub struct Grants {
     pub state: Option<Arc<dyn StateStore>>,
     /// Hosts outgoing HTTPS may reach (`wasi:http` components).
     pub http: std::collections::BTreeSet<cella_core::HttpHost>,
+    /// The size of a private in-memory scratch directory (`scratch_mib`; components only).
+    pub scratch_bytes: Option<u64>,
 }
 
 impl std::fmt::Debug for Grants {
@@ -61,6 +63,7 @@ impl std::fmt::Debug for Grants {
             .field("env", &names)
             .field("state", &self.state.is_some())
             .field("http", &self.http)
+            .field("scratch_bytes", &self.scratch_bytes)
             .finish()
     }
 }

@@ -24,6 +24,7 @@ use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit
 use crate::monitor::{self, Monitor};
 use crate::outgoing::Outgoing;
 use crate::pipes::{LogPipe, LogTail};
+use crate::scratch::{Scratch, ScratchView};
 
 /// The per-request world of a `wasi:http` component (the `T` of its `Store<T>`).
 pub struct HttpState {
@@ -34,6 +35,8 @@ pub struct HttpState {
     limiter: MemoryLimiter,
     pub(crate) monitor: Arc<Monitor>,
     pub(crate) state: Option<Arc<dyn crate::StateStore>>,
+    /// The invocation's private files, when its manifest grants `scratch_mib`.
+    scratch: Option<Scratch>,
 }
 
 impl WasiView for HttpState {
@@ -89,6 +92,12 @@ pub(crate) fn deny_network(builder: &mut WasiCtxBuilder) -> &mut WasiCtxBuilder 
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HttpState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    // In place of wasmtime-wasi's file system, which would reach the host's directories.
+    crate::scratch::add_to_linker(&mut linker, |state: &mut HttpState| ScratchView {
+        scratch: state.scratch.as_ref(),
+        table: &mut state.table,
+        monitor: &state.monitor,
+    })?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::state_component::add_to_linker::<HttpState, wasmtime::component::HasSelf<HttpState>>(
         &mut linker,
@@ -154,6 +163,7 @@ impl Sandbox {
                 limiter: MemoryLimiter::new(limits, trip.clone()),
                 monitor: monitor.clone(),
                 state: grants.state,
+                scratch: grants.scratch_bytes.map(Scratch::new),
             },
         );
         store.limiter(|s| &mut s.limiter);

@@ -25,6 +25,7 @@ mod outgoing;
 mod permissions;
 mod pipes;
 mod preinit;
+mod scratch;
 mod state;
 mod state_component;
 
@@ -43,5 +44,6 @@ pub use monitor::{Denial, MonitorReport};
 pub use outgoing::OutgoingConfig;
 pub use pipes::LogTail;
 pub use preinit::{INITIALIZER, Initializer, PreinitError, Preinitialized, Preinitializer};
+pub use scratch::MOUNT as SCRATCH_MOUNT;
 pub use state::{MAX_KEY_BYTES, STATE_MODULE, StateCode, StateError, StateStore};
 pub use state_component::STATE_INTERFACE;

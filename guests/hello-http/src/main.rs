@@ -1,8 +1,11 @@
 //! A `wasi:http/proxy` component: answers every request with a greeting that echoes the method
 //! and path, echoes the request body back under `/echo`, and under `/fetch?URL` (an outgoing
 //! HTTP request) and `/connect?ADDR` (a TCP connection) tries to reach the network and reports
-//! what happened. The same .wasm runs under `wasmtime serve` and
-//! under cella's HTTP pass-through.
+//! what happened; `/scratch` exercises the private scratch directory (`/tmp`) a manifest may
+//! grant. The same .wasm runs under `wasmtime serve` and under cella's HTTP pass-through.
+
+use std::fmt::Write as _;
+use std::fs;
 
 use wstd::http::body::Body;
 use wstd::http::{Error, Request, Response, StatusCode};
@@ -41,6 +44,7 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
             };
             Ok(Response::new(report.into()))
         }
+        "/scratch" => Ok(Response::new(scratch_report().into())),
         "/teapot" => Ok(Response::builder()
             .status(StatusCode::IM_A_TEAPOT)
             .header("x-hello", "short and stout")
@@ -57,4 +61,49 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
                 .into(),
             )?),
     }
+}
+
+/// Uses the scratch directory as a program would and reports each step: what an earlier
+/// invocation left there, writing, reading back and renaming files, a path that tries to
+/// leave the directory, and filling it until the platform refuses.
+fn scratch_report() -> String {
+    let mut out = String::new();
+    let entries = fs::read_dir("/tmp").map(|d| d.count());
+    let _ = writeln!(out, "entries at start: {entries:?}");
+    if entries.is_err() {
+        return out;
+    }
+    let steps = || -> std::io::Result<String> {
+        fs::create_dir_all("/tmp/work/sub")?;
+        fs::write("/tmp/work/sub/note.txt", "private")?;
+        fs::rename("/tmp/work/sub/note.txt", "/tmp/work/moved.txt")?;
+        let mut names: Vec<String> = fs::read_dir("/tmp/work")?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        names.sort();
+        let text = fs::read_to_string("/tmp/work/moved.txt")?;
+        let size = fs::metadata("/tmp/work/moved.txt")?.len();
+        Ok(format!("{text} ({size} bytes) in {names:?}"))
+    };
+    let _ = writeln!(out, "read back: {:?}", steps().map_err(|e| e.to_string()));
+    let escape = fs::read("/tmp/../etc/passwd").map(|b| b.len());
+    let _ = writeln!(out, "escape: {:?}", escape.map_err(|e| e.kind()));
+    let chunk = vec![0x5a_u8; 64 * 1024];
+    let mut written = 0usize;
+    let full = {
+        use std::io::Write as _;
+        match fs::File::create("/tmp/fill") {
+            Ok(mut file) => loop {
+                if let Err(e) = file.write_all(&chunk) {
+                    break e.to_string();
+                }
+                written += chunk.len();
+            },
+            Err(e) => e.to_string(),
+        }
+    };
+    let _ = writeln!(out, "filled {} KiB, then: {full}", written / 1024);
+    let freed = fs::remove_file("/tmp/fill").and_then(|()| fs::write("/tmp/again", "ok"));
+    let _ = writeln!(out, "after removing it: {freed:?}");
+    out
 }

@@ -332,3 +332,75 @@ async fn a_component_keeps_its_state_only_when_granted() {
     assert_eq!(stats.invocations, 2);
     assert!(stats.host_calls >= 4, "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_gets_a_private_capped_scratch_directory_only_when_granted() {
+    let node = Node::start().await;
+    let acme = node.tenant("acme").await;
+    let scratch = async |name: &str| {
+        let (status, _, body) = acme
+            .http(cella_client::Method::GET, name, "/scratch", Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(status.as_u16(), 200);
+        text(&body)
+    };
+
+    // Without the permission there is no directory to open.
+    acme.deploy("plain", guest("hello-http.wasm"), clocks_random())
+        .await
+        .unwrap();
+    let report = scratch("plain").await;
+    assert!(report.starts_with("entries at start: Err("), "{report}");
+
+    acme.deploy(
+        "scratchy",
+        guest("hello-http.wasm"),
+        clocks_random().allow("scratch=1"),
+    )
+    .await
+    .unwrap();
+    // Twice: the second invocation finds nothing of the first's files.
+    for _ in 0..2 {
+        let report = scratch("scratchy").await;
+        let lines: Vec<&str> = report.lines().collect();
+        assert_eq!(lines[0], "entries at start: Ok(0)", "{report}");
+        assert_eq!(
+            lines[1], r#"read back: Ok("private (7 bytes) in [\"moved.txt\", \"sub\"]")"#,
+            "{report}"
+        );
+        // `..` past the directory: refused by the host, not only by the guest's libc.
+        assert_eq!(lines[2], "escape: Err(PermissionDenied)", "{report}");
+        // 1 MiB holds fifteen 64 KiB chunks beside the entries; the sixteenth is refused
+        // (wasi-libc reports a failed stream write as EIO; the log names the limit).
+        assert!(
+            lines[3].starts_with("filled 960 KiB, then: I/O error"),
+            "{report}"
+        );
+        assert_eq!(lines[4], "after removing it: Ok(())", "{report}");
+    }
+    let stats = acme.stats("scratchy").await.unwrap();
+    assert_eq!(stats.denials.get("scratch"), Some(&2), "{stats:?}");
+    assert_eq!(stats.denials.get("scratch-quota"), Some(&2), "{stats:?}");
+
+    // Only components get one; and it is capped.
+    let message = assert_api_error(
+        acme.deploy(
+            "echo",
+            guest("echo.wasm"),
+            DeployOptions::default().allow("scratch=1"),
+        )
+        .await,
+        400,
+        "invalid_request",
+    );
+    assert!(message.contains("wasm32-wasip2"), "{message}");
+    let mut huge = clocks_random();
+    huge.permissions.scratch_mib = 100_000;
+    let message = assert_api_error(
+        acme.deploy("huge", guest("hello-http.wasm"), huge).await,
+        400,
+        "invalid_request",
+    );
+    assert!(message.contains("1 to 256 MiB"), "{message}");
+}
