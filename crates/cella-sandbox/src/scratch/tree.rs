@@ -525,4 +525,155 @@ mod tests {
         );
         assert_eq!(root.budget().used(), 3 * ENTRY_COST + 3);
     }
+
+    mod random_operations {
+        use std::collections::HashSet;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            CreateFile(String),
+            CreateDir(String),
+            /// Write `len` bytes at `offset` to an open file (by index), or append.
+            Write(usize, Option<u64>, usize),
+            SetLen(usize, u64),
+            Open(String),
+            Close(usize),
+            Unlink(String),
+            RemoveDir(String),
+            Rename(String, String),
+        }
+
+        fn path() -> impl Strategy<Value = String> {
+            prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "..", "."]), 1..4)
+                .prop_map(|parts| parts.join("/"))
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                path().prop_map(Op::CreateFile),
+                path().prop_map(Op::CreateDir),
+                (0..4usize, prop::option::of(0..6000u64), 0..3000usize)
+                    .prop_map(|(f, o, l)| Op::Write(f, o, l)),
+                (0..4usize, 0..6000u64).prop_map(|(f, l)| Op::SetLen(f, l)),
+                path().prop_map(Op::Open),
+                (0..4usize).prop_map(Op::Close),
+                path().prop_map(Op::Unlink),
+                path().prop_map(Op::RemoveDir),
+                (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+            ]
+        }
+
+        /// What the tree and the open files should have cost, walking it from the root; fails
+        /// on a directory reached twice (a cycle, or one directory in two places).
+        fn accounted(root: &Arc<Dir>, open: &[Arc<File>]) -> u64 {
+            let mut seen_files = HashSet::new();
+            let mut seen_dirs = HashSet::new();
+            let mut total = 0;
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                assert!(
+                    seen_dirs.insert(Arc::as_ptr(&dir)),
+                    "a directory is reached twice"
+                );
+                total += dir.cost;
+                for node in lock(&dir.entries).values() {
+                    match node {
+                        Node::Dir(d) => stack.push(d.clone()),
+                        Node::File(f) => {
+                            if seen_files.insert(Arc::as_ptr(f)) {
+                                total += f.len() + ENTRY_COST;
+                            }
+                        }
+                    }
+                }
+            }
+            for f in open {
+                if seen_files.insert(Arc::as_ptr(f)) {
+                    total += f.len() + ENTRY_COST;
+                }
+            }
+            total
+        }
+
+        proptest! {
+            #[test]
+            fn the_budget_always_matches_the_tree_and_is_never_exceeded(
+                ops in prop::collection::vec(op(), 1..60)
+            ) {
+                let root = Dir::root(16 * 1024);
+                let mut open: Vec<Arc<File>> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::CreateFile(p) => {
+                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                                if let Ok(f) = parent.create_file(&name) {
+                                    open.push(f);
+                                }
+                            }
+                        }
+                        Op::CreateDir(p) => {
+                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                                let _ = parent.create_dir(&name);
+                            }
+                        }
+                        Op::Write(i, offset, len) => {
+                            if let Some(f) = open.get(i) {
+                                let before = f.len();
+                                match f.write_at(offset, &vec![1; len]) {
+                                    Ok(end) => prop_assert!(f.len() >= end),
+                                    Err(e) => {
+                                        prop_assert_eq!(e, FsError::Full);
+                                        prop_assert_eq!(f.len(), before);
+                                    }
+                                }
+                            }
+                        }
+                        Op::SetLen(i, len) => {
+                            if let Some(f) = open.get(i) {
+                                if f.set_len(len).is_ok() {
+                                    prop_assert_eq!(f.len(), len);
+                                }
+                            }
+                        }
+                        Op::Open(p) => {
+                            if let Ok(walk) = root.walk(&p) {
+                                if let Some(Node::File(f)) = walk.node() {
+                                    open.push(f);
+                                }
+                            }
+                        }
+                        Op::Close(i) => {
+                            if i < open.len() {
+                                open.remove(i);
+                            }
+                        }
+                        Op::Unlink(p) => {
+                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                                let _ = parent.unlink(&name);
+                            }
+                        }
+                        Op::RemoveDir(p) => {
+                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                                let _ = parent.remove_dir(&name);
+                            }
+                        }
+                        Op::Rename(a, b) => {
+                            if let (Ok(from), Ok(to)) = (root.walk(&a), root.walk(&b)) {
+                                let _ = rename(from, to);
+                            }
+                        }
+                    }
+                    let used = root.budget().used();
+                    prop_assert!(used <= root.budget().capacity());
+                    prop_assert_eq!(used, accounted(&root, &open));
+                }
+                open.clear();
+                prop_assert_eq!(root.budget().used(), accounted(&root, &open));
+            }
+        }
+    }
 }
