@@ -609,10 +609,10 @@ mod tests {
                 for op in ops {
                     match op {
                         Op::CreateFile(p) => {
-                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
-                                if let Ok(f) = parent.create_file(&name) {
-                                    open.push(f);
-                                }
+                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p)
+                                && let Ok(f) = parent.create_file(&name)
+                            {
+                                open.push(f);
                             }
                         }
                         Op::CreateDir(p) => {
@@ -633,17 +633,17 @@ mod tests {
                             }
                         }
                         Op::SetLen(i, len) => {
-                            if let Some(f) = open.get(i) {
-                                if f.set_len(len).is_ok() {
-                                    prop_assert_eq!(f.len(), len);
-                                }
+                            if let Some(f) = open.get(i)
+                                && f.set_len(len).is_ok()
+                            {
+                                prop_assert_eq!(f.len(), len);
                             }
                         }
                         Op::Open(p) => {
-                            if let Ok(walk) = root.walk(&p) {
-                                if let Some(Node::File(f)) = walk.node() {
-                                    open.push(f);
-                                }
+                            if let Ok(walk) = root.walk(&p)
+                                && let Some(Node::File(f)) = walk.node()
+                            {
+                                open.push(f);
                             }
                         }
                         Op::Close(i) => {
