@@ -89,6 +89,16 @@ pub(crate) fn deny_network(builder: &mut WasiCtxBuilder) -> &mut WasiCtxBuilder 
         .socket_addr_check(|_, _| Box::pin(async { false }))
 }
 
+/// Most handles (descriptors, streams, pollables, bodies) one invocation may hold at once:
+/// wasmtime's default of a million would let a guest tie up about 100 MB of the node's memory.
+const MAX_RESOURCES: usize = 65_536;
+
+fn resource_table() -> ResourceTable {
+    let mut table = ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
+
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<HttpState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -153,7 +163,7 @@ impl Sandbox {
             HttpState {
                 wasi,
                 http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
+                table: resource_table(),
                 hooks: Outgoing::new(
                     grants.http,
                     self.outgoing.clone(),

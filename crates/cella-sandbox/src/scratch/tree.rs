@@ -1,9 +1,10 @@
 //! The in-memory tree of one invocation's scratch file system and the budget it lives in.
 //!
-//! Every byte of file content, and a fixed cost per directory entry, is charged to one
-//! [`Budget`] (the manifest's `scratch_mib`) and refunded when the node is dropped, so a file
-//! unlinked while still open is freed when its last descriptor closes, as on POSIX, and
-//! everything is freed with the invocation's store.
+//! Every byte a file's buffer holds (its capacity, not only its length), and a fixed cost per
+//! directory entry, is charged to one [`Budget`] (the manifest's `scratch_mib`) and refunded
+//! when the node is dropped, so a file unlinked while still open is freed when its last
+//! descriptor closes, as on POSIX, and everything is freed with the invocation's store.
+//! Dropping a tree is iterative, however deep the guest nested it.
 //!
 //! Paths are resolved lexically from the directory they are given against, the way cap-std
 //! resolves them for wasmtime-wasi: absolute paths and `..` past that directory are refused,
@@ -13,9 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-/// What each file or directory costs besides its content, so that empty files cannot take
-/// memory without bound.
-pub(crate) const ENTRY_COST: u64 = 256;
+/// What each file or directory costs besides its content (its name of up to 255 bytes, its
+/// place in the directory, its node), so that empty files cannot take memory without bound.
+pub(crate) const ENTRY_COST: u64 = 512;
 /// Longest name of one directory entry, in bytes.
 pub(crate) const MAX_NAME_BYTES: usize = 255;
 /// Longest path a guest may pass, in bytes.
@@ -66,6 +67,11 @@ impl Budget {
         self.used.load(Ordering::Relaxed)
     }
 
+    fn remaining(&self) -> u64 {
+        self.capacity
+            .saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
     fn charge(&self, bytes: u64) -> Result<(), FsError> {
         self.used
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
@@ -92,13 +98,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug)]
 pub(crate) struct File {
     id: u64,
-    data: Mutex<Vec<u8>>,
+    data: Mutex<FileData>,
     budget: Arc<Budget>,
+}
+
+/// A file's bytes and what its buffer was charged (the capacity it was given).
+#[derive(Debug, Default)]
+struct FileData {
+    bytes: Vec<u8>,
+    charged: u64,
+}
+
+impl std::ops::Deref for FileData {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.bytes
+    }
 }
 
 impl File {
     pub(crate) fn len(&self) -> u64 {
         lock(&self.data).len() as u64
+    }
+
+    /// What the file's buffer is charged to the budget.
+    #[cfg(test)]
+    fn charged(&self) -> u64 {
+        lock(&self.data).charged
     }
 
     /// Up to `max` bytes from `offset` (none at or past the end).
@@ -116,49 +142,66 @@ impl File {
     pub(crate) fn write_at(&self, offset: Option<u64>, bytes: &[u8]) -> Result<u64, FsError> {
         let mut data = lock(&self.data);
         let start = offset.unwrap_or(data.len() as u64);
+        if bytes.is_empty() {
+            // As `pwrite`: writing nothing never extends a file.
+            return Ok(start);
+        }
         let end = start.checked_add(bytes.len() as u64).ok_or(FsError::Full)?;
         self.grow(&mut data, end)?;
         // `grow` made the file at least `end` long, and `end` fits in memory.
         let start = start as usize;
-        data[start..start + bytes.len()].copy_from_slice(bytes);
+        data.bytes[start..start + bytes.len()].copy_from_slice(bytes);
         Ok(end)
     }
 
     /// Truncates or extends (with zeros) the file to `len` bytes.
     pub(crate) fn set_len(&self, len: u64) -> Result<(), FsError> {
         let mut data = lock(&self.data);
-        let current = data.len() as u64;
-        if len < current {
-            data.truncate(len as usize);
-            data.shrink_to_fit();
-            self.budget.refund(current - len);
+        if len < data.len() as u64 {
+            data.bytes.truncate(len as usize);
+            data.bytes.shrink_to(len as usize);
+            let freed = data.charged - len;
+            data.charged = len;
+            self.budget.refund(freed);
             return Ok(());
         }
         self.grow(&mut data, len)
     }
 
-    fn grow(&self, data: &mut Vec<u8>, len: u64) -> Result<(), FsError> {
-        let current = data.len() as u64;
-        if len <= current {
+    /// Makes the file `len` bytes long (zeros after its end). The buffer doubles while the
+    /// budget allows, so appending costs amortised constant time, and is sized exactly when
+    /// it does not; either way what it holds is charged before it is allocated.
+    fn grow(&self, data: &mut FileData, len: u64) -> Result<(), FsError> {
+        if len <= data.len() as u64 {
             return Ok(());
         }
-        self.budget.charge(len - current)?;
-        // Charged, so `len` is within the budget's capacity, far below `usize::MAX`.
-        data.resize(len as usize, 0);
+        if len > data.charged {
+            let doubled = (data.charged * 2).max(len);
+            let capacity = if doubled - data.charged <= self.budget.remaining() {
+                doubled
+            } else {
+                len
+            };
+            self.budget.charge(capacity - data.charged)?;
+            // Charged, so `capacity` is within the budget's, far below `usize::MAX`.
+            let additional = capacity as usize - data.len();
+            data.bytes.reserve_exact(additional);
+            data.charged = capacity;
+        }
+        data.bytes.resize(len as usize, 0);
         Ok(())
     }
 }
 
 impl Drop for File {
     fn drop(&mut self) {
-        let len = self.data.get_mut().map_or(0, |d| d.len() as u64);
-        self.budget.refund(len + ENTRY_COST);
+        let charged = lock(&self.data).charged;
+        self.budget.refund(charged + ENTRY_COST);
     }
 }
 
 /// A directory: its entries by name, and the directory it is in (for refusing to move a
 /// directory into itself).
-#[derive(Debug)]
 pub(crate) struct Dir {
     id: u64,
     entries: Mutex<BTreeMap<String, Node>>,
@@ -169,8 +212,36 @@ pub(crate) struct Dir {
 }
 
 impl Drop for Dir {
+    /// Takes the subtree apart level by level: dropping it recursively would take one stack
+    /// frame per level, and a guest may nest directories as deep as its budget allows.
     fn drop(&mut self) {
         self.budget.refund(self.cost);
+        let mut orphans = std::mem::take(&mut *lock(&self.entries));
+        let mut pending: Vec<BTreeMap<String, Node>> = Vec::new();
+        loop {
+            while let Some((_, node)) = orphans.pop_first() {
+                if let Node::Dir(dir) = node
+                    && let Some(dir) = Arc::into_inner(dir)
+                {
+                    // Its entries are dropped here, not by its own `drop`.
+                    pending.push(std::mem::take(&mut *lock(&dir.entries)));
+                }
+            }
+            match pending.pop() {
+                Some(next) => orphans = next,
+                None => break,
+            }
+        }
+    }
+}
+
+/// Shallow: a directory's contents may nest deeper than a recursive print could go.
+impl std::fmt::Debug for Dir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dir")
+            .field("id", &self.id)
+            .field("entries", &lock(&self.entries).len())
+            .finish()
     }
 }
 
@@ -207,6 +278,8 @@ impl Node {
 pub(crate) struct Walk {
     pub(crate) parent: Arc<Dir>,
     pub(crate) name: Option<String>,
+    /// The path ended in `/`: it may name only a directory.
+    pub(crate) dir_only: bool,
 }
 
 impl Walk {
@@ -240,12 +313,13 @@ impl Dir {
         lock(&self.entries).get(name).cloned()
     }
 
-    /// The names and kinds of the entries, as they are now.
-    pub(crate) fn list(&self) -> Vec<(String, bool)> {
-        lock(&self.entries)
-            .iter()
-            .map(|(name, node)| (name.clone(), node.is_dir()))
-            .collect()
+    /// The name and kind (directory or not) of the first entry after `after`, in name order.
+    pub(crate) fn next_entry(&self, after: Option<&str>) -> Option<(String, bool)> {
+        use std::ops::Bound;
+        let entries = lock(&self.entries);
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let (name, node) = entries.range::<str, _>((from, Bound::Unbounded)).next()?;
+        Some((name.clone(), node.is_dir()))
     }
 
     /// Resolves `path` from this directory.
@@ -259,6 +333,7 @@ impl Dir {
         if path.starts_with('/') {
             return Err(FsError::Escapes);
         }
+        let dir_only = path.ends_with('/');
         let parts: Vec<&str> = path
             .split('/')
             .filter(|p| !p.is_empty() && *p != ".")
@@ -275,9 +350,13 @@ impl Dir {
             check_name(part)?;
             let here = stack.last().expect("the stack keeps its base");
             if i + 1 == parts.len() {
+                if dir_only && matches!(here.get(part), Some(Node::File(_))) {
+                    return Err(FsError::NotDirectory);
+                }
                 return Ok(Walk {
                     parent: here.clone(),
                     name: Some((*part).to_owned()),
+                    dir_only,
                 });
             }
             match here.get(part) {
@@ -289,6 +368,7 @@ impl Dir {
         Ok(Walk {
             parent: stack.pop().expect("the stack keeps its base"),
             name: None,
+            dir_only,
         })
     }
 
@@ -373,6 +453,9 @@ pub(crate) fn rename(from: Walk, to: Walk) -> Result<(), FsError> {
         return Err(FsError::Busy);
     };
     let node = from.parent.get(old_name).ok_or(FsError::NoEntry)?;
+    if (from.dir_only || to.dir_only) && !node.is_dir() {
+        return Err(FsError::NotDirectory);
+    }
     let replaced = to.parent.get(new_name);
     if let Some(existing) = &replaced {
         if existing.same(&node) {
@@ -526,6 +609,69 @@ mod tests {
         assert_eq!(root.budget().used(), 3 * ENTRY_COST + 3);
     }
 
+    #[test]
+    fn a_tree_nested_as_deep_as_the_budget_allows_is_dropped_without_recursion() {
+        let root = Dir::root(64 << 20);
+        let mut here = root.clone();
+        let mut depth = 0;
+        while here.create_dir("d").is_ok() {
+            here = match here.get("d") {
+                Some(Node::Dir(d)) => d,
+                _ => unreachable!(),
+            };
+            depth += 1;
+        }
+        assert_eq!(depth, (64 << 20) / ENTRY_COST as usize);
+        drop(here);
+        // A recursive drop would need a frame per level: far more than this thread's stack.
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let _ = format!("{root:?}");
+                drop(root);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_trailing_slash_names_only_a_directory_and_listings_go_in_name_order() {
+        let root = Dir::root(1 << 20);
+        file(&root, "f");
+        root.create_dir("d").unwrap();
+        assert_eq!(root.walk("f/").err(), Some(FsError::NotDirectory));
+        assert!(root.walk("d/").unwrap().dir_only);
+        assert!(root.walk("new/").unwrap().dir_only);
+        assert_eq!(
+            rename(root.walk("f").unwrap(), root.walk("g/").unwrap()),
+            Err(FsError::NotDirectory)
+        );
+        assert_eq!(root.next_entry(None), Some(("d".to_owned(), true)));
+        assert_eq!(root.next_entry(Some("d")), Some(("f".to_owned(), false)));
+        assert_eq!(root.next_entry(Some("f")), None);
+    }
+
+    #[test]
+    fn appending_doubles_the_buffer_while_the_budget_allows_and_charges_it() {
+        let root = Dir::root(1 << 20);
+        let f = file(&root, "f");
+        assert_eq!(f.write_at(Some(10), b""), Ok(10));
+        assert_eq!(f.len(), 0, "an empty write extends nothing");
+        for _ in 0..4 {
+            f.write_at(None, &[1; 1000]).unwrap();
+        }
+        // 1000, 2000, 4000: three allocations for four appends, each charged in full.
+        assert_eq!((f.len(), f.charged()), (4000, 4000));
+        f.write_at(None, &[1; 1]).unwrap();
+        assert_eq!(f.charged(), 8000);
+        assert_eq!(root.budget().used(), ENTRY_COST + 8000);
+        // Near the end of the budget the buffer is sized exactly.
+        let big = file(&root, "big");
+        big.set_len((1 << 20) - 3 * ENTRY_COST - 8000).unwrap();
+        assert_eq!(root.budget().used(), (1 << 20) - ENTRY_COST);
+    }
+
     mod random_operations {
         use std::collections::HashSet;
 
@@ -570,6 +716,13 @@ mod tests {
         /// What the tree and the open files should have cost, walking it from the root; fails
         /// on a directory reached twice (a cycle, or one directory in two places).
         fn accounted(root: &Arc<Dir>, open: &[Arc<File>]) -> u64 {
+            let cost = |f: &Arc<File>| {
+                assert!(
+                    f.charged() >= f.len(),
+                    "a file holds more than it was charged"
+                );
+                f.charged() + ENTRY_COST
+            };
             let mut seen_files = HashSet::new();
             let mut seen_dirs = HashSet::new();
             let mut total = 0;
@@ -585,7 +738,7 @@ mod tests {
                         Node::Dir(d) => stack.push(d.clone()),
                         Node::File(f) => {
                             if seen_files.insert(Arc::as_ptr(f)) {
-                                total += f.len() + ENTRY_COST;
+                                total += cost(f);
                             }
                         }
                     }
@@ -593,7 +746,7 @@ mod tests {
             }
             for f in open {
                 if seen_files.insert(Arc::as_ptr(f)) {
-                    total += f.len() + ENTRY_COST;
+                    total += cost(f);
                 }
             }
             total
@@ -609,14 +762,14 @@ mod tests {
                 for op in ops {
                     match op {
                         Op::CreateFile(p) => {
-                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p)
+                            if let Ok(Walk { parent, name: Some(name), .. }) = root.walk(&p)
                                 && let Ok(f) = parent.create_file(&name)
                             {
                                 open.push(f);
                             }
                         }
                         Op::CreateDir(p) => {
-                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                            if let Ok(Walk { parent, name: Some(name), .. }) = root.walk(&p) {
                                 let _ = parent.create_dir(&name);
                             }
                         }
@@ -652,12 +805,12 @@ mod tests {
                             }
                         }
                         Op::Unlink(p) => {
-                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                            if let Ok(Walk { parent, name: Some(name), .. }) = root.walk(&p) {
                                 let _ = parent.unlink(&name);
                             }
                         }
                         Op::RemoveDir(p) => {
-                            if let Ok(Walk { parent, name: Some(name) }) = root.walk(&p) {
+                            if let Ok(Walk { parent, name: Some(name), .. }) = root.walk(&p) {
                                 let _ = parent.remove_dir(&name);
                             }
                         }

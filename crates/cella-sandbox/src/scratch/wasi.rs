@@ -87,8 +87,13 @@ pub struct Descriptor {
     write: bool,
 }
 
-/// A listing of a directory, taken when it was asked for.
-pub struct DirectoryEntries(std::vec::IntoIter<DirectoryEntry>);
+/// A listing of a directory, read one entry at a time (a copy of a large directory per
+/// `read-directory` call would cost the host memory the budget does not see). Entries added
+/// or removed meanwhile may or may not appear, as POSIX allows.
+pub struct DirectoryEntries {
+    dir: Arc<Dir>,
+    after: Option<String>,
+}
 
 /// A refused operation on a stream, for `filesystem-error-code`.
 #[derive(Debug, thiserror::Error)]
@@ -286,8 +291,9 @@ impl types::HostDescriptor for ScratchView<'_> {
         _atime: NewTimestamp,
         _mtime: NewTimestamp,
     ) -> Result<(), ErrorCode> {
-        self.descriptor(&fd)?;
-        Err(ErrorCode::Unsupported)
+        // Times are not kept (they would tell the time); setting them succeeds, as on a file
+        // system mounted without them, so that unpacking an archive works.
+        self.descriptor(&fd).map(drop)
     }
 
     fn read(
@@ -318,17 +324,9 @@ impl types::HostDescriptor for ScratchView<'_> {
         &mut self,
         fd: Resource<Descriptor>,
     ) -> Result<Resource<DirectoryEntries>, ErrorCode> {
-        let entries = self
-            .dir(&fd)?
-            .list()
-            .into_iter()
-            .map(|(name, is_dir)| DirectoryEntry {
-                type_: kind(is_dir),
-                name,
-            })
-            .collect::<Vec<_>>();
+        let dir = self.dir(&fd)?;
         self.table
-            .push(DirectoryEntries(entries.into_iter()))
+            .push(DirectoryEntries { dir, after: None })
             .map_err(|_| ErrorCode::InsufficientMemory)
     }
 
@@ -369,8 +367,7 @@ impl types::HostDescriptor for ScratchView<'_> {
         _atime: NewTimestamp,
         _mtime: NewTimestamp,
     ) -> Result<(), ErrorCode> {
-        self.node_at(&fd, &path)?;
-        Err(ErrorCode::Unsupported)
+        self.node_at(&fd, &path).map(drop)
     }
 
     fn link_at(
@@ -402,7 +399,9 @@ impl types::HostDescriptor for ScratchView<'_> {
             Some(Node::File(_)) if open.contains(OpenFlags::DIRECTORY) => {
                 return Err(ErrorCode::NotDirectory);
             }
-            Some(Node::Dir(_)) if write || open.contains(OpenFlags::TRUNCATE) => {
+            Some(Node::Dir(_))
+                if write || open.intersects(OpenFlags::TRUNCATE | OpenFlags::CREATE) =>
+            {
                 return Err(ErrorCode::IsDirectory);
             }
             Some(Node::File(file)) if open.contains(OpenFlags::TRUNCATE) => {
@@ -416,6 +415,9 @@ impl types::HostDescriptor for ScratchView<'_> {
             None if open.contains(OpenFlags::CREATE) => {
                 if open.contains(OpenFlags::DIRECTORY) {
                     return Err(ErrorCode::Invalid);
+                }
+                if walk.dir_only {
+                    return Err(ErrorCode::IsDirectory);
                 }
                 let name = walk.name.as_deref().ok_or(ErrorCode::IsDirectory)?;
                 let file = walk
@@ -544,7 +546,14 @@ impl types::HostDirectoryEntryStream for ScratchView<'_> {
             .table
             .get_mut(&entries)
             .map_err(|_| ErrorCode::BadDescriptor)?;
-        Ok(entries.0.next())
+        let Some((name, is_dir)) = entries.dir.next_entry(entries.after.as_deref()) else {
+            return Ok(None);
+        };
+        entries.after = Some(name.clone());
+        Ok(Some(DirectoryEntry {
+            type_: kind(is_dir),
+            name,
+        }))
     }
 
     fn drop(&mut self, entries: Resource<DirectoryEntries>) -> wasmtime::Result<()> {
