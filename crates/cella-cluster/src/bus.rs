@@ -5,7 +5,7 @@
 //! `cella_bus_messages_rejected_total{reason}`.
 
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_nats::{Client, Message, RequestErrorKind};
 use cella_bus::{BusKey, Envelope, Header, Kind, MessageId, Opened, ReplayGuard, SealError, Stale};
@@ -56,12 +56,21 @@ fn stale_reason(e: &Stale) -> &'static str {
     }
 }
 
+/// How long after a rotation requests and replies under the previous epoch's key are still
+/// accepted, and the gateway still seals its requests under it: the time members have to join
+/// again. Without it, a request sealed under the new key that reaches a worker still on the
+/// old one would go unanswered until its deadline.
+pub const ROTATION_GRACE: Duration = Duration::from_secs(10);
+
 pub struct SealedBus {
     client: Client,
     key: RwLock<BusKey>,
-    /// The key of the epoch before, kept to open stored events (jobs queued before a
-    /// rotation); requests and replies under it are refused.
-    previous: RwLock<Option<BusKey>>,
+    /// The key of the epoch before and when it was replaced: kept to open stored events (jobs
+    /// queued before a rotation), and requests and replies for [`ROTATION_GRACE`].
+    previous: RwLock<Option<(BusKey, Instant)>>,
+    /// Whether this node seals its requests under the previous key during the grace (the
+    /// gateway, whose rotation the members have not all followed yet).
+    leads_rotations: bool,
     /// This node's id on the bus (the sender of what it seals).
     node: MessageId,
     guard: Mutex<ReplayGuard>,
@@ -75,10 +84,18 @@ impl SealedBus {
             client,
             key: RwLock::new(BusKey::derive(&secrets.bus, secrets.epoch)),
             previous: RwLock::new(None),
+            leads_rotations: false,
             node: cella_bus::random_id(),
             guard: Mutex::new(ReplayGuard::new(FRESHNESS_WINDOW.as_millis() as u64)),
             platform,
         }
+    }
+
+    /// For the gateway: during [`ROTATION_GRACE`] after a rotation, requests are sealed
+    /// under the previous key, which every member holds until it has joined again.
+    pub fn leading_rotations(mut self) -> Self {
+        self.leads_rotations = true;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -103,7 +120,34 @@ impl SealedBus {
         *self
             .previous
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = Some(old);
+            .unwrap_or_else(PoisonError::into_inner) = Some((old, Instant::now()));
+    }
+
+    /// The previous epoch's key, if any.
+    fn previous(&self) -> Option<BusKey> {
+        let previous = self.previous.read().unwrap_or_else(PoisonError::into_inner);
+        previous.as_ref().map(|(key, _)| key.clone())
+    }
+
+    /// The previous epoch's key while the grace after the rotation lasts.
+    fn previous_in_grace(&self) -> Option<BusKey> {
+        let previous = self.previous.read().unwrap_or_else(PoisonError::into_inner);
+        previous
+            .as_ref()
+            .filter(|(_, replaced)| replaced.elapsed() < ROTATION_GRACE)
+            .map(|(key, _)| key.clone())
+    }
+
+    /// Opens with the current key or, for a message of the epoch before, with `previous`.
+    fn open_either<T>(
+        &self,
+        open: impl Fn(&BusKey) -> Result<T, SealError>,
+        previous: Option<BusKey>,
+    ) -> Result<T, SealError> {
+        match (open(&self.key()), previous) {
+            (Err(SealError::WrongEpoch { .. }), Some(previous)) => open(&previous),
+            (opened, _) => opened,
+        }
     }
 
     pub fn epoch(&self) -> u32 {
@@ -137,7 +181,16 @@ impl SealedBus {
     }
 
     fn seal(&self, header: Header, payload: &[u8]) -> Result<bytes::Bytes, BusError> {
-        let sealed = Envelope::seal(&self.key(), header, payload)
+        self.seal_with(&self.key(), header, payload)
+    }
+
+    fn seal_with(
+        &self,
+        key: &BusKey,
+        header: Header,
+        payload: &[u8],
+    ) -> Result<bytes::Bytes, BusError> {
+        let sealed = Envelope::seal(key, header, payload)
             .map_err(|e| BusError::Nats(format!("cannot seal a message: {e}")))?;
         let max = self.client.server_info().max_payload;
         if max > 0 && sealed.0.len() > max {
@@ -202,7 +255,11 @@ impl SealedBus {
     ) -> Result<Opened, BusError> {
         let mut header = self.header(Kind::Request, subject, [0; 16]);
         header.id = id;
-        let sealed = self.seal(header, payload)?;
+        let key = match self.leads_rotations {
+            true => self.previous_in_grace().unwrap_or_else(|| self.key()),
+            false => self.key(),
+        };
+        let sealed = self.seal_with(&key, header, payload)?;
         let request = async_nats::Request::new()
             .payload(sealed)
             .timeout(Some(timeout));
@@ -221,8 +278,12 @@ impl SealedBus {
                 },
                 _ => BusError::Nats(e.to_string()),
             })?;
-        let opened = Envelope(answer.payload.to_vec())
-            .open_reply(&self.key(), subject, &id)
+        let envelope = Envelope(answer.payload.to_vec());
+        let opened = self
+            .open_either(
+                |key| envelope.open_reply(key, subject, &id),
+                self.previous_in_grace(),
+            )
             .map_err(|e| {
                 let why = reason(&e);
                 self.refuse(subject, why, &e);
@@ -243,28 +304,21 @@ impl SealedBus {
     /// acts on it must do so once in effect (asynchronous jobs finish once).
     pub fn open_event(&self, payload: &[u8], subject: &str) -> Result<Opened, SealError> {
         let envelope = Envelope(payload.to_vec());
-        let opened = envelope.open(&self.key(), subject, Kind::Event);
-        let opened = match opened {
-            Err(SealError::WrongEpoch { .. }) => {
-                let previous = self
-                    .previous
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                match previous {
-                    Some(previous) => envelope.open(&previous, subject, Kind::Event),
-                    None => opened,
-                }
-            }
-            opened => opened,
-        };
-        opened.inspect_err(|e| self.refuse(subject, reason(e), e))
+        self.open_either(
+            |key| envelope.open(key, subject, Kind::Event),
+            self.previous(),
+        )
+        .inspect_err(|e| self.refuse(subject, reason(e), e))
     }
 
     /// Opens a request that arrived on `subject`; refusals are counted and logged.
     pub fn open_request(&self, message: &Message, subject: &str) -> Option<Opened> {
-        let opened = Envelope(message.payload.to_vec())
-            .open(&self.key(), subject, Kind::Request)
+        let envelope = Envelope(message.payload.to_vec());
+        let opened = self
+            .open_either(
+                |key| envelope.open(key, subject, Kind::Request),
+                self.previous_in_grace(),
+            )
             .map_err(|e| self.refuse(subject, reason(&e), &e))
             .ok()?;
         self.fresh(&opened.header).ok()?;

@@ -33,7 +33,9 @@ impl Gateway {
         worker_policy: Policy,
     ) -> Result<Gateway, RuntimeError> {
         let secrets = platform.cluster_secrets()?;
-        let bus = Arc::new(SealedBus::new(client.clone(), &secrets, platform.clone()));
+        let bus = Arc::new(
+            SealedBus::new(client.clone(), &secrets, platform.clone()).leading_rotations(),
+        );
         let admissions = Admissions::new(platform.clone(), worker_policy);
         tokio::spawn(async move {
             if let Err(e) = admissions.serve(client).await {

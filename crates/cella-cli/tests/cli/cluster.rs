@@ -295,6 +295,17 @@ fn a_gateway_spreads_invocations_over_two_attested_workers() {
     assert!(!by_tenant.status.success());
     let rotated = ok(cluster.cella(None, &["cluster", "rotate"]));
     assert!(rotated.contains("epoch 2"), "{rotated}");
+    // At once, before the workers have joined again: the gateway seals under the previous
+    // key for a grace period, so no request waits for a worker that cannot open it.
+    let started = Instant::now();
+    for n in 0..4 {
+        ok(cluster.tenant(&["invoke", "primes", "-d", &n.to_string()]));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "invocations right after a rotation took {:?}",
+        started.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !workers
         .iter()
