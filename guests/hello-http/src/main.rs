@@ -7,6 +7,9 @@
 use std::fmt::Write as _;
 use std::fs;
 
+/// Where cella mounts a function's private scratch directory (`scratch_mib`).
+const SCRATCH: &str = "/tmp";
+
 use wstd::http::body::Body;
 use wstd::http::{Error, Request, Response, StatusCode};
 
@@ -67,32 +70,33 @@ async fn main(mut request: Request<Body>) -> Result<Response<Body>, Error> {
 /// invocation left there, writing, reading back and renaming files, a path that tries to
 /// leave the directory, and filling it until the platform refuses.
 fn scratch_report() -> String {
+    let at = |path: &str| format!("{SCRATCH}/{path}");
     let mut out = String::new();
-    let entries = fs::read_dir("/tmp").map(|d| d.count());
+    let entries = fs::read_dir(SCRATCH).map(|d| d.count());
     let _ = writeln!(out, "entries at start: {entries:?}");
     if entries.is_err() {
         return out;
     }
     let steps = || -> std::io::Result<String> {
-        fs::create_dir_all("/tmp/work/sub")?;
-        fs::write("/tmp/work/sub/note.txt", "private")?;
-        fs::rename("/tmp/work/sub/note.txt", "/tmp/work/moved.txt")?;
-        let mut names: Vec<String> = fs::read_dir("/tmp/work")?
+        fs::create_dir_all(at("work/sub"))?;
+        fs::write(at("work/sub/note.txt"), "private")?;
+        fs::rename(at("work/sub/note.txt"), at("work/moved.txt"))?;
+        let mut names: Vec<String> = fs::read_dir(at("work"))?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
         names.sort();
-        let text = fs::read_to_string("/tmp/work/moved.txt")?;
-        let size = fs::metadata("/tmp/work/moved.txt")?.len();
+        let text = fs::read_to_string(at("work/moved.txt"))?;
+        let size = fs::metadata(at("work/moved.txt"))?.len();
         Ok(format!("{text} ({size} bytes) in {names:?}"))
     };
     let _ = writeln!(out, "read back: {:?}", steps().map_err(|e| e.to_string()));
-    let escape = fs::read("/tmp/../etc/passwd").map(|b| b.len());
+    let escape = fs::read(at("../etc/passwd")).map(|b| b.len());
     let _ = writeln!(out, "escape: {:?}", escape.map_err(|e| e.kind()));
     let chunk = vec![0x5a_u8; 64 * 1024];
     let mut written = 0usize;
     let full = {
         use std::io::Write as _;
-        match fs::File::create("/tmp/fill") {
+        match fs::File::create(at("fill")) {
             Ok(mut file) => loop {
                 if let Err(e) = file.write_all(&chunk) {
                     break e.to_string();
@@ -103,7 +107,7 @@ fn scratch_report() -> String {
         }
     };
     let _ = writeln!(out, "filled {} KiB, then: {full}", written / 1024);
-    let freed = fs::remove_file("/tmp/fill").and_then(|()| fs::write("/tmp/again", "ok"));
+    let freed = fs::remove_file(at("fill")).and_then(|()| fs::write(at("again"), "ok"));
     let _ = writeln!(out, "after removing it: {freed:?}");
     out
 }

@@ -146,9 +146,10 @@ impl ScratchView<'_> {
         self.scratch.map_or(0, |s| s.root.budget().capacity())
     }
 
-    fn push(&mut self, descriptor: Descriptor) -> Result<Resource<Descriptor>, ErrorCode> {
+    /// Puts `value` in the store's table; a full table is the guest's error, not a trap.
+    fn push<T: Send + 'static>(&mut self, value: T) -> Result<Resource<T>, ErrorCode> {
         self.table
-            .push(descriptor)
+            .push(value)
             .map_err(|_| ErrorCode::InsufficientMemory)
     }
 }
@@ -227,9 +228,7 @@ impl types::HostDescriptor for ScratchView<'_> {
     ) -> Result<Resource<DynInputStream>, ErrorCode> {
         let file = self.file(&fd, false)?;
         let stream: DynInputStream = Box::new(Reader { file, offset });
-        self.table
-            .push(stream)
-            .map_err(|_| ErrorCode::InsufficientMemory)
+        self.push(stream)
     }
 
     fn write_via_stream(
@@ -325,9 +324,7 @@ impl types::HostDescriptor for ScratchView<'_> {
         fd: Resource<Descriptor>,
     ) -> Result<Resource<DirectoryEntries>, ErrorCode> {
         let dir = self.dir(&fd)?;
-        self.table
-            .push(DirectoryEntries { dir, after: None })
-            .map_err(|_| ErrorCode::InsufficientMemory)
+        self.push(DirectoryEntries { dir, after: None })
     }
 
     fn sync(&mut self, fd: Resource<Descriptor>) -> Result<(), ErrorCode> {
@@ -531,9 +528,7 @@ impl ScratchView<'_> {
             capacity: self.capacity(),
             monitor: self.monitor.clone(),
         });
-        self.table
-            .push(stream)
-            .map_err(|_| ErrorCode::InsufficientMemory)
+        self.push(stream)
     }
 }
 
