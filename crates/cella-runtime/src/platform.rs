@@ -405,15 +405,17 @@ impl Platform {
         }
         let registry = self.registry.clone();
         blocking(move || {
-            Ok(registry.update_access(&record.name, |access| match change {
-                AccessChange::Grant(t) => {
-                    access.tenants.insert(t);
-                }
-                AccessChange::Revoke(t) => {
-                    access.tenants.remove(&t);
-                }
-                AccessChange::Public(public) => access.public = public,
-            })?)
+            Ok(
+                registry.update_access(&record.name, |access| match &change {
+                    AccessChange::Grant(t) => {
+                        access.tenants.insert(t.clone());
+                    }
+                    AccessChange::Revoke(t) => {
+                        access.tenants.remove(t);
+                    }
+                    AccessChange::Public(public) => access.public = *public,
+                })?,
+            )
         })
         .await
     }

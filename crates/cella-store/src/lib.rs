@@ -17,7 +17,8 @@ pub use blobs::{BlobError, BlobKey, BlobStore};
 pub use object_store::ObjectStore;
 pub use registry::{
     AsyncError, AsyncInvocation, AsyncStatus, ClusterSecrets, Finish, Finished, Registry,
-    RegistryError, StateRead, StateRefusal, StateWrite, Tenant, TenantKey, Trigger, value_sha256,
+    RegistryError, RegistryKey, SharedError, SharedLog, Sharing, StateRead, StateRefusal,
+    StateWrite, Tenant, TenantKey, Trigger, value_sha256,
 };
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

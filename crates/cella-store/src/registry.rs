@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use cella_core::{Access, ContentHash, FunctionName, FunctionRecord, PluginName, TenantName};
 use redb::{
@@ -45,6 +46,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("sealed_meta");
 const DATA_KEY: &str = "data_key";
 const VERSION: &str = "version";
 const ADMIN_TOKEN: &str = "admin_token_sha256";
+/// The settings in `META` that are part of the registry's state (covered by its digest and
+/// shared with a cluster's other gateways); the data key and the version are each node's own.
+const SHARED_META: [&str; 2] = [ADMIN_TOKEN, cluster::CLUSTER_EPOCH];
 /// Tables of registries written before sealing existed.
 const UNSEALED_TABLES: [&str; 4] = ["tenants", "tokens", "functions", "meta"];
 const DATA_KEY_CONTEXT: &[u8] = b"cella registry data key v1";
@@ -112,6 +116,8 @@ pub enum RegistryError {
          means the same code, so register the new module under a new name (e.g. `{name}-2`)"
     )]
     PluginExists { name: PluginName, hash: String },
+    #[error(transparent)]
+    Shared(#[from] SharedError),
 }
 
 fn db(e: impl Into<redb::Error>) -> RegistryError {
@@ -144,6 +150,8 @@ struct WrappedDataKey {
 
 pub struct Registry {
     db: Database,
+    /// The data key, handed (sealed) only to a gateway admitted to share this registry.
+    data_key: RegistryKey,
     sealer: RecordSealer,
     blob_key: crate::BlobKey,
     /// What the cluster's keys are derived from (see `cluster.rs`).
@@ -151,12 +159,29 @@ pub struct Registry {
     version_file: VersionFile,
     /// The highest version this node has seen or written; the database must never fall behind.
     version: AtomicU64,
+    /// The rows the write transaction under way has changed (redb runs one at a time).
+    changes: Mutex<Vec<Row>>,
+    /// The log this registry shares with a cluster's other gateways, once it joined one.
+    log: OnceLock<Arc<dyn SharedLog>>,
+    /// The version reached by applying other gateways' changes (see `shared.rs`).
+    applied: tokio::sync::watch::Sender<u64>,
 }
 
 impl Registry {
     /// Opens (or creates) the registry at `path`, sealed with a data key that `sealing` wraps.
     /// Refuses a registry sealed for another build, a tampered one and an older copy.
     pub fn open(path: &Path, sealing: &SealingKey) -> Result<Self, RegistryError> {
+        Self::open_with_key(path, sealing, None)
+    }
+
+    /// Like [`Registry::open`], but a new registry takes `given` as its data key instead of a
+    /// random one: a gateway admitted to a cluster adopts the cluster's registry this way. An
+    /// existing registry must already have that key.
+    pub fn open_with_key(
+        path: &Path,
+        sealing: &SealingKey,
+        given: Option<&RegistryKey>,
+    ) -> Result<Self, RegistryError> {
         let open_err = |source: redb::Error| RegistryError::Open {
             path: path.display().to_string(),
             source,
@@ -176,9 +201,15 @@ impl Registry {
             let mut meta = tx.open_table(META).map_err(|e| open_err(e.into()))?;
             let stored = meta.get(DATA_KEY).map_err(db)?.map(|v| v.value().to_vec());
             match stored {
-                Some(stored) => unwrap_data_key(path, &stored, sealing)?,
+                Some(stored) => {
+                    let data_key = unwrap_data_key(path, &stored, sealing)?;
+                    if given.is_some_and(|given| given.0 != data_key) {
+                        return Err(SharedError::OtherCluster.into());
+                    }
+                    data_key
+                }
                 None => {
-                    let data_key = new_data_key();
+                    let data_key = given.map_or_else(new_data_key, |given| given.0);
                     let wrapped = WrappedDataKey {
                         bound_to: sealing.bound_to.clone(),
                         wrapped: hex::encode(sealed::seal(
@@ -203,11 +234,15 @@ impl Registry {
         let version_file = VersionFile::beside(path, sealer.blind("version file", b"key"));
         let registry = Registry {
             db: database,
+            data_key: RegistryKey(data_key),
             sealer,
             blob_key: crate::BlobKey::derive(&data_key),
             cluster_root: cluster::cluster_root(&data_key),
             version_file,
             version: AtomicU64::new(0),
+            changes: Mutex::default(),
+            log: OnceLock::new(),
+            applied: tokio::sync::watch::Sender::new(0),
         };
         registry.check_version_file()?;
         Ok(registry)
@@ -295,10 +330,12 @@ impl Registry {
         Ok(tx)
     }
 
-    /// Runs `change` in one write transaction that also moves the version forward.
+    /// Runs `change` in one write transaction that also moves the version forward. In a
+    /// cluster `change` may run more than once: again after another gateway's write won the
+    /// race for the same version (see `shared.rs`).
     fn write<T>(
         &self,
-        change: impl FnOnce(&WriteTransaction) -> Result<T, RegistryError>,
+        mut change: impl FnMut(&WriteTransaction) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
         let refusable = |tx: &WriteTransaction| change(tx).map(Ok::<T, Infallible>);
         match self.write_unless_refused(refusable)? {
@@ -310,36 +347,60 @@ impl Registry {
     /// written and the version stays.
     fn write_unless_refused<T, E>(
         &self,
-        change: impl FnOnce(&WriteTransaction) -> Result<Result<T, E>, RegistryError>,
+        mut change: impl FnMut(&WriteTransaction) -> Result<Result<T, E>, RegistryError>,
     ) -> Result<Result<T, E>, RegistryError> {
+        let mut races_lost = 0;
+        loop {
+            let (tx, found) = self.begin()?;
+            self.take_changes();
+            let result = match change(&tx)? {
+                Ok(result) => result,
+                Err(refused) => return Ok(Err(refused)),
+            };
+            let version = found + 1;
+            let digest = digest_of(&tx)?;
+            let changes = self.take_changes();
+            if !self.publish(version, &digest, &changes)? {
+                // Another gateway wrote this version first: take its change and try again.
+                drop(tx);
+                races_lost += 1;
+                self.after_lost_race(version, races_lost)?;
+                continue;
+            }
+            self.finish(tx, version, &digest)?;
+            return Ok(Ok(result));
+        }
+    }
+
+    /// A write transaction on the state the last write left, and that state's version.
+    fn begin(&self) -> Result<(WriteTransaction, u64), RegistryError> {
         let tx = self.db.begin_write().map_err(db)?;
-        let digest_now = |tx: &WriteTransaction| {
-            state_digest(
-                &tx.open_table(META).map_err(db)?,
-                SEALED_TABLES.map(|t| (t, tx.open_table(t))),
-            )
-        };
         let stored = match tx.open_table(META).map_err(db)?.get(VERSION).map_err(db)? {
             Some(sealed) => Some(self.open_version(sealed.value())?),
             None => None,
         };
         // Seal only on top of the state the last write left: a record swapped in the
         // meantime must not be sealed into the next version.
-        require_digest(stored.map(|(_, digest)| digest), digest_now(&tx)?)?;
+        require_digest(stored.map(|(_, digest)| digest), digest_of(&tx)?)?;
         let found = stored.map_or(0, |(version, _)| version);
         let expected = self.version();
         if found < expected {
             return Err(RegistryError::RolledBack { found, expected });
         }
-        let result = match change(&tx)? {
-            Ok(result) => result,
-            Err(refused) => return Ok(Err(refused)),
-        };
-        let version = found + 1;
+        Ok((tx, found))
+    }
+
+    /// Seals `version` with the `digest` of what `tx` holds now, and commits.
+    fn finish(
+        &self,
+        tx: WriteTransaction,
+        version: u64,
+        digest: &[u8; 32],
+    ) -> Result<(), RegistryError> {
         let sealed = self.sealer.seal(
             META.name(),
             VERSION.as_bytes(),
-            &version::encode(version, &digest_now(&tx)?),
+            &version::encode(version, digest),
         );
         tx.open_table(META)
             .map_err(db)?
@@ -354,7 +415,67 @@ impl Registry {
                 self.version_file.path().display()
             );
         }
-        Ok(Ok(result))
+        Ok(())
+    }
+
+    /// The rows changed since the last call (the write under way records them).
+    fn take_changes(&self) -> Vec<Row> {
+        std::mem::take(&mut self.changes.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn changed(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
+        self.changes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Row {
+                table: table.to_owned(),
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+            });
+    }
+
+    /// Stores a sealed row and records the change.
+    fn insert_row(
+        &self,
+        table: &mut redb::Table<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        key: &[u8],
+        sealed: &[u8],
+    ) -> Result<(), RegistryError> {
+        table.insert(key, sealed).map_err(db)?;
+        self.changed(definition.name(), key, Some(sealed));
+        Ok(())
+    }
+
+    /// Removes a row, records the change, and returns what was there.
+    fn remove_row(
+        &self,
+        table: &mut redb::Table<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let removed = table.remove(key).map_err(db)?.map(|v| v.value().to_vec());
+        if removed.is_some() {
+            self.changed(definition.name(), key, None);
+        }
+        Ok(removed)
+    }
+
+    /// Stores one of the [`SHARED_META`] settings, sealed, and records the change.
+    fn insert_shared_meta(
+        &self,
+        tx: &WriteTransaction,
+        name: &'static str,
+        plain: &[u8],
+    ) -> Result<(), RegistryError> {
+        debug_assert!(SHARED_META.contains(&name));
+        let sealed = self.sealer.seal(META.name(), name.as_bytes(), plain);
+        tx.open_table(META)
+            .map_err(db)?
+            .insert(name, sealed.as_slice())
+            .map_err(db)?;
+        self.changed(META.name(), name.as_bytes(), Some(&sealed));
+        Ok(())
     }
 
     fn open_version(&self, sealed: &[u8]) -> Result<(u64, [u8; 32]), RegistryError> {
@@ -404,10 +525,7 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let key = self.sealer.blind(definition.name(), name);
         let sealed = self.sealer.seal(definition.name(), &key, &encode(value));
-        table
-            .insert(key.as_slice(), sealed.as_slice())
-            .map_err(db)?;
-        Ok(())
+        self.insert_row(table, definition, &key, &sealed)
     }
 
     fn remove<T: DeserializeOwned>(
@@ -417,9 +535,9 @@ impl Registry {
         name: &[u8],
     ) -> Result<Option<T>, RegistryError> {
         let key = self.sealer.blind(definition.name(), name);
-        let removed = table.remove(key.as_slice()).map_err(db)?;
+        let removed = self.remove_row(table, definition, &key)?;
         removed
-            .map(|sealed| self.decode(definition, &key, sealed.value()))
+            .map(|sealed| self.decode(definition, &key, &sealed))
             .transpose()
     }
 
@@ -448,12 +566,18 @@ impl Registry {
             }
         }
         let token = Token::generate();
-        self.write(|tx| {
-            let mut meta = tx.open_table(META).map_err(db)?;
-            let sealed = self
-                .sealer
-                .seal(META.name(), ADMIN_TOKEN.as_bytes(), &token.hash());
-            meta.insert(ADMIN_TOKEN, sealed.as_slice()).map_err(db)?;
+        let created = self.write_unless_refused(|tx| {
+            // Another gateway of the cluster may have made it meanwhile.
+            if tx
+                .open_table(META)
+                .map_err(db)?
+                .get(ADMIN_TOKEN)
+                .map_err(db)?
+                .is_some()
+            {
+                return Ok(Err(()));
+            }
+            self.insert_shared_meta(tx, ADMIN_TOKEN, &token.hash())?;
             let mut tokens = tx.open_table(TOKENS).map_err(db)?;
             self.put(
                 &mut tokens,
@@ -461,8 +585,9 @@ impl Registry {
                 &token.hash(),
                 &Principal::Admin.encode(),
             )
+            .map(Ok)
         })?;
-        Ok(Some(token))
+        Ok(created.ok().map(|()| token))
     }
 
     /// Who holds `secret`, if anyone.
@@ -559,7 +684,7 @@ impl Registry {
     pub fn put_function<E>(
         &self,
         record: FunctionRecord,
-        check: impl FnOnce(Option<&FunctionRecord>) -> Result<(), E>,
+        mut check: impl FnMut(Option<&FunctionRecord>) -> Result<(), E>,
     ) -> Result<Result<FunctionRecord, E>, RegistryError> {
         self.write_unless_refused(|tx| {
             let name = record.name.clone();
@@ -571,12 +696,12 @@ impl Registry {
             }
             let updated = match existing {
                 Some(mut existing) => {
-                    for version in record.versions {
-                        existing.advance(version);
+                    for version in &record.versions {
+                        existing.advance(version.clone());
                     }
                     existing
                 }
-                None => record,
+                None => record.clone(),
             };
             self.put(
                 &mut functions,
@@ -592,7 +717,7 @@ impl Registry {
     pub fn update_access(
         &self,
         name: &FunctionName,
-        change: impl FnOnce(&mut Access),
+        mut change: impl FnMut(&mut Access),
     ) -> Result<FunctionRecord, RegistryError> {
         self.write(|tx| {
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
@@ -629,8 +754,34 @@ impl Registry {
     }
 }
 
-/// SHA-256 over every sealed record (table, stored key, sealed value) and the admin token's
-/// record: what one version of the registry holds. Sealed with the version at every write.
+/// Calls `row` with every row of the registry's state, in a fixed order: the shared settings,
+/// then every table of sealed records (table, stored key, sealed value).
+fn visit_rows<M, T>(
+    meta: &M,
+    tables: [(Sealed, Result<T, redb::TableError>); SEALED_TABLES.len()],
+    mut row: impl FnMut(&str, &[u8], &[u8]),
+) -> Result<(), RegistryError>
+where
+    M: ReadableTable<&'static str, &'static [u8]>,
+    T: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    for name in SHARED_META {
+        if let Some(value) = meta.get(name).map_err(db)? {
+            row(META.name(), name.as_bytes(), value.value());
+        }
+    }
+    for (definition, table) in tables {
+        let table = table.map_err(db)?;
+        for entry in table.iter().map_err(db)? {
+            let (key, value) = entry.map_err(db)?;
+            row(definition.name(), key.value(), value.value());
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 over every row of the registry's state: what one version of the registry holds.
+/// Sealed with the version at every write.
 fn state_digest<M, T>(
     meta: &M,
     tables: [(Sealed, Result<T, redb::TableError>); SEALED_TABLES.len()],
@@ -641,23 +792,21 @@ where
 {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    let mut row = |table: &str, key: &[u8], value: &[u8]| {
+    visit_rows(meta, tables, |table, key, value| {
         for part in [table.as_bytes(), key, value] {
             hash.update((part.len() as u64).to_le_bytes());
             hash.update(part);
         }
-    };
-    if let Some(admin) = meta.get(ADMIN_TOKEN).map_err(db)? {
-        row(META.name(), ADMIN_TOKEN.as_bytes(), admin.value());
-    }
-    for (definition, table) in tables {
-        let table = table.map_err(db)?;
-        for entry in table.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            row(definition.name(), key.value(), value.value());
-        }
-    }
+    })?;
     Ok(hash.finalize().into())
+}
+
+/// The digest of what a write transaction holds now.
+fn digest_of(tx: &WriteTransaction) -> Result<[u8; 32], RegistryError> {
+    state_digest(
+        &tx.open_table(META).map_err(db)?,
+        SEALED_TABLES.map(|t| (t, tx.open_table(t))),
+    )
 }
 
 /// The records must be those `sealed` covers (nothing at all before the first write).
@@ -720,6 +869,7 @@ mod function_data;
 mod invocations;
 mod keys;
 mod plugins;
+mod shared;
 mod triggers;
 pub use cluster::ClusterSecrets;
 pub use function_data::StateRefusal;
@@ -727,6 +877,8 @@ pub use invocations::{
     AsyncError, AsyncInvocation, AsyncStatus, Finish, Finished, StateRead, StateWrite, value_sha256,
 };
 pub use keys::TenantKey;
+use shared::Row;
+pub use shared::{RegistryKey, SharedError, SharedLog, Sharing};
 pub use triggers::Trigger;
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use sha2::Sha256;
 use super::{META, Registry, RegistryError, db, tampered};
 use crate::BlobKey;
 
-const CLUSTER_EPOCH: &str = "cluster_epoch";
+pub(super) const CLUSTER_EPOCH: &str = "cluster_epoch";
 
 /// What an admitted node receives, and what the founder seals messages with.
 #[derive(Clone)]
@@ -95,7 +95,7 @@ impl Registry {
     /// Moves the cluster to the next epoch and returns it: every older bus key is retired.
     pub fn rotate_cluster(&self) -> Result<u32, RegistryError> {
         self.write(|tx| {
-            let mut meta = tx.open_table(META).map_err(db)?;
+            let meta = tx.open_table(META).map_err(db)?;
             let current = match meta.get(CLUSTER_EPOCH).map_err(db)? {
                 None => 1,
                 Some(sealed) => self.open_epoch(sealed.value())?,
@@ -105,10 +105,8 @@ impl Registry {
                 .ok_or_else(|| RegistryError::Tampered {
                     what: "the cluster epoch (at its maximum)".into(),
                 })?;
-            let sealed =
-                self.sealer
-                    .seal(META.name(), CLUSTER_EPOCH.as_bytes(), &next.to_le_bytes());
-            meta.insert(CLUSTER_EPOCH, sealed.as_slice()).map_err(db)?;
+            drop(meta);
+            self.insert_shared_meta(tx, CLUSTER_EPOCH, &next.to_le_bytes())?;
             Ok(next)
         })
     }

@@ -85,7 +85,7 @@ impl Registry {
             let record: Option<EnvRecord> = self.get(&table, FUNCTION_DATA, key.as_bytes())?;
             let mut record = owned_by(record, owner, |r| &r.owner).unwrap_or_default();
             record.owner = Some(owner.clone());
-            for (name, value) in changes {
+            for (name, value) in changes.clone() {
                 match value {
                     Some(value) => record.values.insert(name, value),
                     None => record.values.remove(&name),
@@ -170,7 +170,7 @@ impl Registry {
         let mut table = tx.open_table(FUNCTION_DATA).map_err(db)?;
         for key in [env_key(function), state_key(function)] {
             let blinded = self.sealer.blind(FUNCTION_DATA.name(), key.as_bytes());
-            table.remove(blinded.as_slice()).map_err(db)?;
+            self.remove_row(&mut table, FUNCTION_DATA, &blinded)?;
         }
         Ok(())
     }

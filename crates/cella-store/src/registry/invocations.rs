@@ -167,7 +167,7 @@ impl Registry {
             }
             let key = invocation_key(&invocation.id);
             self.put(&mut table, INVOCATIONS, key.as_bytes(), &invocation)?;
-            Ok(Ok(invocation))
+            Ok(Ok(invocation.clone()))
         })
     }
 
@@ -249,7 +249,7 @@ impl Registry {
             if invocation.status.is_final() {
                 return Ok(Err(Finished::AlreadyFinal(invocation)));
             }
-            let mut finish = finish;
+            let mut finish = finish.clone();
             let owner_now = invocation_owner(self, tx, &invocation).ok();
             if invocation.function_owner.is_some() && owner_now != invocation.function_owner {
                 // Deleted (and perhaps taken by another tenant) since it was asked for.

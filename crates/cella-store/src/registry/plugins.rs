@@ -26,7 +26,7 @@ impl Registry {
                 });
             }
             self.put(&mut plugins, PLUGINS, key, &plugin)?;
-            Ok(plugin)
+            Ok(plugin.clone())
         })
     }
 

@@ -88,7 +88,7 @@ impl Registry {
             }
         }
         for key in doomed {
-            table.remove(key.as_slice()).map_err(db)?;
+            self.remove_row(&mut table, TRIGGERS, &key)?;
         }
         Ok(())
     }

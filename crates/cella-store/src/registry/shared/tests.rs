@@ -1,0 +1,207 @@
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::*;
+use crate::registry::tests::open;
+use crate::sealed::SealingKey;
+use cella_core::TenantName;
+
+/// The log as a cluster's storage keeps it: create-if-absent slots, nothing else.
+#[derive(Default)]
+struct MemoryLog {
+    genesis: Mutex<Option<Vec<u8>>>,
+    entries: Mutex<BTreeMap<u64, Vec<u8>>>,
+}
+
+impl SharedLog for MemoryLog {
+    fn genesis(&self) -> Result<Option<Vec<u8>>, SharedError> {
+        Ok(self.genesis.lock().unwrap().clone())
+    }
+
+    fn found(&self, genesis: Vec<u8>) -> Result<bool, SharedError> {
+        let mut slot = self.genesis.lock().unwrap();
+        Ok(slot.is_none() && slot.replace(genesis).is_none())
+    }
+
+    fn append(&self, version: u64, entry: Vec<u8>) -> Result<bool, SharedError> {
+        let mut entries = self.entries.lock().unwrap();
+        if entries.contains_key(&version) {
+            return Ok(false);
+        }
+        entries.insert(version, entry);
+        Ok(true)
+    }
+
+    fn entry(&self, version: u64) -> Result<Option<Vec<u8>>, SharedError> {
+        Ok(self.entries.lock().unwrap().get(&version).cloned())
+    }
+}
+
+fn tenant(name: &str) -> TenantName {
+    TenantName::new(name).unwrap()
+}
+
+/// A second gateway's copy: its own directory and sealing key, the cluster's data key.
+fn member(dir: &std::path::Path, key: &RegistryKey) -> Registry {
+    let sealing = SealingKey {
+        key: [9; 32],
+        bound_to: "another gateway".into(),
+    };
+    Registry::open_with_key(&dir.join("registry.redb"), &sealing, Some(key)).unwrap()
+}
+
+fn digest(registry: &Registry) -> [u8; 32] {
+    let tx = registry.read().unwrap();
+    registry.stored_state(&tx).unwrap().unwrap().1
+}
+
+#[test]
+fn gateways_sharing_a_log_see_each_others_writes_and_never_lose_one() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(&a_dir.path().join("registry.redb")).unwrap();
+    a.ensure_admin_token().unwrap().unwrap();
+    a.create_tenant(&tenant("acme")).unwrap();
+    let log: Arc<MemoryLog> = Arc::default();
+    assert_eq!(
+        a.share(log.clone()).unwrap(),
+        Sharing::Founded { version: 2 }
+    );
+
+    // A fresh copy takes the genesis and every entry after it.
+    a.create_tenant(&tenant("beta")).unwrap();
+    let b = member(b_dir.path(), &a.shared_key());
+    assert_eq!(
+        b.share(log.clone()).unwrap(),
+        Sharing::Joined { from: 0, to: 3 }
+    );
+    assert_eq!(b.tenants().unwrap().len(), 2);
+    assert!(
+        b.ensure_admin_token().unwrap().is_none(),
+        "the cluster has one admin token"
+    );
+
+    // Each writes without having seen the other's latest: the loser applies the winner's
+    // entry and writes after it, so both changes land and the copies agree.
+    b.create_tenant(&tenant("gamma")).unwrap();
+    let mut watched = a.watch_applied();
+    a.create_tenant(&tenant("delta")).unwrap();
+    assert_eq!(*watched.borrow_and_update(), 4, "A applied B's entry first");
+    assert_eq!(b.catch_up().unwrap(), 1);
+    assert_eq!((a.version(), b.version()), (5, 5));
+    assert_eq!(digest(&a), digest(&b));
+    let names = |r: &Registry| {
+        r.tenants()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&a), ["acme", "beta", "delta", "gamma"]);
+    assert_eq!(names(&a), names(&b));
+
+    // A rotation on one gateway is the cluster's.
+    assert_eq!(a.rotate_cluster().unwrap(), 2);
+    b.catch_up().unwrap();
+    assert_eq!(
+        b.cluster_secrets().unwrap().bus,
+        a.cluster_secrets().unwrap().bus
+    );
+
+    // A copy restarted later checks it is a state the log went through, then catches up.
+    drop(b);
+    a.create_tenant(&tenant("epsilon")).unwrap();
+    let b = member(b_dir.path(), &a.shared_key());
+    assert_eq!(b.share(log).unwrap(), Sharing::Joined { from: 6, to: 7 });
+    assert_eq!(digest(&a), digest(&b));
+}
+
+#[test]
+fn a_changed_replayed_or_foreign_log_entry_is_never_applied() {
+    let (a_dir, b_dir, c_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let a = open(&a_dir.path().join("registry.redb")).unwrap();
+    let log: Arc<MemoryLog> = Arc::default();
+    a.share(log.clone()).unwrap();
+    a.create_tenant(&tenant("acme")).unwrap();
+    a.create_tenant(&tenant("beta")).unwrap();
+    let good = log.entries.lock().unwrap().clone();
+
+    // A flipped byte: refused, and the copy stays where it was.
+    let mut flipped = good[&2].clone();
+    flipped[10] ^= 1;
+    log.entries.lock().unwrap().insert(2, flipped);
+    let b = member(b_dir.path(), &a.shared_key());
+    let refused = b.share(log.clone()).unwrap_err();
+    assert!(
+        matches!(refused, RegistryError::Tampered { .. }),
+        "{refused}"
+    );
+    assert_eq!(b.version(), 1);
+    assert!(b.tenant(&tenant("beta")).unwrap().is_none());
+
+    // Version 1's entry replayed as version 2: sealed for its own version only.
+    log.entries.lock().unwrap().insert(2, good[&1].clone());
+    assert!(matches!(b.catch_up(), Err(RegistryError::Tampered { .. })));
+    log.entries.lock().unwrap().insert(2, good[&2].clone());
+    assert_eq!(b.catch_up().unwrap(), 1);
+    assert_eq!(digest(&a), digest(&b));
+
+    // A registry under another data key cannot read the log, nor join it.
+    let c = open(&c_dir.path().join("registry.redb")).unwrap();
+    assert!(matches!(
+        c.share(log.clone()),
+        Err(RegistryError::Shared(SharedError::OtherCluster))
+    ));
+}
+
+#[test]
+fn a_copy_that_wrote_on_its_own_is_refused_by_the_log() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(&a_dir.path().join("registry.redb")).unwrap();
+    let log: Arc<MemoryLog> = Arc::default();
+    a.share(log.clone()).unwrap();
+    a.create_tenant(&tenant("acme")).unwrap();
+    let b = member(b_dir.path(), &a.shared_key());
+    b.share(log.clone()).unwrap();
+    drop(b);
+
+    // B, started without the cluster, writes version 2 on its own; A writes another.
+    let b = member(b_dir.path(), &a.shared_key());
+    b.create_tenant(&tenant("rogue")).unwrap();
+    a.create_tenant(&tenant("beta")).unwrap();
+    assert!(matches!(
+        b.share(log),
+        Err(RegistryError::Shared(SharedError::Forked { version: 2 }))
+    ));
+}
+
+#[test]
+fn rows_survive_their_encoding_and_lies_about_lengths_are_refused() {
+    let rows = vec![
+        Row {
+            table: "t".into(),
+            key: vec![1, 2],
+            value: Some(vec![3; 40]),
+        },
+        Row {
+            table: "u".into(),
+            key: vec![],
+            value: None,
+        },
+    ];
+    let mut bytes = [7u8; 32].to_vec();
+    encode_rows(&mut bytes, &rows);
+    assert_eq!(decode_entry(&bytes), Some(([7; 32], rows)));
+    for cut in 0..bytes.len() {
+        assert_eq!(decode_entry(&bytes[..cut]), None, "cut at {cut}");
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert_eq!(decode_entry(&trailing), None);
+    let mut huge = [7u8; 32].to_vec();
+    huge.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(decode_entry(&huge), None);
+}
