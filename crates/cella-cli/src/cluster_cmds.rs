@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use cella_runtime::Platform;
+use cella_runtime::{Platform, RuntimeError};
+use cella_store::{RegistryError, SharedError, Sharing};
 use cella_tee::{Measurement, Policy, TeeType};
 use clap::Args;
 
@@ -95,13 +96,14 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     up::init_tracing();
     let config = config::resolve(&args.up.config)?;
     let platform = up::open(&config, &args.up.node, args.up.demo)?;
+    let client = cella_cluster::connect(&args.nats.nats, "cella-gateway").await?;
+    let (platform, log) = share_registry(platform, &client, &config, &args.up.node).await?;
     let policy = peer_policy(
         &platform,
         args.worker_policy.as_ref(),
         &args.worker_measurements,
     )?;
-    let client = cella_cluster::connect(&args.nats.nats, "cella-gateway").await?;
-    let gateway = cella_cluster::Gateway::start(platform.clone(), client, policy)
+    let gateway = cella_cluster::Gateway::start(platform.clone(), client, policy, log)
         .await
         .context("cannot start the gateway on the bus")?;
     println!(
@@ -111,6 +113,49 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         gateway.epoch()
     );
     up::serve(platform, config, &args.up).await
+}
+
+/// Makes `platform`'s registry the cluster's: founds the shared registry if the cluster has
+/// none, or catches up with it; a gateway with a fresh data directory first joins a running
+/// gateway (attested both ways) for the registry's data key and opens again with it.
+async fn share_registry(
+    platform: Arc<Platform>,
+    client: &cella_cluster::NatsClient,
+    config: &config::ServerConfig,
+    node: &NodeArgs,
+) -> anyhow::Result<(Arc<Platform>, Arc<cella_cluster::KvLog>)> {
+    let log = cella_cluster::KvLog::open(client)
+        .await
+        .context("cannot open the cluster's shared registry in JetStream")?;
+    let not_shared = "cannot share this gateway's registry with the cluster";
+    let (platform, sharing) = match platform.share_registry(log.clone()).await {
+        Ok(sharing) => (platform, sharing),
+        Err(RuntimeError::Registry(RegistryError::Shared(SharedError::OtherCluster)))
+            if platform.registry_version() == 0 =>
+        {
+            println!("joining the cluster's registry through a running gateway");
+            let policy = peer_policy(&platform, None, &[])?;
+            let key = cella_cluster::join::join_registry(client, &platform, &policy)
+                .await
+                .context("this gateway could not join the cluster's registry")?;
+            // Close the registry made at this first start (nothing was ever written to
+            // it) before opening it again under the cluster's key.
+            drop(platform);
+            let platform = up::open_with_key(config, node, false, Some(key))?;
+            let sharing = platform.share_registry(log.clone()).await.context(not_shared)?;
+            (platform, sharing)
+        }
+        Err(e) => return Err(e).context(not_shared),
+    };
+    match sharing {
+        Sharing::Founded { version } => {
+            println!("founded the cluster's shared registry (version {version})")
+        }
+        Sharing::Joined { from, to } => {
+            println!("shares the cluster's registry (caught up from version {from} to {to})")
+        }
+    }
+    Ok((platform, log))
 }
 
 /// How long a stopping worker lets running invocations finish.

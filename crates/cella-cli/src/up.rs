@@ -114,7 +114,18 @@ pub(crate) fn open(
     node: &NodeArgs,
     demo: bool,
 ) -> anyhow::Result<Arc<Platform>> {
+    open_with_key(config, node, demo, None)
+}
+
+/// [`open`], for a gateway admitted to a cluster: its registry takes the cluster's data key.
+pub(crate) fn open_with_key(
+    config: &config::ServerConfig,
+    node: &NodeArgs,
+    demo: bool,
+    registry_key: Option<cella_store::RegistryKey>,
+) -> anyhow::Result<Arc<Platform>> {
     let mut platform_config = PlatformConfig::new(&config.data_dir);
+    platform_config.registry_key = registry_key;
     platform_config.default_limits = config.limits.default;
     platform_config.max_limits = config.limits.maximum;
     platform_config.tenant_concurrency = config.gateway.tenant_concurrency;

@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::bus::{BusError, SealedBus};
 use crate::state::RemoteState;
-use crate::subjects::{ASYNC_CONTROL, GATEWAYS, JOBS, JOBS_CONSUMER, JOBS_STREAM};
+use crate::subjects::{ASYNC_CONTROL, GATEWAYS, JOBS, JOBS_CONSUMER, JOBS_STREAM, STATE};
 use crate::wire;
 
 /// Attempts of one job (runs that failed) at most; the last failure dead-letters it.
@@ -183,7 +183,7 @@ pub(crate) async fn serve_control(
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
 ) -> Result<(), async_nats::Error> {
-    crate::bus::serve_requests(bus, ASYNC_CONTROL, GATEWAYS, move |opened| {
+    crate::bus::serve_requests(bus, ASYNC_CONTROL.to_owned(), GATEWAYS, move |opened| {
         let platform = platform.clone();
         async move {
             let answer = match wire::unframe::<Control>(&opened.payload) {
@@ -383,7 +383,11 @@ pub(crate) async fn dead_letter_exhausted(
 ) -> Result<(), async_nats::Error> {
     let subject =
         format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{JOBS_CONSUMER}");
-    let mut advisories = bus.client().subscribe(subject).await?;
+    // In the gateways' queue group: one gateway handles each advisory.
+    let mut advisories = bus
+        .client()
+        .queue_subscribe(subject, GATEWAYS.to_owned())
+        .await?;
     let js = jetstream::new(bus.client().clone());
     while let Some(advisory) = advisories.next().await {
         // The advisory itself is unsealed (the server's); what it points at must be a job
@@ -592,6 +596,7 @@ async fn finish_job(
             Arc::new(BufferedState::new(
                 RemoteState {
                     bus: bus.clone(),
+                    subject: STATE.to_owned(),
                     function: job.record.name.to_string(),
                     owner: job.record.owner.to_string(),
                     job: String::new(),

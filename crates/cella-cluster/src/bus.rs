@@ -102,6 +102,11 @@ impl SealedBus {
         &self.client
     }
 
+    /// This node's id on the bus (the sender of everything it seals).
+    pub fn node(&self) -> MessageId {
+        self.node
+    }
+
     /// Short hex id of this node on the bus (what metrics and logs name it by).
     pub fn node_id(&self) -> String {
         short_id(&self.node)
@@ -351,7 +356,7 @@ impl SealedBus {
 /// are refused and counted, and get no answer.
 pub async fn serve_requests<F, Fut>(
     bus: Arc<SealedBus>,
-    subject: &'static str,
+    subject: String,
     queue: &str,
     answer: F,
 ) -> Result<(), async_nats::Error>
@@ -361,12 +366,12 @@ where
 {
     let mut requests = bus
         .client()
-        .queue_subscribe(subject, queue.to_owned())
+        .queue_subscribe(subject.clone(), queue.to_owned())
         .await?;
     while let Some(message) = requests.next().await {
-        let (bus, answer) = (bus.clone(), answer.clone());
+        let (bus, answer, subject) = (bus.clone(), answer.clone(), subject.clone());
         tokio::spawn(async move {
-            let Some(opened) = bus.open_request(&message, subject) else {
+            let Some(opened) = bus.open_request(&message, &subject) else {
                 return;
             };
             let header = opened.header.clone();

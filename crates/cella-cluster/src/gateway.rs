@@ -25,18 +25,22 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Joins `platform` to the bus as the cluster's gateway: admits workers that pass
-    /// `worker_policy`, serves their state calls, and dispatches every invocation to them.
+    /// Joins `platform` to the bus as one of the cluster's gateways: admits workers (and
+    /// gateways) that pass `policy`, serves their state calls, dispatches every invocation
+    /// to them, and follows the registry it shares through `log` with the other gateways
+    /// (see [`crate::share_registry`]).
     pub async fn start(
         platform: Arc<Platform>,
         client: Client,
-        worker_policy: Policy,
+        policy: Policy,
+        log: Arc<crate::KvLog>,
     ) -> Result<Gateway, RuntimeError> {
         let secrets = platform.cluster_secrets()?;
         let bus = Arc::new(
             SealedBus::new(client.clone(), &secrets, platform.clone()).leading_rotations(),
         );
-        let admissions = Admissions::new(platform.clone(), worker_policy);
+        let admissions = Admissions::new(platform.clone(), bus.node(), policy);
+        tokio::spawn(crate::registry_log::follow(log, bus.clone(), platform.clone()));
         tokio::spawn(async move {
             if let Err(e) = admissions.serve(client).await {
                 tracing::error!("the join service stopped: {e}");

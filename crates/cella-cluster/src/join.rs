@@ -14,6 +14,11 @@
 //! A worker with the wrong measurement gets the failed checks and nothing else: no key, and
 //! so no work (jobs are sealed under the key it never got). The bus sees evidence, public
 //! keys and ciphertext only.
+//!
+//! A second gateway joins the same way, as [`Role::Gateway`]: what it is granted is the
+//! registry's data key, so it can share the cluster's registry (see `registry_log.rs`).
+//! Hellos go to one gateway of the queue group; the evidence goes to the gateway that
+//! welcomed it, the only one that knows its challenge.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,12 +27,12 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, Message};
 use cella_bus::{JoinGrant, JoinKey, JoinRequest};
 use cella_runtime::Platform;
-use cella_store::ClusterSecrets;
+use cella_store::{ClusterSecrets, RegistryKey};
 use cella_tee::{AttestationReport, Evidence, Policy, Verifier, report_data_for};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::subjects::{JOIN_ADMIT, JOIN_HELLO};
+use crate::subjects::{GATEWAYS, JOIN_ADMIT, JOIN_HELLO, admit_at};
 
 /// The gateway's answer when it cannot take another join now (the worker asks again).
 const BUSY: &str = "too many joins are pending; retry in a minute";
@@ -42,15 +47,37 @@ struct Hello {
     nonce: String,
 }
 
+/// What a node joins as, and so what it is granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Runs invocations: gets the cluster's secrets (bus key, blob key).
+    Worker,
+    /// Serves the API beside the others: gets the registry's data key.
+    Gateway,
+}
+
+impl Role {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Role::Worker => b"worker",
+            Role::Gateway => b"gateway",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct Welcome {
     challenge: String,
+    /// Where to send the evidence: the subject of the gateway that holds the challenge.
+    admit_to: String,
     /// The gateway's evidence, bound to its identity key and the worker's nonce.
     gateway: AttestationReport,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Admit {
+    role: Role,
     challenge: String,
     public_key: String,
     evidence: Evidence,
@@ -71,10 +98,11 @@ enum Admission {
     },
 }
 
-/// What the gateway signs: the grant, for this worker's key and this challenge.
-fn grant_statement(challenge: &[u8], public_key: &[u8], grant: &JoinGrant) -> Vec<u8> {
-    let mut out = b"cella join grant v1\0".to_vec();
+/// What the gateway signs: the grant, of this role, for this node's key and this challenge.
+fn grant_statement(role: Role, challenge: &[u8], public_key: &[u8], grant: &JoinGrant) -> Vec<u8> {
+    let mut out = b"cella join grant v2\0".to_vec();
     for part in [
+        role.label(),
         challenge,
         public_key,
         &grant.epoch.to_le_bytes(),
@@ -130,14 +158,17 @@ fn verify(
 /// The gateway's side: admits workers under `policy`.
 pub struct Admissions {
     platform: Arc<Platform>,
+    /// This gateway's id on the bus: admits come to its own subject.
+    node: cella_bus::MessageId,
     policy: Policy,
     challenges: Mutex<HashMap<[u8; NONCE_BYTES], Instant>>,
 }
 
 impl Admissions {
-    pub fn new(platform: Arc<Platform>, policy: Policy) -> Arc<Self> {
+    pub fn new(platform: Arc<Platform>, node: cella_bus::MessageId, policy: Policy) -> Arc<Self> {
         Arc::new(Admissions {
             platform,
+            node,
             policy,
             challenges: Mutex::default(),
         })
@@ -145,8 +176,10 @@ impl Admissions {
 
     /// Answers joins on the bus until the connection closes.
     pub(crate) async fn serve(self: Arc<Self>, client: Client) -> Result<(), async_nats::Error> {
-        let mut hellos = client.subscribe(JOIN_HELLO).await?;
-        let mut admits = client.subscribe(JOIN_ADMIT).await?;
+        let mut hellos = client
+            .queue_subscribe(JOIN_HELLO, GATEWAYS.to_owned())
+            .await?;
+        let mut admits = client.subscribe(admit_at(&self.node)).await?;
         loop {
             let (message, answer) = tokio::select! {
                 Some(message) = hellos.next() => {
@@ -193,6 +226,7 @@ impl Admissions {
         let gateway = self.platform.attest(&nonce).map_err(|e| e.to_string())?;
         Ok(serde_json::to_vec(&Welcome {
             challenge: hex::encode(challenge),
+            admit_to: admit_at(&self.node),
             gateway,
         })
         .expect("serializes"))
@@ -220,6 +254,10 @@ impl Admissions {
             evidence: admit.evidence,
         };
         let secrets = self.platform.cluster_secrets().map_err(|e| e.to_string())?;
+        let granted = match admit.role {
+            Role::Worker => secrets.to_bytes(),
+            Role::Gateway => self.platform.registry_key().to_bytes().to_vec(),
+        };
         let sim = cella_tee::sim::SimVerifier::new(&self.policy.sim_anchors)
             .map_err(|e| e.to_string())?;
         let (sgx, tdx) = (
@@ -233,18 +271,19 @@ impl Admissions {
             &self.policy,
             &verifiers,
             self.platform.wall_time(),
-            &secrets.to_bytes(),
+            &granted,
             secrets.epoch,
         );
         self.platform.metrics().join(admitted.is_ok());
+        let role = admit.role;
         let grant = admitted.map_err(|e| {
-            tracing::warn!("refused a worker: {e}");
+            tracing::warn!(?role, "refused a node: {e}");
             e.to_string()
         })?;
         let signature = self
             .platform
-            .sign(&grant_statement(&challenge, &public_key, &grant));
-        tracing::info!(epoch = grant.epoch, "admitted a worker");
+            .sign(&grant_statement(role, &challenge, &public_key, &grant));
+        tracing::info!(epoch = grant.epoch, ?role, "admitted a node");
         Ok(serde_json::to_vec(&Admission::Granted {
             epoch: grant.epoch,
             encapsulated: hex::encode(&grant.encapsulated),
@@ -275,6 +314,30 @@ pub async fn join(
     platform: &Platform,
     policy: &Policy,
 ) -> Result<ClusterSecrets, JoinFailure> {
+    let granted = join_as(Role::Worker, client, platform, policy).await?;
+    ClusterSecrets::from_bytes(&granted)
+        .ok_or_else(|| JoinFailure::Protocol("the secrets are malformed".into()))
+}
+
+/// A gateway's side: joins a running gateway of the cluster and returns the registry's data
+/// key. The gateway must pass `policy`.
+pub async fn join_registry(
+    client: &Client,
+    platform: &Platform,
+    policy: &Policy,
+) -> Result<RegistryKey, JoinFailure> {
+    let granted = join_as(Role::Gateway, client, platform, policy).await?;
+    RegistryKey::from_bytes(&granted)
+        .ok_or_else(|| JoinFailure::Protocol("the registry key is malformed".into()))
+}
+
+/// Joins as `role` and returns what was granted, opened in this process.
+async fn join_as(
+    role: Role,
+    client: &Client,
+    platform: &Platform,
+    policy: &Policy,
+) -> Result<Vec<u8>, JoinFailure> {
     let protocol = |what: &str| JoinFailure::Protocol(what.to_owned());
     let mut nonce = [0u8; NONCE_BYTES];
     getrandom::fill(&mut nonce).map_err(|e| protocol(&e.to_string()))?;
@@ -307,12 +370,16 @@ pub async fn join(
         .request(platform.attester(), &challenge)
         .map_err(|e| protocol(&e.to_string()))?;
     let admit = serde_json::to_vec(&Admit {
+        role,
         challenge: welcome.challenge,
         public_key: hex::encode(&request.public_key),
         evidence: request.evidence,
     })
     .expect("serializes");
-    let answer = ask(client, JOIN_ADMIT, admit).await?;
+    if welcome.admit_to.strip_prefix(JOIN_ADMIT).is_none_or(|id| !id.starts_with('.')) {
+        return Err(protocol("the welcome names no admission subject of a gateway"));
+    }
+    let answer = ask(client, &welcome.admit_to, admit).await?;
     let admission: Admission = serde_json::from_slice(&answer.payload)
         .map_err(|_| protocol("the gateway's admission is malformed"))?;
     let (epoch, encapsulated, sealed, signature) = match admission {
@@ -330,12 +397,11 @@ pub async fn join(
         encapsulated: hex_field(&encapsulated)?,
         sealed_key: hex_field(&sealed)?,
     };
-    let statement = grant_statement(&challenge, &request.public_key, &grant);
+    let statement = grant_statement(role, &challenge, &request.public_key, &grant);
     ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &gateway_key)
         .verify(&statement, &hex_field(&signature)?)
         .map_err(|_| protocol("the grant is not signed by the attested gateway"))?;
-    let secrets = key.accept(&grant).map_err(|e| protocol(&e.to_string()))?;
-    ClusterSecrets::from_bytes(&secrets).ok_or_else(|| protocol("the secrets are malformed"))
+    key.accept(&grant).map_err(|e| protocol(&e.to_string()))
 }
 
 /// A refusal the gateway sent instead of the expected answer, or `what` was malformed.

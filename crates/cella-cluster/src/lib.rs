@@ -11,6 +11,7 @@
 //! - [`bus`]: sealed request-reply; refusals counted.
 //! - [`wire`]: what jobs, outcomes and state calls look like inside a sealed message.
 //! - [`state`]: functions' key-value state, kept by the gateway, reached by workers.
+//! - `registry_log`: the registry's log in JetStream KV, which every gateway shares.
 //! - `asynchronous`: jobs in a JetStream stream, each finishing exactly once in effect.
 //! - `triggers`: events on tenants' subjects, each an asynchronous invocation.
 //! - `capacity`: workers' spare capacity, summed up in the gateway's metrics.
@@ -22,6 +23,7 @@ pub mod bus;
 mod capacity;
 mod gateway;
 pub mod join;
+mod registry_log;
 mod state;
 pub mod subjects;
 mod triggers;
@@ -33,7 +35,11 @@ use std::time::Duration;
 
 pub use asynchronous::MAX_ATTEMPTS;
 pub use gateway::Gateway;
-pub use join::JoinFailure;
+pub use join::{JoinFailure, Role};
+pub use registry_log::KvLog;
+
+/// A connection to NATS (what [`connect`] returns).
+pub type NatsClient = async_nats::Client;
 pub use worker::Worker;
 
 /// How long connecting to NATS may take before start-up fails.

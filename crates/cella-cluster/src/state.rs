@@ -12,7 +12,7 @@ use cella_runtime::Platform;
 use cella_sandbox::{StateError, StateStore};
 
 use crate::bus::SealedBus;
-use crate::subjects::{GATEWAYS, STATE};
+use crate::subjects::{GATEWAYS, STATE, state_of};
 use crate::wire::{self, StateAnswer, StateCall, StateOp};
 
 /// How long a worker waits for the gateway to answer one state call.
@@ -21,6 +21,9 @@ const STATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A function's state as a worker reaches it: each call is a sealed request to a gateway.
 pub(crate) struct RemoteState {
     pub(crate) bus: Arc<SealedBus>,
+    /// Where the calls go: the sending gateway's own subject for a synchronous invocation,
+    /// any gateway's for an asynchronous job (whose writes are held back).
+    pub(crate) subject: String,
     pub(crate) function: String,
     pub(crate) owner: String,
     /// The synchronous request this run answers (hex), or empty for an asynchronous job.
@@ -75,7 +78,7 @@ impl RemoteState {
         };
         let payload = wire::frame(&call, value);
         let answer = tokio::runtime::Handle::current().block_on(self.bus.request(
-            STATE,
+            &self.subject,
             "gateway",
             &payload,
             STATE_TIMEOUT,
@@ -111,21 +114,27 @@ impl StateStore for RemoteState {
     }
 }
 
-/// The gateway's side: answers workers' state calls from its registry.
+/// The gateway's side: answers workers' state calls from its registry, on the subject all
+/// gateways share and on its own.
 pub(crate) async fn serve(
     bus: Arc<SealedBus>,
     platform: Arc<Platform>,
     in_flight: Arc<InFlight>,
 ) -> Result<(), async_nats::Error> {
+    let own = state_of(&bus.node());
     let counting = bus.clone();
-    crate::bus::serve_requests(bus, STATE, GATEWAYS, move |opened| {
+    let handler = move |opened: cella_bus::Opened| {
         let (bus, platform, in_flight) = (counting.clone(), platform.clone(), in_flight.clone());
         async move {
             let (answer, value) = answer(&bus, &platform, &in_flight, &opened).await;
             wire::frame(&answer, &value)
         }
-    })
-    .await
+    };
+    tokio::try_join!(
+        crate::bus::serve_requests(bus.clone(), STATE.to_owned(), GATEWAYS, handler.clone()),
+        crate::bus::serve_requests(bus, own, GATEWAYS, handler),
+    )?;
+    Ok(())
 }
 
 async fn answer(

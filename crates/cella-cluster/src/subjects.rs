@@ -3,11 +3,14 @@
 
 /// A worker's first join message (unsealed: it has no key yet).
 pub const JOIN_HELLO: &str = "cella.join.hello";
-/// A worker's evidence, answered with the sealed cluster secrets or the failed checks.
+/// A joining node's evidence, sent to the gateway that welcomed it (`cella.join.admit.<id>`)
+/// and answered with the sealed secrets or the failed checks.
 pub const JOIN_ADMIT: &str = "cella.join.admit";
 /// Synchronous invocations, gateway → one worker of the queue group.
 pub const INVOKE: &str = "cella.invoke";
-/// Workers' calls on functions' key-value state, worker → one gateway.
+/// Workers' calls on functions' key-value state, worker → one gateway (an asynchronous
+/// job's reads); a synchronous invocation's calls go to the gateway that sent it, on
+/// [`state_of`].
 pub const STATE: &str = "cella.state";
 /// The queue group workers take invocations in: NATS hands each to one of them.
 pub const WORKERS: &str = "cella-workers";
@@ -28,3 +31,15 @@ pub const ROTATED: &str = "cella.cluster.rotated";
 pub const CAPACITY: &str = "cella.workers.capacity";
 /// The gateway naming the functions in demand, for workers to load ahead (sealed).
 pub const WARM: &str = "cella.workers.warm";
+/// The JetStream KV bucket holding the shared registry's log (sealed; see `registry_log.rs`).
+pub const REGISTRY_BUCKET: &str = "CELLA_REGISTRY";
+
+/// Where the gateway `node` takes the state calls of the synchronous invocations it sent.
+pub fn state_of(node: &cella_bus::MessageId) -> String {
+    format!("{STATE}.{}", hex::encode(node))
+}
+
+/// Where the gateway `node` takes the evidence of the nodes it welcomed.
+pub fn admit_at(node: &cella_bus::MessageId) -> String {
+    format!("{JOIN_ADMIT}.{}", hex::encode(node))
+}

@@ -204,6 +204,9 @@ async fn serve(bus: &Arc<SealedBus>, platform: &Platform, message: Message) {
             let state = job.record.permissions.kv.then(|| {
                 Arc::new(RemoteState {
                     bus: bus.clone(),
+                    // The gateway that sent it holds the invocation open; only it takes
+                    // its writes.
+                    subject: crate::subjects::state_of(&opened.header.sender),
                     function: job.record.name.to_string(),
                     owner: job.record.owner.to_string(),
                     job: hex::encode(opened.header.id),

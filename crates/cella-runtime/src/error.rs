@@ -3,7 +3,7 @@
 
 use cella_core::{FunctionKind, FunctionName, LimitError, NameError, Permission, PluginName};
 use cella_sandbox::{CompileError, PreinitError, RunError};
-use cella_store::{BlobError, RegistryError};
+use cella_store::{BlobError, RegistryError, SharedError};
 
 /// Stable error codes: part of the API, documented in the README. Never rename one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -236,6 +236,13 @@ impl RuntimeError {
             RuntimeError::Registry(
                 RegistryError::Tampered { .. } | RegistryError::RolledBack { .. },
             ) => ErrorCode::IntegrityError,
+            RuntimeError::Registry(RegistryError::Shared(shared)) => match shared {
+                SharedError::Unavailable(_) | SharedError::Stalled { .. } => ErrorCode::Overloaded,
+                SharedError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
+                SharedError::OtherCluster | SharedError::Forked { .. } => {
+                    ErrorCode::IntegrityError
+                }
+            },
             RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
             RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,
             RuntimeError::Registry(

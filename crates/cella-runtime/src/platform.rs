@@ -46,6 +46,9 @@ pub struct PlatformConfig {
     pub executable: Option<PathBuf>,
     /// Hardware TEE where found, or the simulated one regardless.
     pub tee: TeeMode,
+    /// The data key a gateway admitted to a cluster was handed: its registry takes it (see
+    /// [`cella_store::Registry::open_with_key`]).
+    pub registry_key: Option<cella_store::RegistryKey>,
     /// Where the simulated TEE's platform key is kept (the data directory when `None`).
     /// Nodes that share one stand for one simulated machine, so they trust each other's
     /// evidence under the same anchor.
@@ -66,6 +69,7 @@ impl PlatformConfig {
             sandbox: SandboxConfig::default(),
             executable: None,
             tee: TeeMode::Auto,
+            registry_key: None,
             sim_platform_dir: None,
         }
     }
@@ -178,9 +182,10 @@ impl Platform {
             config.executable.as_deref(),
             config.tee,
         )?;
-        let registry = Registry::open(
+        let registry = Registry::open_with_key(
             &config.data_dir.join("registry.redb"),
             &identity.registry_key,
+            config.registry_key.as_ref(),
         )?;
         let blobs = match (&config.blob_backend, &config.blob_store) {
             (Some(backend), _) => BlobStore::new(backend.clone(), registry.blob_key()),

@@ -85,6 +85,41 @@ impl Platform {
         Ok(self.registry().cluster_secrets()?)
     }
 
+    /// Shares this node's registry with the cluster's other gateways through `log` (see
+    /// `cella-store`'s `shared.rs`): founds it, or checks this copy against it and catches up.
+    pub async fn share_registry(
+        &self,
+        log: Arc<dyn cella_store::SharedLog>,
+    ) -> Result<cella_store::Sharing, RuntimeError> {
+        let registry = self.registry().clone();
+        crate::platform::blocking(move || Ok(registry.share(log)?)).await
+    }
+
+    /// Applies what other gateways wrote to the shared registry since, and tells the
+    /// platform's followers (triggers) when something changed. Returns how many versions.
+    pub async fn catch_up_registry(&self) -> Result<u64, RuntimeError> {
+        let registry = self.registry().clone();
+        let applied = crate::platform::blocking(move || Ok(registry.catch_up()?)).await?;
+        Ok(applied)
+    }
+
+    /// Moves whenever other gateways' writes were applied here (by a catch-up, or by a write
+    /// that lost a race and took the winner's first).
+    pub fn watch_registry(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.registry().watch_applied()
+    }
+
+    /// Tells whoever follows the registry's triggers that other gateways may have changed
+    /// them.
+    pub fn triggers_may_have_changed(&self) {
+        self.triggers_changed.send_modify(|v| *v += 1);
+    }
+
+    /// The registry's data key, only to seal to a gateway admitted to share the registry.
+    pub fn registry_key(&self) -> cella_store::RegistryKey {
+        self.registry().shared_key()
+    }
+
     /// Retires the cluster's bus key (admin only): the next epoch's is derived, and workers
     /// must be admitted again to get it. Returns the new epoch.
     pub async fn rotate_cluster(&self, caller: &Principal) -> Result<u32, RuntimeError> {

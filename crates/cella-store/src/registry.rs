@@ -203,21 +203,31 @@ impl Registry {
             match stored {
                 Some(stored) => {
                     let data_key = unwrap_data_key(path, &stored, sealing)?;
-                    if given.is_some_and(|given| given.0 != data_key) {
-                        return Err(SharedError::OtherCluster.into());
+                    match given {
+                        Some(given) if given.0 != data_key => {
+                            if meta.get(VERSION).map_err(db)?.is_some() {
+                                return Err(SharedError::OtherCluster.into());
+                            }
+                            // Nothing was ever sealed under the key made at the first start:
+                            // take the cluster's instead, and forget the version file that
+                            // key sealed.
+                            let wrapped = wrap_data_key(&given.0, sealing);
+                            meta.insert(DATA_KEY, encode(&wrapped).as_slice())
+                                .map_err(db)?;
+                            VersionFile::beside(path, [0; 32])
+                                .remove()
+                                .map_err(|source| RegistryError::VersionFile {
+                                    path: path.display().to_string(),
+                                    source,
+                                })?;
+                            given.0
+                        }
+                        _ => data_key,
                     }
-                    data_key
                 }
                 None => {
                     let data_key = given.map_or_else(new_data_key, |given| given.0);
-                    let wrapped = WrappedDataKey {
-                        bound_to: sealing.bound_to.clone(),
-                        wrapped: hex::encode(sealed::seal(
-                            &sealing.key,
-                            DATA_KEY_CONTEXT,
-                            &data_key,
-                        )),
-                    };
+                    let wrapped = wrap_data_key(&data_key, sealing);
                     meta.insert(DATA_KEY, encode(&wrapped).as_slice())
                         .map_err(db)?;
                     data_key
@@ -828,6 +838,13 @@ fn state_digest_of_nothing() -> [u8; 32] {
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("registry records always serialize")
+}
+
+fn wrap_data_key(data_key: &[u8; 32], sealing: &SealingKey) -> WrappedDataKey {
+    WrappedDataKey {
+        bound_to: sealing.bound_to.clone(),
+        wrapped: hex::encode(sealed::seal(&sealing.key, DATA_KEY_CONTEXT, data_key)),
+    }
 }
 
 fn new_data_key() -> [u8; 32] {

@@ -49,6 +49,14 @@ impl VersionFile {
         ))
     }
 
+    /// Removes the file (a registry that never had a version and takes another data key).
+    pub(crate) fn remove(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Records `version` unless a higher one is already recorded. Written to a temporary file
     /// and renamed, so a crash leaves the old or the new file, never half of one.
     pub(crate) fn record(&self, version: u64) -> std::io::Result<()> {

@@ -214,7 +214,9 @@ pub(super) async fn cluster(guests: &Path, scale: f64) -> anyhow::Result<Value> 
     let (gateway, tenant) = platform(&dir, guests).await?;
     let policy = crate::cluster_cmds::peer_policy(&gateway, None, &[])?;
     let client = cella_cluster::connect(&url, "cella-bench").await?;
-    cella_cluster::Gateway::start(gateway.clone(), client, policy).await?;
+    let log = cella_cluster::KvLog::open(&client).await?;
+    gateway.share_registry(log.clone()).await?;
+    cella_cluster::Gateway::start(gateway.clone(), client, policy, log).await?;
     // Each worker gets a CPU of its own where there are two and `taskset` is here.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2

@@ -177,6 +177,21 @@ impl Cluster {
         worker
     }
 
+    /// Starts another gateway with its own data directory `name`: it shares the cluster's
+    /// registry, joining it by attestation on its first start.
+    fn another_gateway(&self, name: &str) -> Server {
+        let mut gateway = self.node("gateway");
+        gateway
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path().join(name));
+        Server::launch(
+            gateway,
+            self.dir.path(),
+            &self.dir.path().join("sim"),
+            "listening on",
+        )
+    }
+
     /// Runs the CLI against the gateway as the admin (`None`) or a tenant.
     fn cella(&self, token: Option<&str>, args: &[&str]) -> Output {
         super::cella(&self.gateway, &self.dir.path().join("gateway"), token, args)
@@ -460,10 +475,107 @@ fn bus_client(cluster: &Cluster) -> (tokio::runtime::Runtime, async_nats::Client
 
 /// The tenant's API client, trusting the gateway through the test policy.
 fn api_client(cluster: &Cluster) -> cella_client::Client {
-    let text = std::fs::read_to_string(&cluster.gateway.policy).unwrap();
+    client_of(cluster, &cluster.gateway)
+}
+
+/// A tenant's client of one of the cluster's gateways.
+fn client_of(cluster: &Cluster, gateway: &Server) -> cella_client::Client {
+    let text = std::fs::read_to_string(&gateway.policy).unwrap();
     let policy: cella_tee::Policy = toml::from_str(&text).unwrap();
-    cella_client::Client::with_policy(&cluster.gateway.url, Some(cluster.token.clone()), &policy)
-        .unwrap()
+    cella_client::Client::with_policy(&gateway.url, Some(cluster.token.clone()), &policy).unwrap()
+}
+
+#[test]
+fn two_gateways_share_one_registry_and_one_cluster() {
+    let cluster = Cluster::start(&[]);
+    let workers = [cluster.worker("worker-1"), cluster.worker("worker-2")];
+    cluster.deploy("counter", "state.wasm", &["kv"]);
+
+    // A second gateway with a fresh data directory joins the registry by attestation.
+    let second = cluster.another_gateway("gateway-2");
+    let banner = second.banner.join("\n");
+    assert!(
+        banner.contains("joining the cluster's registry through a running gateway")
+            && banner.contains("shares the cluster's registry"),
+        "{banner}"
+    );
+    let on_second = |token: Option<&str>, args: &[&str]| {
+        super::cella(&second, &cluster.dir.path().join("gateway"), token, args)
+    };
+    let token = cluster.token.clone();
+
+    // The tenant, its token, its functions and their state are one, whichever gateway
+    // serves the call.
+    for _ in 0..3 {
+        ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
+        ok(on_second(Some(&token), &["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    }
+    let hits = ok(on_second(Some(&token), &["invoke", "counter", "-a", "get", "-a", "hits"]));
+    assert_eq!(hits.trim(), "6");
+    let primes = guests_dir().join("primes.wasm");
+    ok(on_second(
+        Some(&token),
+        &["deploy", "primes", primes.to_str().unwrap(), "--key", cluster.key.to_str().unwrap()],
+    ));
+    let out = ok(cluster.tenant(&["invoke", "primes", "-d", "30"]));
+    assert!(out.contains("\"n\":30"), "{out}");
+
+    // Asked for on one gateway, its result read on the other.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let args = ["incr".to_owned(), "hits".to_owned()];
+    let through_second = client_of(&cluster, &second);
+    let accepted = through_second.invoke_async("counter", Vec::new(), &args, None);
+    let id = runtime.block_on(accepted).unwrap().id;
+    let first = api_client(&cluster);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let invocation = runtime.block_on(first.async_invocation(&id));
+        if let Ok(invocation) = invocation
+            && invocation.is_final()
+        {
+            assert_eq!(invocation.status, "succeeded", "{invocation:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{id} unfinished on the first gateway");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A rotation made on one gateway is the cluster's: the other seals under the new key
+    // too, and the workers, admitted again, serve both.
+    let rotated = ok(cluster.cella(None, &["cluster", "rotate"]));
+    assert!(rotated.contains("epoch 2"), "{rotated}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers
+        .iter()
+        .all(|w| w.log().contains("joined again (cluster key epoch 2)"))
+    {
+        assert!(Instant::now() < deadline, "workers did not join again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(11)); // past the grace for the previous key
+    ok(on_second(Some(&token), &["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
+    assert_eq!(hits.trim(), "8");
+
+    // Restarted, the second gateway checks its copy against the log and catches up.
+    drop(second);
+    ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    let second = cluster.another_gateway("gateway-2");
+    assert!(
+        second.banner.iter().any(|l| l.contains("caught up from version")),
+        "{:?}",
+        second.banner
+    );
+    let hits = super::cella(
+        &second,
+        &cluster.dir.path().join("gateway"),
+        Some(&token),
+        &["invoke", "counter", "-a", "get", "-a", "hits"],
+    );
+    assert_eq!(ok(hits).trim(), "9");
 }
 
 /// Submits invocation `i` until the gateway accepts it (a refusal while NATS is down is

@@ -5,7 +5,7 @@ fn tenant(name: &str) -> TenantName {
     TenantName::new(name).unwrap()
 }
 
-fn sealing_key() -> SealingKey {
+pub(super) fn sealing_key() -> SealingKey {
     SealingKey {
         key: [42; 32],
         bound_to: "measurement aaaa".into(),

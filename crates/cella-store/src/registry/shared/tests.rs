@@ -43,11 +43,14 @@ fn tenant(name: &str) -> TenantName {
 
 /// A second gateway's copy: its own directory and sealing key, the cluster's data key.
 fn member(dir: &std::path::Path, key: &RegistryKey) -> Registry {
-    let sealing = SealingKey {
+    Registry::open_with_key(&dir.join("registry.redb"), &member_sealing(), Some(key)).unwrap()
+}
+
+fn member_sealing() -> SealingKey {
+    SealingKey {
         key: [9; 32],
         bound_to: "another gateway".into(),
-    };
-    Registry::open_with_key(&dir.join("registry.redb"), &sealing, Some(key)).unwrap()
+    }
 }
 
 fn digest(registry: &Registry) -> [u8; 32] {
@@ -204,4 +207,27 @@ fn rows_survive_their_encoding_and_lies_about_lengths_are_refused() {
     let mut huge = [7u8; 32].to_vec();
     huge.extend_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(decode_entry(&huge), None);
+}
+
+#[test]
+fn a_registry_never_written_takes_the_clusters_key_and_one_written_does_not() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open(&a_dir.path().join("registry.redb")).unwrap();
+    a.create_tenant(&tenant("acme")).unwrap();
+    // Started once on its own (a key of its own made, nothing written), then admitted.
+    drop(Registry::open(&b_dir.path().join("registry.redb"), &member_sealing()).unwrap());
+    let b = member(b_dir.path(), &a.shared_key());
+    let log: Arc<MemoryLog> = Arc::default();
+    a.share(log.clone()).unwrap();
+    b.share(log).unwrap();
+    assert!(b.tenant(&tenant("acme")).unwrap().is_some());
+    drop(b);
+
+    // A registry that holds anything keeps its key: it is not the cluster's.
+    let c = open(&a_dir.path().join("other.redb")).unwrap();
+    c.create_tenant(&tenant("beta")).unwrap();
+    drop(c);
+    let sealing = crate::registry::tests::sealing_key();
+    let refused = Registry::open_with_key(&a_dir.path().join("other.redb"), &sealing, Some(&a.shared_key()));
+    assert!(matches!(refused, Err(RegistryError::Shared(SharedError::OtherCluster))));
 }

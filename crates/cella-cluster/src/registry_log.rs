@@ -1,0 +1,189 @@
+//! The shared registry's log in JetStream KV (bucket [`REGISTRY_BUCKET`]): NATS stores and
+//! replicates it; the gateways seal what is in it (see `cella-store`'s `shared.rs`). Slots
+//! are keys: `genesis`, then `v.1`, `v.2`, …, each written with create-if-absent, which
+//! JetStream checks against the key's last sequence, so two gateways never both get a version.
+//! Each gateway follows the bucket and applies new entries as they appear.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use async_nats::jetstream::{self, kv};
+use cella_runtime::Platform;
+use cella_store::{SharedError, SharedLog};
+use futures::StreamExt;
+
+use crate::bus::SealedBus;
+use crate::subjects::REGISTRY_BUCKET;
+
+/// How long one call on the bucket may take before the registry write or read fails.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a gateway catches up even when the bucket's watch said nothing (a watch lost
+/// while NATS restarted, say).
+const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
+const GENESIS: &str = "genesis";
+
+/// The registry's log in a JetStream KV bucket.
+pub struct KvLog {
+    store: kv::Store,
+    /// The runtime the bucket's client runs on: the registry calls from blocking threads.
+    runtime: tokio::runtime::Handle,
+    /// The largest value NATS takes (its `max_payload`).
+    max_value: usize,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SharedError {
+    SharedError::Unavailable(e.to_string())
+}
+
+impl KvLog {
+    /// Opens the cluster's registry bucket, creating it on first use (on disk, one value per
+    /// key: every slot is written once).
+    pub async fn open(client: &Client) -> Result<Arc<KvLog>, SharedError> {
+        let js = jetstream::new(client.clone());
+        let max_value = client.server_info().max_payload;
+        // The bucket's stream, made as the KV API makes it (its own helper first asks for the
+        // account's information, whose answer from older servers this client cannot read).
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{REGISTRY_BUCKET}"),
+            description: Some("cella's shared registry: sealed genesis and entries".into()),
+            subjects: vec![format!("$KV.{REGISTRY_BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: i32::try_from(max_value).unwrap_or(i32::MAX),
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable(format!("cannot create its bucket: {e}")))?;
+        let store = js
+            .get_key_value(REGISTRY_BUCKET)
+            .await
+            .map_err(unavailable)?;
+        Ok(Arc::new(KvLog {
+            store,
+            runtime: tokio::runtime::Handle::current(),
+            max_value,
+        }))
+    }
+
+    /// Runs `call` on the client's runtime and waits for it on this (blocking) thread.
+    fn block_on<T: Send + 'static>(
+        &self,
+        call: impl Future<Output = Result<T, SharedError>> + Send + 'static,
+    ) -> Result<T, SharedError> {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let result = tokio::time::timeout(CALL_TIMEOUT, call)
+                .await
+                .unwrap_or_else(|_| Err(unavailable(format!("no answer in {CALL_TIMEOUT:?}"))));
+            let _ = answer.send(result);
+        });
+        answered
+            .recv()
+            .unwrap_or_else(|_| Err(unavailable("the NATS client stopped")))
+    }
+
+    fn create(&self, key: String, value: Vec<u8>) -> Result<bool, SharedError> {
+        if value.len() > self.max_value {
+            return Err(SharedError::TooLarge {
+                size: value.len(),
+                limit: self.max_value,
+            });
+        }
+        let store = self.store.clone();
+        self.block_on(async move {
+            match store.create(&key, value.into()).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            }
+        })
+    }
+
+    fn read(&self, key: String) -> Result<Option<Vec<u8>>, SharedError> {
+        let store = self.store.clone();
+        self.block_on(async move {
+            let found = store.get(key).await.map_err(unavailable)?;
+            Ok(found.map(|value| value.to_vec()))
+        })
+    }
+}
+
+fn entry_key(version: u64) -> String {
+    format!("v.{version}")
+}
+
+impl SharedLog for KvLog {
+    fn genesis(&self) -> Result<Option<Vec<u8>>, SharedError> {
+        self.read(GENESIS.to_owned())
+    }
+
+    fn found(&self, genesis: Vec<u8>) -> Result<bool, SharedError> {
+        self.create(GENESIS.to_owned(), genesis)
+    }
+
+    fn append(&self, version: u64, entry: Vec<u8>) -> Result<bool, SharedError> {
+        self.create(entry_key(version), entry)
+    }
+
+    fn entry(&self, version: u64) -> Result<Option<Vec<u8>>, SharedError> {
+        self.read(entry_key(version))
+    }
+}
+
+/// Applies other gateways' entries as the bucket shows them (and every few seconds in any
+/// case), and passes on what they changed: triggers to follow, a rotated cluster key.
+pub(crate) async fn follow(log: Arc<KvLog>, bus: Arc<SealedBus>, platform: Arc<Platform>) {
+    let mut applied = platform.watch_registry();
+    let changed = {
+        let (bus, platform) = (bus.clone(), platform.clone());
+        tokio::spawn(async move {
+            while applied.changed().await.is_ok() {
+                platform.triggers_may_have_changed();
+                match platform.cluster_secrets() {
+                    // Another gateway rotated: it announced it; this one only follows.
+                    Ok(secrets) => bus.rotate(&secrets),
+                    Err(e) => tracing::error!("cannot read the cluster key: {e}"),
+                }
+            }
+        })
+    };
+    let mut every = tokio::time::interval(CATCH_UP_EVERY);
+    loop {
+        let mut watch = match log.store.watch("v.>").await {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                tracing::warn!("cannot watch the shared registry: {e}; catching up every {CATCH_UP_EVERY:?}");
+                None
+            }
+        };
+        loop {
+            let next = async {
+                match watch.as_mut() {
+                    Some(watch) => watch.next().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
+            let watching = tokio::select! {
+                seen = next => seen.is_some(),
+                _ = every.tick() => true,
+            };
+            if let Err(e) = platform.catch_up_registry().await {
+                tracing::error!("cannot apply the shared registry's new entries: {e}");
+            }
+            if !watching {
+                // The watch ended (NATS restarting, say): start another shortly.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                break;
+            }
+        }
+        if changed.is_finished() {
+            return;
+        }
+    }
+}
