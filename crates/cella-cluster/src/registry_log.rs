@@ -83,9 +83,19 @@ impl KvLog {
                 .unwrap_or_else(|_| Err(unavailable(format!("no answer in {CALL_TIMEOUT:?}"))));
             let _ = answer.send(result);
         });
-        answered
-            .recv()
-            .unwrap_or_else(|_| Err(unavailable("the NATS client stopped")))
+        let wait = || {
+            answered
+                .recv()
+                .unwrap_or_else(|_| Err(unavailable("the NATS client stopped")))
+        };
+        // Called on one of the runtime's own threads after all (it should not be), let the
+        // runtime move its other tasks away rather than wait for the call on this thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(wait)
+            }
+            _ => wait(),
+        }
     }
 
     fn create(&self, key: String, value: Vec<u8>) -> Result<bool, SharedError> {

@@ -95,7 +95,7 @@ pub(crate) async fn status(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let invocation = state.platform.async_invocation(&caller, &id)?;
+    let invocation = state.platform.async_invocation(&caller, &id).await?;
     Ok(Json(view(&invocation)))
 }
 

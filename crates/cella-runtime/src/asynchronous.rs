@@ -174,7 +174,7 @@ impl Platform {
 
     /// An asynchronous invocation, for the tenant that asked for it (to anyone else it does
     /// not exist).
-    pub fn async_invocation(
+    pub async fn async_invocation(
         &self,
         caller: &Principal,
         id: &str,
@@ -185,7 +185,9 @@ impl Platform {
                 id.chars().take(64).collect(),
             ));
         }
-        match self.registry().invocation(id)? {
+        let (registry, key) = (self.registry().clone(), id.to_owned());
+        // In a cluster this asks the shared registry for what other gateways recorded.
+        match blocking(move || Ok(registry.invocation(&key)?)).await? {
             Some(mut invocation) if &invocation.caller == tenant => {
                 // The log (stderr, denials) is the function owner's, as for synchronous calls.
                 if invocation.function_owner.as_ref() != Some(tenant) {

@@ -361,6 +361,8 @@ impl Registry {
     ) -> Result<Result<T, E>, RegistryError> {
         let mut races_lost = 0;
         loop {
+            // In a cluster, decide on the latest state: what other gateways wrote first.
+            self.catch_up()?;
             let (tx, found) = self.begin()?;
             self.take_changes();
             let result = match change(&tx)? {

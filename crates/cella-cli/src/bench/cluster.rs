@@ -187,7 +187,7 @@ async fn async_latency(platform: &Platform, tenant: &Principal, samples: usize) 
             continue;
         };
         loop {
-            match platform.async_invocation(tenant, &submitted.id) {
+            match platform.async_invocation(tenant, &submitted.id).await {
                 Ok(i) if i.status.is_final() => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
                 Err(_) => break,

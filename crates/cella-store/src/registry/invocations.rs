@@ -226,7 +226,10 @@ impl Registry {
         })
     }
 
+    /// Invocation `id` as the latest state has it: in a cluster, whichever gateway recorded
+    /// or finished it (a worker deciding whether to run it, a client asking for its result).
     pub fn invocation(&self, id: &str) -> Result<Option<AsyncInvocation>, RegistryError> {
+        self.catch_up()?;
         let tx = self.read()?;
         let table = tx.open_table(INVOCATIONS).map_err(db)?;
         self.get(&table, INVOCATIONS, invocation_key(id).as_bytes())
