@@ -25,8 +25,8 @@ pub(crate) struct GatewayArgs {
     up: UpArgs,
     #[command(flatten)]
     nats: NatsArgs,
-    /// Policy a worker's evidence must pass to join (TOML, as for `cella verify`). Default:
-    /// this gateway's own build on its own kind of TEE.
+    /// Policy a worker's (or another gateway's) evidence must pass to join (TOML, as for
+    /// `cella verify`). Default: this gateway's own build on its own kind of TEE.
     #[arg(long, env = "CELLA_WORKER_POLICY", value_name = "FILE")]
     worker_policy: Option<PathBuf>,
     /// A worker measurement to admit (96 hex digits; repeatable); replaces the default of
@@ -142,7 +142,10 @@ async fn share_registry(
             // it) before opening it again under the cluster's key.
             drop(platform);
             let platform = up::open_with_key(config, node, false, Some(key))?;
-            let sharing = platform.share_registry(log.clone()).await.context(not_shared)?;
+            let sharing = platform
+                .share_registry(log.clone())
+                .await
+                .context(not_shared)?;
             (platform, sharing)
         }
         Err(e) => return Err(e).context(not_shared),

@@ -40,7 +40,11 @@ impl Gateway {
             SealedBus::new(client.clone(), &secrets, platform.clone()).leading_rotations(),
         );
         let admissions = Admissions::new(platform.clone(), bus.node(), policy);
-        tokio::spawn(crate::registry_log::follow(log, bus.clone(), platform.clone()));
+        tokio::spawn(crate::registry_log::follow(
+            log,
+            bus.clone(),
+            platform.clone(),
+        ));
         tokio::spawn(async move {
             if let Err(e) = admissions.serve(client).await {
                 tracing::error!("the join service stopped: {e}");

@@ -376,8 +376,14 @@ async fn join_as(
         evidence: request.evidence,
     })
     .expect("serializes");
-    if welcome.admit_to.strip_prefix(JOIN_ADMIT).is_none_or(|id| !id.starts_with('.')) {
-        return Err(protocol("the welcome names no admission subject of a gateway"));
+    if welcome
+        .admit_to
+        .strip_prefix(JOIN_ADMIT)
+        .is_none_or(|id| !id.starts_with('.'))
+    {
+        return Err(protocol(
+            "the welcome names no admission subject of a gateway",
+        ));
     }
     let answer = ask(client, &welcome.admit_to, admit).await?;
     let admission: Admission = serde_json::from_slice(&answer.payload)

@@ -91,7 +91,9 @@ impl KvLog {
         // Called on one of the runtime's own threads after all (it should not be), let the
         // runtime move its other tasks away rather than wait for the call on this thread.
         match tokio::runtime::Handle::try_current() {
-            Ok(current) if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Ok(current)
+                if current.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+            {
                 tokio::task::block_in_place(wait)
             }
             _ => wait(),
@@ -168,7 +170,9 @@ pub(crate) async fn follow(log: Arc<KvLog>, bus: Arc<SealedBus>, platform: Arc<P
         let mut watch = match log.store.watch("v.>").await {
             Ok(watch) => Some(watch),
             Err(e) => {
-                tracing::warn!("cannot watch the shared registry: {e}; catching up every {CATCH_UP_EVERY:?}");
+                tracing::warn!(
+                    "cannot watch the shared registry: {e}; catching up every {CATCH_UP_EVERY:?}"
+                );
                 None
             }
         };

@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cella_core::FunctionKind;
-use cella_store::{AsyncInvocation, AsyncStatus, Finish, Finished, Principal};
+use cella_store::{
+    AsyncError, AsyncInvocation, AsyncStatus, Finish, Finished, Principal, RegistryError,
+    SharedError,
+};
 
 use crate::platform::{Platform, blocking, tenant_of};
 use crate::remote::{Job, Work};
@@ -224,7 +227,29 @@ impl Platform {
         finish.finished_at = self.now_rfc3339();
         let registry = self.registry().clone();
         let id = id.to_owned();
-        let finished = blocking(move || Ok(registry.finish_invocation(&id, finish)?)).await?;
+        let finished = blocking(move || match registry.finish_invocation(&id, finish.clone()) {
+            // In a cluster the result travels in one entry of the shared registry: one too
+            // large for it fails the invocation instead of being retried for ever.
+            Err(RegistryError::Shared(SharedError::TooLarge { size, limit })) => {
+                let failed = Finish {
+                    status: AsyncStatus::Failed,
+                    output: None,
+                    error: Some(AsyncError {
+                        code: ErrorCode::OutputLimit.as_str().to_owned(),
+                        message: format!(
+                            "the result ({size} bytes sealed) is larger than the cluster's shared \
+                             registry takes ({limit}); return less, or invoke synchronously"
+                        ),
+                    }),
+                    reads: Vec::new(),
+                    writes: Vec::new(),
+                    ..finish
+                };
+                Ok(registry.finish_invocation(&id, failed)?)
+            }
+            finished => Ok(finished?),
+        })
+        .await?;
         if let Finished::Recorded(invocation) = &finished
             && invocation.status.is_final()
         {

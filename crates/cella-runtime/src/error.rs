@@ -239,9 +239,7 @@ impl RuntimeError {
             RuntimeError::Registry(RegistryError::Shared(shared)) => match shared {
                 SharedError::Unavailable(_) | SharedError::Stalled { .. } => ErrorCode::Overloaded,
                 SharedError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
-                SharedError::OtherCluster | SharedError::Forked { .. } => {
-                    ErrorCode::IntegrityError
-                }
+                SharedError::OtherCluster | SharedError::Forked { .. } => ErrorCode::IntegrityError,
             },
             RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
             RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,

@@ -508,14 +508,26 @@ fn two_gateways_share_one_registry_and_one_cluster() {
     // serves the call.
     for _ in 0..3 {
         ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
-        ok(on_second(Some(&token), &["invoke", "counter", "-a", "incr", "-a", "hits"]));
+        ok(on_second(
+            Some(&token),
+            &["invoke", "counter", "-a", "incr", "-a", "hits"],
+        ));
     }
-    let hits = ok(on_second(Some(&token), &["invoke", "counter", "-a", "get", "-a", "hits"]));
+    let hits = ok(on_second(
+        Some(&token),
+        &["invoke", "counter", "-a", "get", "-a", "hits"],
+    ));
     assert_eq!(hits.trim(), "6");
     let primes = guests_dir().join("primes.wasm");
     ok(on_second(
         Some(&token),
-        &["deploy", "primes", primes.to_str().unwrap(), "--key", cluster.key.to_str().unwrap()],
+        &[
+            "deploy",
+            "primes",
+            primes.to_str().unwrap(),
+            "--key",
+            cluster.key.to_str().unwrap(),
+        ],
     ));
     let out = ok(cluster.tenant(&["invoke", "primes", "-d", "30"]));
     assert!(out.contains("\"n\":30"), "{out}");
@@ -539,7 +551,10 @@ fn two_gateways_share_one_registry_and_one_cluster() {
             assert_eq!(invocation.status, "succeeded", "{invocation:?}");
             break;
         }
-        assert!(Instant::now() < deadline, "{id} unfinished on the first gateway");
+        assert!(
+            Instant::now() < deadline,
+            "{id} unfinished on the first gateway"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -556,7 +571,10 @@ fn two_gateways_share_one_registry_and_one_cluster() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(11)); // past the grace for the previous key
-    ok(on_second(Some(&token), &["invoke", "counter", "-a", "incr", "-a", "hits"]));
+    ok(on_second(
+        Some(&token),
+        &["invoke", "counter", "-a", "incr", "-a", "hits"],
+    ));
     let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
     assert_eq!(hits.trim(), "8");
 
@@ -565,7 +583,10 @@ fn two_gateways_share_one_registry_and_one_cluster() {
     ok(cluster.tenant(&["invoke", "counter", "-a", "incr", "-a", "hits"]));
     let second = cluster.another_gateway("gateway-2");
     assert!(
-        second.banner.iter().any(|l| l.contains("caught up from version")),
+        second
+            .banner
+            .iter()
+            .any(|l| l.contains("caught up from version")),
         "{:?}",
         second.banner
     );

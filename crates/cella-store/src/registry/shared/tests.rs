@@ -228,6 +228,13 @@ fn a_registry_never_written_takes_the_clusters_key_and_one_written_does_not() {
     c.create_tenant(&tenant("beta")).unwrap();
     drop(c);
     let sealing = crate::registry::tests::sealing_key();
-    let refused = Registry::open_with_key(&a_dir.path().join("other.redb"), &sealing, Some(&a.shared_key()));
-    assert!(matches!(refused, Err(RegistryError::Shared(SharedError::OtherCluster))));
+    let refused = Registry::open_with_key(
+        &a_dir.path().join("other.redb"),
+        &sealing,
+        Some(&a.shared_key()),
+    );
+    assert!(matches!(
+        refused,
+        Err(RegistryError::Shared(SharedError::OtherCluster))
+    ));
 }
