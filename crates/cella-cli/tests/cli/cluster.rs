@@ -232,6 +232,16 @@ fn node_command(dir: &Path, nats: &str, role: &str) -> Command {
     command
 }
 
+/// Waits until every worker says it joined again at `epoch`, after a rotation.
+fn all_joined_again(workers: &[Worker], epoch: u32) {
+    let joined = format!("joined again (cluster key epoch {epoch})");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !workers.iter().all(|w| w.log().contains(&joined)) {
+        assert!(Instant::now() < deadline, "workers did not join again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// How many invocations a worker's log says it ran.
 fn ran(worker: &Worker) -> usize {
     worker.log().matches("ran an invocation").count()
@@ -321,14 +331,7 @@ fn a_gateway_spreads_invocations_over_two_attested_workers() {
         "invocations right after a rotation took {:?}",
         started.elapsed()
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !workers
-        .iter()
-        .all(|w| w.log().contains("joined again (cluster key epoch 2)"))
-    {
-        assert!(Instant::now() < deadline, "workers did not join again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    all_joined_again(&workers, 2);
     for n in 0..4 {
         ok(cluster.tenant(&["invoke", "primes", "-d", &n.to_string()]));
     }
@@ -562,14 +565,7 @@ fn two_gateways_share_one_registry_and_one_cluster() {
     // too, and the workers, admitted again, serve both.
     let rotated = ok(cluster.cella(None, &["cluster", "rotate"]));
     assert!(rotated.contains("epoch 2"), "{rotated}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !workers
-        .iter()
-        .all(|w| w.log().contains("joined again (cluster key epoch 2)"))
-    {
-        assert!(Instant::now() < deadline, "workers did not join again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    all_joined_again(&workers, 2);
     std::thread::sleep(Duration::from_secs(11)); // past the grace for the previous key
     ok(on_second(
         Some(&token),
