@@ -33,6 +33,16 @@ pub(crate) struct GatewayArgs {
     /// this gateway's own.
     #[arg(long = "worker-measurement", value_name = "HEX")]
     worker_measurements: Vec<Measurement>,
+    /// Policy the running gateway's evidence must pass before this one, starting with a fresh
+    /// data directory, takes the cluster's registry from it (TOML). Default: this gateway's
+    /// own build on its own kind of TEE.
+    #[arg(long, env = "CELLA_GATEWAY_POLICY", value_name = "FILE")]
+    gateway_policy: Option<PathBuf>,
+    /// A gateway measurement to trust when joining (repeatable); replaces the default of this
+    /// gateway's own. With `--worker-measurement` on the running gateways, this hands the
+    /// registry to a new build by attestation.
+    #[arg(long = "gateway-measurement", value_name = "HEX")]
+    gateway_measurements: Vec<Measurement>,
 }
 
 #[derive(Args)]
@@ -97,7 +107,11 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let config = config::resolve(&args.up.config)?;
     let platform = up::open(&config, &args.up.node, args.up.demo)?;
     let client = cella_cluster::connect(&args.nats.nats, "cella-gateway").await?;
-    let (platform, log) = share_registry(platform, &client, &config, &args.up.node).await?;
+    let peers = Peers {
+        policy: args.gateway_policy.as_ref(),
+        measurements: &args.gateway_measurements,
+    };
+    let (platform, log) = share_registry(platform, &client, &config, &args.up.node, peers).await?;
     let policy = peer_policy(
         &platform,
         args.worker_policy.as_ref(),
@@ -118,11 +132,18 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 /// Makes `platform`'s registry the cluster's: founds the shared registry if the cluster has
 /// none, or catches up with it; a gateway with a fresh data directory first joins a running
 /// gateway (attested both ways) for the registry's data key and opens again with it.
+/// What a joining gateway asks of the gateway it takes the registry from.
+struct Peers<'a> {
+    policy: Option<&'a PathBuf>,
+    measurements: &'a [Measurement],
+}
+
 async fn share_registry(
     platform: Arc<Platform>,
     client: &cella_cluster::NatsClient,
     config: &config::ServerConfig,
     node: &NodeArgs,
+    peers: Peers<'_>,
 ) -> anyhow::Result<(Arc<Platform>, Arc<cella_cluster::KvLog>)> {
     let log = cella_cluster::KvLog::open(client)
         .await
@@ -134,7 +155,7 @@ async fn share_registry(
             if platform.registry_version() == 0 =>
         {
             println!("joining the cluster's registry through a running gateway");
-            let policy = peer_policy(&platform, None, &[])?;
+            let policy = peer_policy(&platform, peers.policy, peers.measurements)?;
             let key = cella_cluster::join::join_registry(client, &platform, &policy)
                 .await
                 .context("this gateway could not join the cluster's registry")?;

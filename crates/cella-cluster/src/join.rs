@@ -125,8 +125,8 @@ pub enum JoinFailure {
     #[error("the gateway's evidence does not pass this worker's policy: {0}")]
     GatewayNotTrusted(String),
     #[error(
-        "the gateway refused this worker: {0}. Run the build the cluster's policy names, or \
-         have the gateway's operator add this worker's measurement (`--worker-measurement`)"
+        "the gateway refused this node: {0}. Run the build the cluster's policy names, or \
+         have the gateway's operator add this node's measurement (`--worker-measurement`)"
     )]
     Refused(String),
     #[error("joining failed: {0}")]

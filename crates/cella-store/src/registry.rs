@@ -602,12 +602,20 @@ impl Registry {
         Ok(created.ok().map(|()| token))
     }
 
-    /// Who holds `secret`, if anyone.
+    /// Who holds `secret`, if anyone. In a cluster a token unknown here is looked for again
+    /// after catching up, so a tenant made on another gateway a moment ago is known.
     pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>, RegistryError> {
-        let tx = self.read()?;
-        let tokens = tx.open_table(TOKENS).map_err(db)?;
-        let found: Option<String> = self.get(&tokens, TOKENS, &hash_secret(secret))?;
-        Ok(found.and_then(|p| Principal::decode(&p)))
+        let hash = hash_secret(secret);
+        let lookup = || -> Result<Option<Principal>, RegistryError> {
+            let tx = self.read()?;
+            let tokens = tx.open_table(TOKENS).map_err(db)?;
+            let found: Option<String> = self.get(&tokens, TOKENS, &hash)?;
+            Ok(found.and_then(|p| Principal::decode(&p)))
+        };
+        match lookup()? {
+            None if self.catch_up()? > 0 => lookup(),
+            found => Ok(found),
+        }
     }
 
     pub fn create_tenant(&self, name: &TenantName) -> Result<(Tenant, Token), RegistryError> {
@@ -666,10 +674,18 @@ impl Registry {
         Ok(all)
     }
 
+    /// Function `name`; in a cluster, one unknown here is looked for again after catching up
+    /// (deployed on another gateway a moment ago).
     pub fn function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, RegistryError> {
-        let tx = self.read()?;
-        let functions = tx.open_table(FUNCTIONS).map_err(db)?;
-        self.get(&functions, FUNCTIONS, name.as_str().as_bytes())
+        let lookup = || -> Result<Option<FunctionRecord>, RegistryError> {
+            let tx = self.read()?;
+            let functions = tx.open_table(FUNCTIONS).map_err(db)?;
+            self.get(&functions, FUNCTIONS, name.as_str().as_bytes())
+        };
+        match lookup()? {
+            None if self.catch_up()? > 0 => lookup(),
+            found => Ok(found),
+        }
     }
 
     fn all_functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {

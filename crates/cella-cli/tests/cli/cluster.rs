@@ -365,10 +365,26 @@ fn a_worker_of_another_build_gets_no_keys_and_no_work() {
     assert!(!refused.status.success(), "the worker must not join");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        stderr.contains("refused this worker") && stderr.contains("measurement"),
+        stderr.contains("refused this node") && stderr.contains("measurement"),
         "{stderr}"
     );
     assert!(!std::fs::read_to_string(&log).unwrap().contains("joined"));
+
+    // Nor does a gateway of this build get the registry's key from that cluster.
+    let gateway = cluster
+        .node("gateway")
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(cluster.dir.path().join("refused-gateway"))
+        .output()
+        .unwrap();
+    assert!(!gateway.status.success(), "the gateway must not join");
+    let stderr = String::from_utf8_lossy(&gateway.stderr);
+    assert!(
+        stderr.contains("could not join the cluster's registry")
+            && stderr.contains("refused this node")
+            && stderr.contains("measurement"),
+        "{stderr}"
+    );
 
     // Nor does a worker trust a gateway its own policy does not name.
     let distrustful = cluster
@@ -521,6 +537,13 @@ fn two_gateways_share_one_registry_and_one_cluster() {
         &["invoke", "counter", "-a", "get", "-a", "hits"],
     ));
     assert_eq!(hits.trim(), "6");
+    // A tenant made on one gateway is known on the other at once.
+    let created: serde_json::Value = serde_json::from_str(&ok(
+        cluster.cella(None, &["tenant", "create", "beta", "--format", "json"])
+    ))
+    .unwrap();
+    let beta = created["token"].as_str().unwrap();
+    ok(on_second(Some(beta), &["functions"]));
     let primes = guests_dir().join("primes.wasm");
     ok(on_second(
         Some(&token),

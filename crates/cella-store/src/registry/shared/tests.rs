@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use super::*;
 use crate::registry::tests::open;
 use crate::sealed::SealingKey;
+use crate::token::Principal;
 use cella_core::TenantName;
 
 /// The log as a cluster's storage keeps it: create-if-absent slots, nothing else.
@@ -83,14 +84,23 @@ fn gateways_sharing_a_log_see_each_others_writes_and_never_lose_one() {
         "the cluster has one admin token"
     );
 
+    // A token or a function unknown on one copy is looked for again after catching up: a
+    // tenant made on the other gateway a moment ago is known at once.
+    let (_, zeta) = a.create_tenant(&tenant("zeta")).unwrap();
+    assert_eq!(
+        b.authenticate(zeta.secret()).unwrap(),
+        Some(Principal::Tenant(tenant("zeta")))
+    );
+    assert!(b.authenticate("cella_not_a_token").unwrap().is_none());
+
     // Each writes without having seen the other's latest: the loser applies the winner's
     // entry and writes after it, so both changes land and the copies agree.
     b.create_tenant(&tenant("gamma")).unwrap();
     let mut watched = a.watch_applied();
     a.create_tenant(&tenant("delta")).unwrap();
-    assert_eq!(*watched.borrow_and_update(), 4, "A applied B's entry first");
+    assert_eq!(*watched.borrow_and_update(), 5, "A applied B's entry first");
     assert_eq!(b.catch_up().unwrap(), 1);
-    assert_eq!((a.version(), b.version()), (5, 5));
+    assert_eq!((a.version(), b.version()), (6, 6));
     assert_eq!(digest(&a), digest(&b));
     let names = |r: &Registry| {
         r.tenants()
@@ -99,7 +109,7 @@ fn gateways_sharing_a_log_see_each_others_writes_and_never_lose_one() {
             .map(|t| t.name.to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(names(&a), ["acme", "beta", "delta", "gamma"]);
+    assert_eq!(names(&a), ["acme", "beta", "delta", "gamma", "zeta"]);
     assert_eq!(names(&a), names(&b));
 
     // A rotation on one gateway is the cluster's.
@@ -114,7 +124,7 @@ fn gateways_sharing_a_log_see_each_others_writes_and_never_lose_one() {
     drop(b);
     a.create_tenant(&tenant("epsilon")).unwrap();
     let b = member(b_dir.path(), &a.shared_key());
-    assert_eq!(b.share(log).unwrap(), Sharing::Joined { from: 6, to: 7 });
+    assert_eq!(b.share(log).unwrap(), Sharing::Joined { from: 7, to: 8 });
     assert_eq!(digest(&a), digest(&b));
 }
 
