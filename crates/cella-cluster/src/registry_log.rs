@@ -1,8 +1,10 @@
 //! The shared registry's log in JetStream KV (bucket [`REGISTRY_BUCKET`]): NATS stores and
 //! replicates it; the gateways seal what is in it (see `cella-store`'s `shared.rs`). Slots
-//! are keys: `genesis`, then `v.1`, `v.2`, …, each written with create-if-absent, which
-//! JetStream checks against the key's last sequence, so two gateways never both get a version.
-//! Each gateway follows the bucket and applies new entries as they appear.
+//! are keys: `genesis` (with `base`, its version, as a hint), then `v.1`, `v.2`, …, each
+//! written only if the key never had a value (JetStream checks the expected last sequence 0),
+//! so two gateways never both get a version, and a forgotten entry (a delete marker) keeps
+//! its slot taken. Each gateway follows the bucket, applies new entries as they appear, and
+//! now and then compacts the log.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,7 +24,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a gateway catches up even when the bucket's watch said nothing (a watch lost
 /// while NATS restarted, say).
 const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
+/// How often a gateway looks whether the log should be compacted, and after how many
+/// entries since the last genesis it is.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+const COMPACT_AFTER: u64 = 1024;
 const GENESIS: &str = "genesis";
+const BASE: &str = "base";
 
 /// The registry's log in a JetStream KV bucket.
 pub struct KvLog {
@@ -100,7 +107,9 @@ impl KvLog {
         }
     }
 
-    fn create(&self, key: String, value: Vec<u8>) -> Result<bool, SharedError> {
+    /// Writes `value` under `key` if the key is at `revision` (0: never written, not even
+    /// deleted); `false` if it is not.
+    fn write_at(&self, key: String, value: Vec<u8>, revision: u64) -> Result<bool, SharedError> {
         if value.len() > self.max_value {
             return Err(SharedError::TooLarge {
                 size: value.len(),
@@ -109,9 +118,9 @@ impl KvLog {
         }
         let store = self.store.clone();
         self.block_on(async move {
-            match store.create(&key, value.into()).await {
+            match store.update(&key, value.into(), revision).await {
                 Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
                 Err(e) => Err(unavailable(e)),
             }
         })
@@ -124,6 +133,18 @@ impl KvLog {
             Ok(found.map(|value| value.to_vec()))
         })
     }
+
+    /// Records the genesis's version where it is cheap to read.
+    fn set_base(&self, base: u64) -> Result<(), SharedError> {
+        let store = self.store.clone();
+        self.block_on(async move {
+            store
+                .put(BASE, base.to_string().into())
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+    }
 }
 
 fn entry_key(version: u64) -> String {
@@ -131,20 +152,52 @@ fn entry_key(version: u64) -> String {
 }
 
 impl SharedLog for KvLog {
-    fn genesis(&self) -> Result<Option<Vec<u8>>, SharedError> {
-        self.read(GENESIS.to_owned())
+    fn genesis(&self) -> Result<Option<(Vec<u8>, u64)>, SharedError> {
+        let store = self.store.clone();
+        self.block_on(async move {
+            let entry = store.entry(GENESIS).await.map_err(unavailable)?;
+            Ok(entry
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .map(|entry| (entry.value.to_vec(), entry.revision)))
+        })
     }
 
-    fn found(&self, genesis: Vec<u8>) -> Result<bool, SharedError> {
-        self.create(GENESIS.to_owned(), genesis)
+    fn found(&self, genesis: Vec<u8>, base: u64) -> Result<bool, SharedError> {
+        self.replace_genesis(genesis, base, 0)
+    }
+
+    fn replace_genesis(
+        &self,
+        genesis: Vec<u8>,
+        base: u64,
+        revision: u64,
+    ) -> Result<bool, SharedError> {
+        if !self.write_at(GENESIS.to_owned(), genesis, revision)? {
+            return Ok(false);
+        }
+        self.set_base(base)?;
+        Ok(true)
+    }
+
+    fn base(&self) -> Result<u64, SharedError> {
+        // Only a hint: anything unreadable reads as "no compaction seen".
+        let hint = self.read(BASE.to_owned())?;
+        Ok(hint
+            .and_then(|text| String::from_utf8(text).ok()?.parse().ok())
+            .unwrap_or(0))
     }
 
     fn append(&self, version: u64, entry: Vec<u8>) -> Result<bool, SharedError> {
-        self.create(entry_key(version), entry)
+        self.write_at(entry_key(version), entry, 0)
     }
 
     fn entry(&self, version: u64) -> Result<Option<Vec<u8>>, SharedError> {
         self.read(entry_key(version))
+    }
+
+    fn forget(&self, version: u64) -> Result<(), SharedError> {
+        let store = self.store.clone();
+        self.block_on(async move { store.delete(entry_key(version)).await.map_err(unavailable) })
     }
 }
 
@@ -165,6 +218,7 @@ pub(crate) async fn follow(log: Arc<KvLog>, bus: Arc<SealedBus>, platform: Arc<P
             }
         })
     };
+    tokio::spawn(compact(platform.clone()));
     let mut every = tokio::time::interval(CATCH_UP_EVERY);
     loop {
         let mut watch = match log.store.watch("v.>").await {
@@ -187,7 +241,7 @@ pub(crate) async fn follow(log: Arc<KvLog>, bus: Arc<SealedBus>, platform: Arc<P
                 seen = next => seen.is_some(),
                 _ = every.tick() => true,
             };
-            if let Err(e) = platform.catch_up_registry().await {
+            if let Err(e) = platform.catch_up_registry_fully().await {
                 tracing::error!("cannot apply the shared registry's new entries: {e}");
             }
             if !watching {
@@ -198,6 +252,21 @@ pub(crate) async fn follow(log: Arc<KvLog>, bus: Arc<SealedBus>, platform: Arc<P
         }
         if changed.is_finished() {
             return;
+        }
+    }
+}
+
+/// Compacts the log now and then: whichever gateway gets there first writes a new genesis.
+async fn compact(platform: Arc<Platform>) {
+    let mut every = tokio::time::interval(COMPACT_EVERY);
+    loop {
+        every.tick().await;
+        match platform.compact_registry(COMPACT_AFTER).await {
+            Ok(Some(version)) => {
+                tracing::info!(version, "compacted the shared registry's log")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot compact the shared registry's log: {e}"),
         }
     }
 }

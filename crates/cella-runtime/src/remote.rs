@@ -103,6 +103,20 @@ impl Platform {
         Ok(applied)
     }
 
+    /// [`Platform::catch_up_registry`], taking the log's genesis first if it was compacted
+    /// past this node's copy.
+    pub async fn catch_up_registry_fully(&self) -> Result<u64, RuntimeError> {
+        let registry = self.registry().clone();
+        crate::platform::blocking(move || Ok(registry.catch_up_fully()?)).await
+    }
+
+    /// Compacts the shared registry's log if `min_entries` gathered since its genesis; the
+    /// new genesis's version if this node did it.
+    pub async fn compact_registry(&self, min_entries: u64) -> Result<Option<u64>, RuntimeError> {
+        let registry = self.registry().clone();
+        crate::platform::blocking(move || Ok(registry.compact(min_entries)?)).await
+    }
+
     /// Moves whenever other gateways' writes were applied here (by a catch-up, or by a write
     /// that lost a race and took the winner's first).
     pub fn watch_registry(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -884,3 +884,49 @@ async fn submit_to(client: &cella_client::Client, function: &str) -> String {
         .unwrap()
         .id
 }
+
+#[test]
+fn the_registry_log_in_jetstream_kv_keeps_every_slot_written_once() {
+    use cella_store::SharedLog;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let log = runtime.block_on(async {
+        let client = cella_cluster::connect(&nats.url, "cella-test")
+            .await
+            .unwrap();
+        cella_cluster::KvLog::open(&client).await.unwrap()
+    });
+    // The registry calls from blocking threads, as here.
+    let checked = runtime.block_on(runtime.spawn_blocking(move || {
+        assert_eq!(log.genesis().unwrap(), None);
+        assert_eq!(log.base().unwrap(), 0);
+        assert!(log.found(b"first".to_vec(), 0).unwrap());
+        assert!(!log.found(b"second".to_vec(), 0).unwrap(), "one founder");
+        let (genesis, revision) = log.genesis().unwrap().unwrap();
+        assert_eq!(genesis, b"first");
+
+        assert!(log.append(1, b"one".to_vec()).unwrap());
+        assert!(
+            !log.append(1, b"other".to_vec()).unwrap(),
+            "one writer per version"
+        );
+        assert_eq!(log.entry(1).unwrap().as_deref(), Some(&b"one"[..]));
+        assert_eq!(log.entry(2).unwrap(), None);
+
+        // Compaction: the genesis is replaced once per revision, and a forgotten slot stays
+        // taken for good.
+        assert!(log.replace_genesis(b"at 1".to_vec(), 1, revision).unwrap());
+        assert!(!log.replace_genesis(b"stale".to_vec(), 1, revision).unwrap());
+        assert_eq!(log.base().unwrap(), 1);
+        log.forget(1).unwrap();
+        assert_eq!(log.entry(1).unwrap(), None);
+        assert!(!log.append(1, b"again".to_vec()).unwrap());
+        assert_eq!(log.genesis().unwrap().unwrap().0, b"at 1");
+    }));
+    checked.unwrap();
+}

@@ -12,6 +12,12 @@
 //! own tables, and leading to the state digest it names. The log is as untrusted as the disk:
 //! it sees sealed rows under blinded keys; an entry changed, replayed at another version or
 //! dropped is refused or stalls the registry, never applied.
+//!
+//! The log is **compacted** ([`Registry::compact`]): a gateway replaces the genesis with its
+//! whole state at its version (compare-and-set on the genesis, so one compaction wins) and
+//! forgets the entries it covers. A forgotten slot can never be written again, so a gateway
+//! that fell behind the new genesis loses every race and, like one that finds the next entry
+//! gone, takes the genesis instead (its copy only moves forward).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,14 +39,28 @@ const MAX_RACES_LOST: u32 = 64;
 /// Where a cluster's gateways keep the registry's log. Calls block: implementations bridge
 /// to their own runtime (the registry is called from blocking threads).
 pub trait SharedLog: Send + Sync {
-    /// The genesis, once the cluster has one.
-    fn genesis(&self) -> Result<Option<Vec<u8>>, SharedError>;
-    /// Stores `genesis` unless the log already has one; `false` if it had.
-    fn found(&self, genesis: Vec<u8>) -> Result<bool, SharedError>;
-    /// Stores `entry` as version `version` unless that version is taken; `false` if it was.
+    /// The genesis, once the cluster has one, and its revision (for [`Self::replace_genesis`]).
+    fn genesis(&self) -> Result<Option<(Vec<u8>, u64)>, SharedError>;
+    /// Stores `genesis` (of version `base`) unless the log already has one; `false` if it had.
+    fn found(&self, genesis: Vec<u8>, base: u64) -> Result<bool, SharedError>;
+    /// Replaces the genesis with one of version `base` if it is still at `revision`; `false`
+    /// if another gateway replaced it first.
+    fn replace_genesis(
+        &self,
+        genesis: Vec<u8>,
+        base: u64,
+        revision: u64,
+    ) -> Result<bool, SharedError>;
+    /// The version of the genesis, as a hint that is cheap to read (never trusted: a gateway
+    /// that believes it is behind reads and checks the genesis itself).
+    fn base(&self) -> Result<u64, SharedError>;
+    /// Stores `entry` as version `version` unless that slot was ever written (even if
+    /// forgotten since); `false` if it was.
     fn append(&self, version: u64, entry: Vec<u8>) -> Result<bool, SharedError>;
-    /// The entry of `version`, if written.
+    /// The entry of `version`, if written and not forgotten.
     fn entry(&self, version: u64) -> Result<Option<Vec<u8>>, SharedError>;
+    /// Forgets the entry of `version` (a genesis covers it now); its slot stays taken.
+    fn forget(&self, version: u64) -> Result<(), SharedError>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,34 +144,28 @@ impl Registry {
     /// catches up. A fresh registry (version 0) takes the genesis as it is.
     pub fn share(&self, log: Arc<dyn SharedLog>) -> Result<Sharing, RegistryError> {
         let genesis = match log.genesis()? {
-            Some(genesis) => genesis,
+            Some((genesis, _)) => genesis,
             None => {
                 let (version, genesis) = self.seal_genesis()?;
-                if log.found(genesis)? {
+                if log.found(genesis, version)? {
                     self.start_sharing(log);
                     return Ok(Sharing::Founded { version });
                 }
                 // Another gateway founded it at the same moment.
-                log.genesis()?.ok_or_else(|| {
+                let founded = log.genesis()?.ok_or_else(|| {
                     SharedError::Unavailable(
                         "the log's genesis vanished after it was written".into(),
                     )
-                })?
+                })?;
+                founded.0
             }
         };
-        let plain = self
-            .sealer
-            .open(LOG, GENESIS, &genesis)
-            .map_err(|_| SharedError::OtherCluster)?;
-        let (base, digest, rows) =
-            decode_genesis(&plain).ok_or_else(|| RegistryError::Tampered {
-                what: "the shared registry's genesis".into(),
-            })?;
+        let (base, digest, rows) = self.open_genesis(&genesis)?;
         let mine = self.version();
-        if mine == 0 && base > 0 {
+        if mine < base {
+            // A fresh copy, or one older than the log's last compaction: the genesis, sealed
+            // by the cluster, is the state to go on from.
             self.load(base, &digest, &rows)?;
-        } else if mine < base {
-            return Err(SharedError::Forked { version: mine }.into());
         } else {
             self.check_on_log(&*log, mine, base, &digest)?;
         }
@@ -193,6 +207,70 @@ impl Registry {
             // The log never went this far: this copy holds writes the cluster does not.
             _ => Err(SharedError::Forked { version }.into()),
         }
+    }
+
+    fn open_genesis(&self, sealed: &[u8]) -> Result<(u64, [u8; 32], Vec<Row>), RegistryError> {
+        let plain = self
+            .sealer
+            .open(LOG, GENESIS, sealed)
+            .map_err(|_| SharedError::OtherCluster)?;
+        decode_genesis(&plain).ok_or_else(|| RegistryError::Tampered {
+            what: "the shared registry's genesis".into(),
+        })
+    }
+
+    /// [`Registry::catch_up`], first taking the genesis if the log was compacted past this
+    /// copy's version (the gateway was away, or slow). Reads a small hint each time, and the
+    /// genesis only when the hint says this copy is behind it.
+    pub fn catch_up_fully(&self) -> Result<u64, RegistryError> {
+        let Some(log) = self.log.get() else {
+            return Ok(0);
+        };
+        let rebased = log.base()? > self.version() && self.rebase(&**log)?;
+        let applied = self.catch_up()?;
+        if rebased && applied == 0 {
+            self.applied.send_replace(self.version());
+        }
+        Ok(applied + u64::from(rebased))
+    }
+
+    /// Takes the genesis if it is ahead of this copy; whether it was.
+    fn rebase(&self, log: &dyn SharedLog) -> Result<bool, RegistryError> {
+        let Some((genesis, _)) = log.genesis()? else {
+            return Ok(false);
+        };
+        let (base, digest, rows) = self.open_genesis(&genesis)?;
+        if base <= self.version() {
+            return Ok(false);
+        }
+        self.load(base, &digest, &rows)?;
+        Ok(true)
+    }
+
+    /// Replaces the log's genesis with this copy's state and forgets the entries it covers,
+    /// if at least `min_entries` have gathered since the last genesis. Returns the new
+    /// genesis's version, or `None` when nothing was done (too few entries, not shared, or
+    /// another gateway compacted first).
+    pub fn compact(&self, min_entries: u64) -> Result<Option<u64>, RegistryError> {
+        let Some(log) = self.log.get() else {
+            return Ok(None);
+        };
+        self.catch_up_fully()?;
+        let Some((current, revision)) = log.genesis()? else {
+            return Ok(None);
+        };
+        let (old_base, ..) = self.open_genesis(&current)?;
+        let (version, genesis) = self.seal_genesis()?;
+        if version < old_base.saturating_add(min_entries) {
+            return Ok(None);
+        }
+        if !log.replace_genesis(genesis, version, revision)? {
+            return Ok(None);
+        }
+        for forgotten in old_base + 1..=version {
+            log.forget(forgotten)?;
+        }
+        Ok(Some(version))
     }
 
     /// Applies every entry other gateways wrote since this copy's version; returns how many.
@@ -248,7 +326,12 @@ impl Registry {
         if races_lost > MAX_RACES_LOST {
             return Err(SharedError::Stalled { version }.into());
         }
-        if self.catch_up()? == 0 {
+        let Some(log) = self.log.get() else {
+            return Ok(());
+        };
+        // The slot is taken but its entry not shown: either the log was compacted past this
+        // copy (take the genesis), or the winner's entry is not visible yet (wait a little).
+        if self.catch_up()? == 0 && !self.rebase(&**log)? {
             std::thread::sleep(Duration::from_millis(5 * u64::from(races_lost)));
         }
         Ok(())
@@ -268,12 +351,13 @@ impl Registry {
         Ok(true)
     }
 
-    /// Takes the genesis's state into a fresh copy.
+    /// Replaces this copy's state with a genesis's, of a later version.
     fn load(&self, version: u64, digest: &[u8; 32], rows: &[Row]) -> Result<(), RegistryError> {
         let (tx, found) = self.begin()?;
-        if found != 0 {
-            return Err(SharedError::Forked { version: found }.into());
+        if found >= version {
+            return Ok(()); // a concurrent catch-up got as far
         }
+        clear_rows(&tx)?;
         self.write_rows(&tx, rows)?;
         require_logged_digest(version, digest, &digest_of(&tx)?)?;
         self.finish(tx, version, digest)
@@ -349,6 +433,21 @@ impl Registry {
         debug_assert_eq!(self.version.load(Ordering::SeqCst), version);
         Ok((version, self.sealer.seal(LOG, GENESIS, &plain)))
     }
+}
+
+/// Removes every row of the registry's state (before a genesis replaces it).
+fn clear_rows(tx: &WriteTransaction) -> Result<(), RegistryError> {
+    let mut meta = tx.open_table(META).map_err(db)?;
+    for name in SHARED_META {
+        meta.remove(name).map_err(db)?;
+    }
+    for definition in SEALED_TABLES {
+        tx.open_table(definition)
+            .map_err(db)?
+            .retain(|_, _| false)
+            .map_err(db)?;
+    }
+    Ok(())
 }
 
 fn require_logged_digest(

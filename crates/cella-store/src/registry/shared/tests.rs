@@ -7,21 +7,42 @@ use crate::sealed::SealingKey;
 use crate::token::Principal;
 use cella_core::TenantName;
 
-/// The log as a cluster's storage keeps it: create-if-absent slots, nothing else.
+/// The log as a cluster's storage keeps it: a genesis replaced by compare-and-set, and
+/// create-if-never-written slots (`None`: forgotten, still taken).
 #[derive(Default)]
 struct MemoryLog {
-    genesis: Mutex<Option<Vec<u8>>>,
-    entries: Mutex<BTreeMap<u64, Vec<u8>>>,
+    genesis: Mutex<Option<(Vec<u8>, u64)>>,
+    base: Mutex<u64>,
+    entries: Mutex<BTreeMap<u64, Option<Vec<u8>>>>,
 }
 
 impl SharedLog for MemoryLog {
-    fn genesis(&self) -> Result<Option<Vec<u8>>, SharedError> {
+    fn genesis(&self) -> Result<Option<(Vec<u8>, u64)>, SharedError> {
         Ok(self.genesis.lock().unwrap().clone())
     }
 
-    fn found(&self, genesis: Vec<u8>) -> Result<bool, SharedError> {
+    fn found(&self, genesis: Vec<u8>, base: u64) -> Result<bool, SharedError> {
+        self.replace_genesis(genesis, base, 0)
+    }
+
+    fn replace_genesis(
+        &self,
+        genesis: Vec<u8>,
+        base: u64,
+        revision: u64,
+    ) -> Result<bool, SharedError> {
         let mut slot = self.genesis.lock().unwrap();
-        Ok(slot.is_none() && slot.replace(genesis).is_none())
+        let current = slot.as_ref().map_or(0, |(_, revision)| *revision);
+        if current != revision {
+            return Ok(false);
+        }
+        *slot = Some((genesis, revision + 1));
+        *self.base.lock().unwrap() = base;
+        Ok(true)
+    }
+
+    fn base(&self) -> Result<u64, SharedError> {
+        Ok(*self.base.lock().unwrap())
     }
 
     fn append(&self, version: u64, entry: Vec<u8>) -> Result<bool, SharedError> {
@@ -29,12 +50,23 @@ impl SharedLog for MemoryLog {
         if entries.contains_key(&version) {
             return Ok(false);
         }
-        entries.insert(version, entry);
+        entries.insert(version, Some(entry));
         Ok(true)
     }
 
     fn entry(&self, version: u64) -> Result<Option<Vec<u8>>, SharedError> {
-        Ok(self.entries.lock().unwrap().get(&version).cloned())
+        Ok(self
+            .entries
+            .lock()
+            .unwrap()
+            .get(&version)
+            .cloned()
+            .flatten())
+    }
+
+    fn forget(&self, version: u64) -> Result<(), SharedError> {
+        self.entries.lock().unwrap().insert(version, None);
+        Ok(())
     }
 }
 
@@ -143,9 +175,9 @@ fn a_changed_replayed_or_foreign_log_entry_is_never_applied() {
     let good = log.entries.lock().unwrap().clone();
 
     // A flipped byte: refused, and the copy stays where it was.
-    let mut flipped = good[&2].clone();
+    let mut flipped = good[&2].clone().unwrap();
     flipped[10] ^= 1;
-    log.entries.lock().unwrap().insert(2, flipped);
+    log.entries.lock().unwrap().insert(2, Some(flipped));
     let b = member(b_dir.path(), &a.shared_key());
     let refused = b.share(log.clone()).unwrap_err();
     assert!(
@@ -247,4 +279,60 @@ fn a_registry_never_written_takes_the_clusters_key_and_one_written_does_not() {
         refused,
         Err(RegistryError::Shared(SharedError::OtherCluster))
     ));
+}
+
+#[test]
+fn a_compacted_log_still_brings_every_copy_to_the_same_state() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = open(&dirs[0].path().join("registry.redb")).unwrap();
+    let log: Arc<MemoryLog> = Arc::default();
+    a.share(log.clone()).unwrap();
+    let b = member(dirs[1].path(), &a.shared_key());
+    b.share(log.clone()).unwrap();
+    for n in 0..6 {
+        a.create_tenant(&tenant(&format!("t{n}"))).unwrap();
+    }
+    b.catch_up().unwrap();
+    // B goes away at version 6; A writes on and compacts.
+    drop(b);
+    for n in 6..10 {
+        a.create_tenant(&tenant(&format!("t{n}"))).unwrap();
+    }
+    assert_eq!(a.compact(100).unwrap(), None, "too few entries yet");
+    assert_eq!(a.compact(5).unwrap(), Some(10));
+    assert_eq!(a.compact(5).unwrap(), None, "nothing new since");
+    assert!(log.entries.lock().unwrap().values().all(Option::is_none));
+    a.create_tenant(&tenant("t10")).unwrap();
+
+    // A copy from before the compaction takes the genesis, then the entries after it.
+    let b = member(dirs[1].path(), &a.shared_key());
+    assert_eq!(
+        b.share(log.clone()).unwrap(),
+        Sharing::Joined { from: 6, to: 11 }
+    );
+    assert_eq!(digest(&a), digest(&b));
+    // So does a fresh one.
+    let c = member(dirs[2].path(), &a.shared_key());
+    assert_eq!(
+        c.share(log.clone()).unwrap(),
+        Sharing::Joined { from: 0, to: 11 }
+    );
+    assert_eq!(c.tenants().unwrap().len(), 11);
+
+    // A copy left behind while running: its next write finds its slot forgotten (taken for
+    // good), takes the genesis, and lands after it.
+    for n in 11..16 {
+        a.create_tenant(&tenant(&format!("t{n}"))).unwrap();
+    }
+    assert_eq!(a.compact(5).unwrap(), Some(16));
+    assert_eq!(c.version(), 11);
+    c.create_tenant(&tenant("late")).unwrap();
+    assert_eq!(c.version(), 17);
+    a.catch_up().unwrap();
+    assert_eq!(digest(&a), digest(&c));
+    // And one that only reads catches up in full from the hint.
+    assert_eq!(b.version(), 11);
+    assert_eq!(b.catch_up().unwrap(), 0, "its next entry is forgotten");
+    assert_eq!(b.catch_up_fully().unwrap(), 2);
+    assert_eq!(digest(&a), digest(&b));
 }
