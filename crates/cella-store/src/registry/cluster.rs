@@ -1,9 +1,9 @@
-//! The secrets a cluster's nodes share, kept by the node that founded it (the gateway, whose
-//! registry holds them): the bus key of the current epoch, which seals every message between
-//! attested nodes, and the blob key, which seals the bundles all of them read from the shared
-//! blob store. Both are derived from the registry's data key, which never leaves this node:
-//! a worker is handed the derived keys only, so it can read bundles and messages but not the
-//! registry. Rotation moves the epoch forward; a node that is not admitted again cannot derive
+//! The secrets a cluster's nodes share, kept by its gateways (whose shared registry holds
+//! them): the bus key of the current epoch, which seals every message between attested nodes,
+//! and the blob key, which seals the bundles all of them read from the shared blob store. Both
+//! are derived from the registry's data key, which leaves a gateway only sealed to another
+//! attested gateway: a worker is handed the derived keys only, so it can read bundles and
+//! messages but not the registry. Rotation moves the epoch forward; a node that is not admitted again cannot derive
 //! the next bus key. The blob key does not rotate: bundles sealed under it stay readable by
 //! every node that was ever admitted (re-sealing the store is not built).
 
