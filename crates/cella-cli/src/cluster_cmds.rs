@@ -33,14 +33,18 @@ pub(crate) struct GatewayArgs {
     /// this gateway's own.
     #[arg(long = "worker-measurement", value_name = "HEX")]
     worker_measurements: Vec<Measurement>,
+    /// A gateway measurement to admit (repeatable): such a gateway is handed the registry's
+    /// data key. Default: this gateway's own build only, whatever workers are admitted.
+    #[arg(long = "admit-gateway-measurement", value_name = "HEX")]
+    admit_gateway_measurements: Vec<Measurement>,
     /// Policy the running gateway's evidence must pass before this one, starting with a fresh
     /// data directory, takes the cluster's registry from it (TOML). Default: this gateway's
     /// own build on its own kind of TEE.
     #[arg(long, env = "CELLA_GATEWAY_POLICY", value_name = "FILE")]
     gateway_policy: Option<PathBuf>,
     /// A gateway measurement to trust when joining (repeatable); replaces the default of this
-    /// gateway's own. With `--worker-measurement` on the running gateways, this hands the
-    /// registry to a new build by attestation.
+    /// gateway's own. With `--admit-gateway-measurement` on the running gateways, this hands
+    /// the registry to a new build by attestation.
     #[arg(long = "gateway-measurement", value_name = "HEX")]
     gateway_measurements: Vec<Measurement>,
 }
@@ -112,12 +116,15 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         measurements: &args.gateway_measurements,
     };
     let (platform, log) = share_registry(platform, &client, &config, &args.up.node, peers).await?;
-    let policy = peer_policy(
-        &platform,
-        args.worker_policy.as_ref(),
-        &args.worker_measurements,
-    )?;
-    let gateway = cella_cluster::Gateway::start(platform.clone(), client, policy, log)
+    let policies = cella_cluster::Policies {
+        workers: peer_policy(
+            &platform,
+            args.worker_policy.as_ref(),
+            &args.worker_measurements,
+        )?,
+        gateways: peer_policy(&platform, None, &args.admit_gateway_measurements)?,
+    };
+    let gateway = cella_cluster::Gateway::start(platform.clone(), client, policies, log)
         .await
         .context("cannot start the gateway on the bus")?;
     println!(

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_nats::Client;
 use cella_runtime::{Dispatcher, ErrorCode, Job, Outcome, Platform, RemoteFailure, RuntimeError};
-use cella_tee::Policy;
 
 use crate::bus::{BusError, SealedBus, short_id};
-use crate::join::Admissions;
+use crate::join::{Admissions, Policies};
 use crate::subjects::{INVOKE, ROTATED};
 use crate::wire;
 
@@ -25,21 +24,21 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Joins `platform` to the bus as one of the cluster's gateways: admits workers (and
-    /// gateways) that pass `policy`, serves their state calls, dispatches every invocation
+    /// Joins `platform` to the bus as one of the cluster's gateways: admits workers and
+    /// gateways that pass their `policies`, serves their state calls, dispatches every invocation
     /// to them, and follows the registry it shares through `log` with the other gateways
     /// (see [`crate::share_registry`]).
     pub async fn start(
         platform: Arc<Platform>,
         client: Client,
-        policy: Policy,
+        policies: Policies,
         log: Arc<crate::KvLog>,
     ) -> Result<Gateway, RuntimeError> {
         let secrets = platform.cluster_secrets()?;
         let bus = Arc::new(
             SealedBus::new(client.clone(), &secrets, platform.clone()).leading_rotations(),
         );
-        let admissions = Admissions::new(platform.clone(), bus.node(), policy);
+        let admissions = Admissions::new(platform.clone(), bus.node(), policies);
         tokio::spawn(crate::registry_log::follow(
             log,
             bus.clone(),

@@ -155,21 +155,33 @@ fn verify(
     }
 }
 
-/// The gateway's side: admits workers under `policy`.
+/// Whom a gateway admits: workers under one policy, gateways — which get the registry's data
+/// key, far more than a worker — under another (by default this gateway's own build only), so
+/// a build admitted as a worker during an upgrade cannot ask for the registry.
+pub struct Policies {
+    pub workers: Policy,
+    pub gateways: Policy,
+}
+
+/// The gateway's side: admits workers and gateways under their [`Policies`].
 pub struct Admissions {
     platform: Arc<Platform>,
     /// This gateway's id on the bus: admits come to its own subject.
     node: cella_bus::MessageId,
-    policy: Policy,
+    policies: Policies,
     challenges: Mutex<HashMap<[u8; NONCE_BYTES], Instant>>,
 }
 
 impl Admissions {
-    pub fn new(platform: Arc<Platform>, node: cella_bus::MessageId, policy: Policy) -> Arc<Self> {
+    pub fn new(
+        platform: Arc<Platform>,
+        node: cella_bus::MessageId,
+        policies: Policies,
+    ) -> Arc<Self> {
         Arc::new(Admissions {
             platform,
             node,
-            policy,
+            policies,
             challenges: Mutex::default(),
         })
     }
@@ -253,13 +265,23 @@ impl Admissions {
             public_key: public_key.clone(),
             evidence: admit.evidence,
         };
+        // Grant what the cluster holds now: a rotation made on another gateway a moment ago
+        // must not hand out the key it retired.
+        self.platform
+            .catch_up_registry()
+            .await
+            .map_err(|e| e.to_string())?;
         let secrets = self.platform.cluster_secrets().map_err(|e| e.to_string())?;
         let granted = match admit.role {
             Role::Worker => secrets.to_bytes(),
             Role::Gateway => self.platform.registry_key().to_bytes().to_vec(),
         };
-        let sim = cella_tee::sim::SimVerifier::new(&self.policy.sim_anchors)
-            .map_err(|e| e.to_string())?;
+        let policy = match admit.role {
+            Role::Worker => &self.policies.workers,
+            Role::Gateway => &self.policies.gateways,
+        };
+        let sim =
+            cella_tee::sim::SimVerifier::new(&policy.sim_anchors).map_err(|e| e.to_string())?;
         let (sgx, tdx) = (
             cella_tee::DcapVerifier::sgx(),
             cella_tee::DcapVerifier::tdx(),
@@ -268,7 +290,7 @@ impl Admissions {
         let admitted = cella_bus::admit(
             &request,
             &challenge,
-            &self.policy,
+            policy,
             &verifiers,
             self.platform.wall_time(),
             &granted,

@@ -35,7 +35,7 @@ use std::time::Duration;
 
 pub use asynchronous::MAX_ATTEMPTS;
 pub use gateway::Gateway;
-pub use join::{JoinFailure, Role};
+pub use join::{JoinFailure, Policies, Role};
 pub use registry_log::KvLog;
 
 /// A connection to NATS (what [`connect`] returns).

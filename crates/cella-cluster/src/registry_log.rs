@@ -1,6 +1,7 @@
 //! The shared registry's log in JetStream KV (bucket [`REGISTRY_BUCKET`]): NATS stores and
 //! replicates it; the gateways seal what is in it (see `cella-store`'s `shared.rs`). Slots
-//! are keys: `genesis` (with `base`, its version, as a hint), then `v.1`, `v.2`, …, each
+//! are keys: `genesis` (which names the chunks `g.<id>.<n>` holding the genesis, since a whole
+//! registry outgrows one value; `base`, its version, is a hint), then `v.1`, `v.2`, …, each
 //! written only if the key never had a value (JetStream checks the expected last sequence 0),
 //! so two gateways never both get a version, and a forgotten entry (a delete marker) keeps
 //! its slot taken. Each gateway follows the bucket, applies new entries as they appear, and
@@ -29,6 +30,8 @@ const CATCH_UP_EVERY: Duration = Duration::from_secs(5);
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 const COMPACT_AFTER: u64 = 1024;
 const GENESIS: &str = "genesis";
+/// Room left in a value for the message's headers.
+const HEADER_ROOM: usize = 1024;
 const BASE: &str = "base";
 
 /// The registry's log in a JetStream KV bucket.
@@ -90,10 +93,12 @@ impl KvLog {
                 .unwrap_or_else(|_| Err(unavailable(format!("no answer in {CALL_TIMEOUT:?}"))));
             let _ = answer.send(result);
         });
+        // The call times itself out; this bound only guards against a runtime that never
+        // gets to run it.
         let wait = || {
             answered
-                .recv()
-                .unwrap_or_else(|_| Err(unavailable("the NATS client stopped")))
+                .recv_timeout(CALL_TIMEOUT + Duration::from_secs(5))
+                .unwrap_or_else(|_| Err(unavailable("the NATS client did not run the call")))
         };
         // Called on one of the runtime's own threads after all (it should not be), let the
         // runtime move its other tasks away rather than wait for the call on this thread.
@@ -110,10 +115,10 @@ impl KvLog {
     /// Writes `value` under `key` if the key is at `revision` (0: never written, not even
     /// deleted); `false` if it is not.
     fn write_at(&self, key: String, value: Vec<u8>, revision: u64) -> Result<bool, SharedError> {
-        if value.len() > self.max_value {
+        if value.len() > self.largest_value() {
             return Err(SharedError::TooLarge {
                 size: value.len(),
-                limit: self.max_value,
+                limit: self.largest_value(),
             });
         }
         let store = self.store.clone();
@@ -134,6 +139,75 @@ impl KvLog {
         })
     }
 
+    /// The largest value one key takes, headers allowed for.
+    fn largest_value(&self) -> usize {
+        self.max_value.saturating_sub(HEADER_ROOM).max(1)
+    }
+
+    /// Writes `genesis` in chunks under a fresh id; returns the id and how many chunks.
+    fn write_chunks(&self, genesis: &[u8]) -> Result<(String, usize), SharedError> {
+        let id = hex::encode(cella_bus::random_id());
+        let chunks: Vec<Vec<u8>> = genesis
+            .chunks(self.largest_value())
+            .map(<[u8]>::to_vec)
+            .collect();
+        let (store, count, key_id) = (self.store.clone(), chunks.len(), id.clone());
+        self.block_on(async move {
+            for (n, chunk) in chunks.into_iter().enumerate() {
+                store
+                    .put(chunk_key(&key_id, n), chunk.into())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        })?;
+        Ok((id, count))
+    }
+
+    fn forget_chunks(&self, head: &GenesisHead) {
+        let (store, head) = (self.store.clone(), head.clone());
+        let forgotten = self.block_on(async move {
+            for n in 0..head.chunks {
+                store
+                    .delete(chunk_key(&head.id, n))
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = forgotten {
+            tracing::warn!("cannot remove an old genesis's chunks: {e}");
+        }
+    }
+
+    /// The genesis's head and revision, and the genesis put together from its chunks.
+    fn read_genesis(&self) -> Result<Option<(GenesisHead, Vec<u8>, u64)>, SharedError> {
+        let store = self.store.clone();
+        self.block_on(async move {
+            let Some(entry) = store.entry(GENESIS).await.map_err(unavailable)? else {
+                return Ok(None);
+            };
+            if entry.operation != kv::Operation::Put {
+                return Ok(None);
+            }
+            // Unsealed, so only a pointer: what it points to is sealed and checked whole.
+            let head: GenesisHead = serde_json::from_slice(&entry.value)
+                .map_err(|e| unavailable(format!("the genesis's head is unreadable: {e}")))?;
+            let mut genesis = Vec::new();
+            for n in 0..head.chunks {
+                let chunk = store
+                    .get(chunk_key(&head.id, n))
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| {
+                        unavailable("a chunk of the genesis is missing (replaced meanwhile?)")
+                    })?;
+                genesis.extend_from_slice(&chunk);
+            }
+            Ok(Some((head, genesis, entry.revision)))
+        })
+    }
+
     /// Records the genesis's version where it is cheap to read.
     fn set_base(&self, base: u64) -> Result<(), SharedError> {
         let store = self.store.clone();
@@ -147,19 +221,26 @@ impl KvLog {
     }
 }
 
+/// Where the genesis lives: the chunks under one id.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+struct GenesisHead {
+    id: String,
+    chunks: usize,
+}
+
+fn chunk_key(id: &str, n: usize) -> String {
+    format!("g.{id}.{n}")
+}
+
 fn entry_key(version: u64) -> String {
     format!("v.{version}")
 }
 
 impl SharedLog for KvLog {
     fn genesis(&self) -> Result<Option<(Vec<u8>, u64)>, SharedError> {
-        let store = self.store.clone();
-        self.block_on(async move {
-            let entry = store.entry(GENESIS).await.map_err(unavailable)?;
-            Ok(entry
-                .filter(|entry| entry.operation == kv::Operation::Put)
-                .map(|entry| (entry.value.to_vec(), entry.revision)))
-        })
+        // A compaction may replace it between reading the head and the chunks: read again.
+        let read = self.read_genesis().or_else(|_| self.read_genesis())?;
+        Ok(read.map(|(_, genesis, revision)| (genesis, revision)))
     }
 
     fn found(&self, genesis: Vec<u8>, base: u64) -> Result<bool, SharedError> {
@@ -172,8 +253,19 @@ impl SharedLog for KvLog {
         base: u64,
         revision: u64,
     ) -> Result<bool, SharedError> {
-        if !self.write_at(GENESIS.to_owned(), genesis, revision)? {
+        let old = match revision {
+            0 => None,
+            _ => self.read_genesis().ok().flatten().map(|(head, ..)| head),
+        };
+        let (id, chunks) = self.write_chunks(&genesis)?;
+        let head = GenesisHead { id, chunks };
+        let pointer = serde_json::to_vec(&head).expect("serializes");
+        if !self.write_at(GENESIS.to_owned(), pointer, revision)? {
+            self.forget_chunks(&head);
             return Ok(false);
+        }
+        if let Some(old) = old {
+            self.forget_chunks(&old);
         }
         self.set_base(base)?;
         Ok(true)

@@ -118,7 +118,21 @@ impl Worker {
                 continue;
             }
             let client = self.bus.client().clone();
-            match join_when_answered(&client, &self.platform, &self.gateway_policy).await {
+            let wanted = announced.unwrap_or(0);
+            let mut joined =
+                join_when_answered(&client, &self.platform, &self.gateway_policy).await;
+            // A gateway that has not yet applied the rotation grants the old epoch: ask again.
+            for _ in 0..20 {
+                match &joined {
+                    Ok(secrets) if secrets.epoch < wanted => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        joined =
+                            join_when_answered(&client, &self.platform, &self.gateway_policy).await;
+                    }
+                    _ => break,
+                }
+            }
+            match joined {
                 Ok(secrets) => {
                     self.bus.rotate(&secrets);
                     println!(

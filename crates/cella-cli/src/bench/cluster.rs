@@ -216,7 +216,11 @@ pub(super) async fn cluster(guests: &Path, scale: f64) -> anyhow::Result<Value> 
     let client = cella_cluster::connect(&url, "cella-bench").await?;
     let log = cella_cluster::KvLog::open(&client).await?;
     gateway.share_registry(log.clone()).await?;
-    cella_cluster::Gateway::start(gateway.clone(), client, policy, log).await?;
+    let policies = cella_cluster::Policies {
+        workers: policy.clone(),
+        gateways: policy,
+    };
+    cella_cluster::Gateway::start(gateway.clone(), client, policies, log).await?;
     // Each worker gets a CPU of its own where there are two and `taskset` is here.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = cpus >= 2

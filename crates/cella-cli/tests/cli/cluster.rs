@@ -370,11 +370,15 @@ fn a_worker_of_another_build_gets_no_keys_and_no_work() {
     );
     assert!(!std::fs::read_to_string(&log).unwrap().contains("joined"));
 
-    // Nor does a gateway of this build get the registry's key from that cluster.
-    let gateway = cluster
+    // Gateways are admitted under a policy of their own (they get the registry's key): a
+    // cluster that admits this build's workers, but only another build's gateways, refuses a
+    // gateway of this build.
+    let strict = Cluster::start(&["--admit-gateway-measurement", &other_build]);
+    let _worker = strict.worker("admitted-worker");
+    let gateway = strict
         .node("gateway")
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(cluster.dir.path().join("refused-gateway"))
+        .arg(strict.dir.path().join("refused-gateway"))
         .output()
         .unwrap();
     assert!(!gateway.status.success(), "the gateway must not join");

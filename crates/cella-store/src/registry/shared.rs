@@ -20,7 +20,6 @@
 //! gone, takes the genesis instead (its copy only moves forward).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redb::{TableHandle, WriteTransaction};
@@ -170,7 +169,7 @@ impl Registry {
             self.check_on_log(&*log, mine, base, &digest)?;
         }
         self.start_sharing(log);
-        self.catch_up()?;
+        self.catch_up_fully()?;
         Ok(Sharing::Joined {
             from: mine,
             to: self.version(),
@@ -195,7 +194,19 @@ impl Registry {
         } else {
             match log.entry(version)? {
                 Some(entry) => Some(self.open_entry(version, &entry)?.0),
-                None => None,
+                // Compacted since the genesis was read? Then a newer genesis covers this
+                // version, and the catch-up that follows takes it.
+                None => match log.genesis()? {
+                    Some((genesis, _)) => {
+                        let (base, digest, _) = self.open_genesis(&genesis)?;
+                        match base.cmp(&version) {
+                            std::cmp::Ordering::Greater => return Ok(()),
+                            std::cmp::Ordering::Equal => Some(digest),
+                            std::cmp::Ordering::Less => None,
+                        }
+                    }
+                    None => None,
+                },
             }
         };
         let tx = self.read()?;
@@ -227,11 +238,7 @@ impl Registry {
             return Ok(0);
         };
         let rebased = log.base()? > self.version() && self.rebase(&**log)?;
-        let applied = self.catch_up()?;
-        if rebased && applied == 0 {
-            self.applied.send_replace(self.version());
-        }
-        Ok(applied + u64::from(rebased))
+        Ok(self.catch_up()? + u64::from(rebased))
     }
 
     /// Takes the genesis if it is ahead of this copy; whether it was.
@@ -360,7 +367,10 @@ impl Registry {
         clear_rows(&tx)?;
         self.write_rows(&tx, rows)?;
         require_logged_digest(version, digest, &digest_of(&tx)?)?;
-        self.finish(tx, version, digest)
+        self.finish(tx, version, digest)?;
+        // Whatever the genesis changed (triggers, the cluster key) is news to the platform.
+        self.applied.send_replace(version);
+        Ok(())
     }
 
     fn open_entry(
@@ -430,7 +440,6 @@ impl Registry {
         let mut plain = version.to_le_bytes().to_vec();
         plain.extend_from_slice(&digest);
         encode_rows(&mut plain, &rows);
-        debug_assert_eq!(self.version.load(Ordering::SeqCst), version);
         Ok((version, self.sealer.seal(LOG, GENESIS, &plain)))
     }
 }
