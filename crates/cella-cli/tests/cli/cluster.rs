@@ -931,6 +931,13 @@ fn the_registry_log_in_jetstream_kv_keeps_every_slot_written_once() {
         assert_eq!(log.entry(1).unwrap(), None);
         assert!(!log.append(1, b"again".to_vec()).unwrap());
         assert_eq!(log.genesis().unwrap().unwrap().0, b"at 1");
+
+        // A genesis larger than one value (NATS's max_payload, 1 MB here) is kept in chunks.
+        let large: Vec<u8> = (0..2_500_000u32).map(|n| (n % 251) as u8).collect();
+        let (_, revision) = log.genesis().unwrap().unwrap();
+        assert!(log.replace_genesis(large.clone(), 2, revision).unwrap());
+        assert_eq!(log.genesis().unwrap().unwrap().0, large);
+        assert_eq!(log.base().unwrap(), 2);
     }));
     checked.unwrap();
 }
