@@ -180,8 +180,8 @@ impl KvLog {
         }
     }
 
-    /// The genesis's head and revision, and the genesis put together from its chunks.
-    fn read_genesis(&self) -> Result<Option<(GenesisHead, Vec<u8>, u64)>, SharedError> {
+    /// The genesis's head (where its chunks are) and its revision.
+    fn read_head(&self) -> Result<Option<(GenesisHead, u64)>, SharedError> {
         let store = self.store.clone();
         self.block_on(async move {
             let Some(entry) = store.entry(GENESIS).await.map_err(unavailable)? else {
@@ -193,6 +193,17 @@ impl KvLog {
             // Unsealed, so only a pointer: what it points to is sealed and checked whole.
             let head: GenesisHead = serde_json::from_slice(&entry.value)
                 .map_err(|e| unavailable(format!("the genesis's head is unreadable: {e}")))?;
+            Ok(Some((head, entry.revision)))
+        })
+    }
+
+    /// The genesis, put together from its chunks.
+    fn read_genesis(&self) -> Result<Option<(Vec<u8>, u64)>, SharedError> {
+        let Some((head, revision)) = self.read_head()? else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        let genesis = self.block_on(async move {
             let mut genesis = Vec::new();
             for n in 0..head.chunks {
                 let chunk = store
@@ -204,8 +215,9 @@ impl KvLog {
                     })?;
                 genesis.extend_from_slice(&chunk);
             }
-            Ok(Some((head, genesis, entry.revision)))
-        })
+            Ok(genesis)
+        })?;
+        Ok(Some((genesis, revision)))
     }
 
     /// Records the genesis's version where it is cheap to read.
@@ -239,8 +251,7 @@ fn entry_key(version: u64) -> String {
 impl SharedLog for KvLog {
     fn genesis(&self) -> Result<Option<(Vec<u8>, u64)>, SharedError> {
         // A compaction may replace it between reading the head and the chunks: read again.
-        let read = self.read_genesis().or_else(|_| self.read_genesis())?;
-        Ok(read.map(|(_, genesis, revision)| (genesis, revision)))
+        self.read_genesis().or_else(|_| self.read_genesis())
     }
 
     fn found(&self, genesis: Vec<u8>, base: u64) -> Result<bool, SharedError> {
@@ -255,7 +266,7 @@ impl SharedLog for KvLog {
     ) -> Result<bool, SharedError> {
         let old = match revision {
             0 => None,
-            _ => self.read_genesis().ok().flatten().map(|(head, ..)| head),
+            _ => self.read_head().ok().flatten().map(|(head, _)| head),
         };
         let (id, chunks) = self.write_chunks(&genesis)?;
         let head = GenesisHead { id, chunks };
