@@ -52,6 +52,10 @@ struct StorageFile {
     blobs: Option<String>,
     /// Largest key-value state one function may keep, in bytes.
     max_state_bytes: Option<u64>,
+    /// Versions kept per function.
+    max_versions: Option<usize>,
+    /// Bytes of code one tenant may keep.
+    max_tenant_bytes: Option<u64>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -59,6 +63,12 @@ struct StorageFile {
 struct SandboxFile {
     instances: Option<u32>,
     keep_resident_bytes: Option<usize>,
+    max_compile_functions: Option<u64>,
+    max_compile_code_bytes: Option<u64>,
+    max_compile_function_bytes: Option<u64>,
+    compile_queue: Option<usize>,
+    compile_seconds: Option<u64>,
+    cpu_turns: Option<usize>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -100,6 +110,10 @@ pub(crate) struct StorageSettings {
     pub blobs: Option<String>,
     /// Largest key-value state one function may keep (keys and values), in bytes.
     pub max_state_bytes: u64,
+    /// Versions kept per function; older ones are forgotten and their code deleted.
+    pub max_versions: usize,
+    /// Bytes of code one tenant may keep, all versions of all its functions.
+    pub max_tenant_bytes: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -126,6 +140,17 @@ pub(crate) struct SandboxSettings {
     /// Instance slots: how many invocations the node runs at once.
     pub instances: u32,
     pub keep_resident_bytes: usize,
+    /// What one deploy may bring to the compiler (checked before compiling).
+    pub max_compile_functions: u64,
+    pub max_compile_code_bytes: u64,
+    pub max_compile_function_bytes: u64,
+    /// Deploys that may wait for the node's compiler (one compiles at a time).
+    pub compile_queue: usize,
+    /// Compile time one tenant may use per 10 minutes.
+    pub compile_seconds: u64,
+    /// Guests that run WebAssembly at once, shared round-robin between tenants (0: one per
+    /// core).
+    pub cpu_turns: usize,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -207,11 +232,38 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
                 .sandbox
                 .keep_resident_bytes
                 .unwrap_or(sandbox.keep_resident_bytes),
+            max_compile_functions: file
+                .sandbox
+                .max_compile_functions
+                .unwrap_or(sandbox.compile.max_functions),
+            max_compile_code_bytes: file
+                .sandbox
+                .max_compile_code_bytes
+                .unwrap_or(sandbox.compile.max_code_bytes),
+            max_compile_function_bytes: file
+                .sandbox
+                .max_compile_function_bytes
+                .unwrap_or(sandbox.compile.max_function_bytes),
+            compile_queue: file.sandbox.compile_queue.unwrap_or(sandbox.compile_queue),
+            compile_seconds: file
+                .sandbox
+                .compile_seconds
+                .unwrap_or(cella_runtime::PlatformConfig::new(".").compile_seconds),
+            cpu_turns: file.sandbox.cpu_turns.unwrap_or(sandbox.cpu_turns),
         },
         limits: LimitSettings { default, maximum },
         storage: StorageSettings {
             blobs: args.blobs.clone().or(file.storage.blobs),
             max_state_bytes: file.storage.max_state_bytes.unwrap_or(1 << 20),
+            max_versions: file
+                .storage
+                .max_versions
+                .unwrap_or(cella_runtime::PlatformConfig::new(".").max_versions)
+                .max(1),
+            max_tenant_bytes: file
+                .storage
+                .max_tenant_bytes
+                .unwrap_or(cella_runtime::PlatformConfig::new(".").max_tenant_bytes),
         },
         file: source,
     })

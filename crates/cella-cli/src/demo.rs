@@ -176,7 +176,11 @@ pub(crate) async fn run(platform: &Platform, guests: &Path, url: &str) -> anyhow
         );
     }
 
-    let policy = demo_policy(platform)?;
+    // A demo the user started with --insecure-http is a local node they chose not to bind.
+    let policy = cella_tee::Policy {
+        allow_unbound: url.starts_with("http://"),
+        ..demo_policy(platform)?
+    };
     let client = Client::with_policy(url, Some(token.secret().to_owned()), &policy)?;
     let attestation = verify_first(&client, &policy).await?;
     let policy_file = platform.config().data_dir.join("demo-policy.toml");

@@ -7,6 +7,7 @@ mod client_cmds;
 mod cluster_cmds;
 mod config;
 mod demo;
+mod log_writer;
 mod tee_cmds;
 mod up;
 

@@ -13,7 +13,7 @@ use crate::{Format, Remote};
 #[derive(Args, Clone)]
 pub(crate) struct PolicyArgs {
     /// Verification policy (TOML: allowed_tee, measurements, min_security_version,
-    /// allow_simulated, sim_anchors).
+    /// allow_simulated, sim_anchors, allow_unbound).
     #[arg(long, env = "CELLA_POLICY", global = true)]
     policy: Option<PathBuf>,
     /// Accept evidence from the simulated TEE (for testing: it proves nothing about hardware).
@@ -26,6 +26,10 @@ pub(crate) struct PolicyArgs {
     /// the local node's `sim-platform.pub` when the policy names none.
     #[arg(long = "sim-anchor", value_name = "HEX|@FILE", global = true)]
     sim_anchors: Vec<String>,
+    /// Accept a plain-HTTP node, whose evidence is not bound to the connection: only for a
+    /// local `cella up --insecure-http` node (anything relaying it could read the token).
+    #[arg(long, global = true)]
+    allow_unbound: bool,
 }
 
 impl PolicyArgs {
@@ -41,6 +45,7 @@ impl PolicyArgs {
             None => Policy::default(),
         };
         policy.allow_simulated |= self.allow_simulated;
+        policy.allow_unbound |= self.allow_unbound;
         policy
             .measurements
             .extend(self.measurements.iter().copied());

@@ -97,7 +97,11 @@ pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::log_writer::LossyStderr)
+        // By default a failed write is reported with `eprintln!`, which panics when stderr
+        // itself cannot be written (a full disk under a redirected log): in a request
+        // handler that dropped the client's connection after its change had committed.
+        .log_internal_errors(false)
         .try_init();
 }
 
@@ -130,9 +134,19 @@ pub(crate) fn open_with_key(
     platform_config.max_limits = config.limits.maximum;
     platform_config.tenant_concurrency = config.gateway.tenant_concurrency;
     platform_config.max_state_bytes = config.storage.max_state_bytes;
+    platform_config.max_versions = config.storage.max_versions;
+    platform_config.max_tenant_bytes = config.storage.max_tenant_bytes;
     platform_config.blob_store = config.storage.blobs.clone();
     platform_config.sandbox.instances = config.sandbox.instances;
     platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
+    platform_config.sandbox.compile = cella_sandbox::CompileLimits {
+        max_functions: config.sandbox.max_compile_functions,
+        max_code_bytes: config.sandbox.max_compile_code_bytes,
+        max_function_bytes: config.sandbox.max_compile_function_bytes,
+    };
+    platform_config.sandbox.compile_queue = config.sandbox.compile_queue;
+    platform_config.compile_seconds = config.sandbox.compile_seconds;
+    platform_config.sandbox.cpu_turns = config.sandbox.cpu_turns;
     platform_config.sim_platform_dir = node.sim_platform.clone();
     platform_config.tee = match node.tee {
         Tee::Auto => TeeMode::Auto,

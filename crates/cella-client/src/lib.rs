@@ -51,6 +51,16 @@ pub enum ClientError {
          do not trust it until the operator explains"
     )]
     RolledBack { url: String, seen: u64, now: u64 },
+    /// A secret would go over a connection that no verified evidence binds (plain HTTP), and
+    /// the policy does not allow that: anything between here and the node could relay the
+    /// node's evidence and read the secret.
+    #[error(
+        "refusing to send a token to {url}: plain HTTP is not bound to the node's evidence, so \
+         anything relaying the connection would read the token; use the node's https:// \
+         address, or, for a local `cella up --insecure-http` node only, allow it with \
+         `allow_unbound = true` in the policy (--allow-unbound)"
+    )]
+    Unbound { url: String },
 }
 
 impl ClientError {
@@ -230,7 +240,10 @@ impl Client {
 
     /// A client that trusts the node only as far as `policy` allows: for `https://` URLs every
     /// TLS connection is accepted only if the certificate's evidence passes the policy and
-    /// binds the certificate's key (RA-TLS); for `http://` URLs it is [`Client::new`].
+    /// binds the certificate's key (RA-TLS). Over plain HTTP nothing binds the evidence to the
+    /// connection, so a client with a token is refused ([`ClientError::Unbound`]) unless the
+    /// policy says `allow_unbound`; one without a token may still fetch evidence, whose
+    /// verdict then fails the `TLS key` check.
     pub fn with_policy(
         base_url: &str,
         token: Option<String>,
@@ -238,6 +251,9 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let mut client = Client::new(base_url, token);
         if !client.base.starts_with("https://") {
+            if client.token.is_some() && !policy.allow_unbound {
+                return Err(ClientError::Unbound { url: client.base });
+            }
             return Ok(client);
         }
         let verifier = RaTlsVerifier::new(policy.clone());
@@ -343,8 +359,10 @@ impl Client {
 
     /// The evidence and, from nodes that have them, the plug-in list signed for `nonce`.
     async fn attestation_with_plugins(&self, nonce: &[u8]) -> Result<Attestation, ClientError> {
+        // Evidence needs no token, and this request comes before the verdict: send none.
         let builder = self
-            .request(Method::GET, "/v1/attestation")
+            .http
+            .get(format!("{}/v1/attestation", self.base))
             .query(&[("nonce", hex::encode(nonce))]);
         self.json(builder).await
     }
@@ -382,12 +400,26 @@ impl Client {
                 actual: report.identity_key.clone(),
                 fix: None,
             },
-            None => Check {
+            None if policy.allow_unbound => Check {
                 name: "TLS key",
                 ok: true,
-                expected: "none (plain HTTP)".into(),
+                expected: "none (plain HTTP, allowed by allow_unbound)".into(),
                 actual: "not bound: the evidence is not tied to this connection".into(),
                 fix: None,
+            },
+            None => Check {
+                name: "TLS key",
+                ok: false,
+                expected: "the key of this connection (https://)".into(),
+                actual: "not bound: plain HTTP, so anything relaying it could pass the node's \
+                         evidence on and read what is sent next"
+                    .into(),
+                fix: Some(
+                    "use the node's https:// address; only for a local `cella up \
+                     --insecure-http` node, set allow_unbound = true in the policy \
+                     (or pass --allow-unbound)"
+                        .into(),
+                ),
             },
         });
         // The plug-ins the node runs functions on, in the node's own words: signed by the key

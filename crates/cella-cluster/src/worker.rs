@@ -4,6 +4,7 @@
 //! sealed. A worker keeps nothing of a tenant's beyond an invocation: state lives with the
 //! gateway and is reached through sealed calls.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,7 +136,9 @@ impl Worker {
             match joined {
                 Ok(secrets) => {
                     self.bus.rotate(&secrets);
-                    println!(
+                    // Not `println!`: a stdout that cannot be written must not stop a worker.
+                    let _ = writeln!(
+                        std::io::stdout(),
                         "worker {} joined again (cluster key epoch {})",
                         self.node_id(),
                         secrets.epoch

@@ -112,6 +112,18 @@ impl FunctionRecord {
         self.versions.push(next);
     }
 
+    /// Forgets the oldest versions so that at most `keep` remain (the current one always
+    /// does); returns what was forgotten.
+    pub fn forget_oldest(&mut self, keep: usize) -> Vec<FunctionVersion> {
+        let excess = self.versions.len().saturating_sub(keep.max(1));
+        self.versions.drain(..excess).collect()
+    }
+
+    /// Bytes of code its kept versions hold.
+    pub fn stored_bytes(&self) -> u64 {
+        self.versions.iter().map(|v| v.size).sum()
+    }
+
     /// Sets the current-version fields from `version`.
     fn show(&mut self, version: &FunctionVersion) {
         self.version = version.version.clone();

@@ -65,8 +65,22 @@ pub(crate) fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
+/// `ok`, or 503 `unhealthy` with the cause (a failed storage) until the node has recovered.
+async fn health(State(state): State<AppState>) -> Response {
+    match state.platform.health().await {
+        Ok(()) => {
+            Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") })).into_response()
+        }
+        Err(cause) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unhealthy",
+                "cause": cause,
+                "version": env!("CARGO_PKG_VERSION"),
+            })),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -18,16 +18,6 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let peer = parts.extensions.get::<Peer>().map(|p| p.0);
-        if let Some(wait) = peer.and_then(|p| state.guessing.blocked_for(p)) {
-            return Err(ApiError::new(
-                ErrorCode::TooManyRequests,
-                format!(
-                    "too many requests with invalid tokens from this address; retry in {} s \
-                     with a valid token",
-                    wait.as_secs() + 1
-                ),
-            ));
-        }
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::new(
                 ErrorCode::Unauthenticated,
@@ -46,9 +36,25 @@ impl FromRequestParts<AppState> for Caller {
                     "the Authorization header must be `Bearer <token>`",
                 )
             })?;
-        match state.platform.authenticate(token)? {
-            Some(principal) => Ok(Caller(principal)),
-            None => {
+        // The budget limits unauthenticated attempts, never authenticated work: clients
+        // behind one address (a NAT, a proxy) keep working with valid tokens while another
+        // of them guesses. A blocked address only gets the cheap local look-up.
+        let blocked = peer.and_then(|p| state.guessing.blocked_for(p));
+        let found = match blocked {
+            Some(_) => state.platform.authenticate_known(token)?,
+            None => state.platform.authenticate(token)?,
+        };
+        match (found, blocked) {
+            (Some(principal), _) => Ok(Caller(principal)),
+            (None, Some(wait)) => Err(ApiError::new(
+                ErrorCode::TooManyRequests,
+                format!(
+                    "too many requests with invalid tokens from this address; retry in {} s \
+                     with a valid token",
+                    wait.as_secs() + 1
+                ),
+            )),
+            (None, None) => {
                 if let Some(peer) = peer {
                     state.guessing.failed(peer);
                 }

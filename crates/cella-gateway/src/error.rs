@@ -44,7 +44,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Overloaded | ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::MemoryLimit | ErrorCode::OutputLimit => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::FunctionFailed => StatusCode::BAD_GATEWAY,
@@ -55,7 +55,25 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         let code = e.code();
-        if code == ErrorCode::Internal || code == ErrorCode::IntegrityError {
+        if e.is_operator_detail() {
+            // Paths and operating-system messages are the operator's business: they go to
+            // the log under an id, and the caller gets the code and the id to quote.
+            let id = error_id();
+            tracing::error!(error_id = %id, "{e}");
+            let message = match code {
+                ErrorCode::Unavailable => format!(
+                    "the node could not serve this request because of a fault on its side \
+                     (its storage failed); nothing was changed. Retry later, and if it persists \
+                     give the operator error id {id}"
+                ),
+                _ => format!(
+                    "the node failed on its side; give the operator error id {id} (its log has \
+                     the details)"
+                ),
+            };
+            return ApiError::new(code, message);
+        }
+        if code == ErrorCode::IntegrityError {
             tracing::error!("{e}");
         }
         ApiError {
@@ -65,6 +83,21 @@ impl From<RuntimeError> for ApiError {
             log: e.log(),
         }
     }
+}
+
+/// An id that ties an error the caller saw to the line in the operator's log: the process's
+/// start time and a counter, so ids never repeat across restarts in practice.
+fn error_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let started = *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    format!("{started:x}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl IntoResponse for ApiError {

@@ -1,7 +1,10 @@
 //! Token guessing: tokens are 256-bit random, so guessing cannot succeed, but a flood of
 //! wrong tokens still costs the node work and fills its logs. Each client address gets a
-//! budget of failed authentications per window; past it, its requests are refused with 429
-//! before any token is checked, until the window ends.
+//! budget of failed authentications per window; past it, until the window ends, its requests
+//! with unknown tokens are refused with 429 after a look-up in this copy of the registry
+//! only (never a catch-up with a shared one). Valid tokens from the address still work: many
+//! clients may share one address (a NAT, a proxy), and one of them guessing must not lock out
+//! the others' authenticated work.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -47,23 +47,35 @@ impl Platform {
             &bundle.manifest.limits,
             &self.config().max_limits,
         )?;
-        if let Some(existing) = self.registry().function(&name)?
+        let before = self.registry().function(&name)?;
+        if let Some(existing) = &before
             && existing.owner != owner
         {
             return Err(taken(&name));
         }
+        self.check_storage_quota(&owner, before.as_ref(), bundle.payload.len() as u64)?;
         let hash = bundle.hash().0;
         let plugins: Vec<PluginUse> = self
             .resolve_plugins(&bundle.manifest.plugins)?
             .iter()
             .map(Plugin::used)
             .collect();
+        if plugins.is_empty() {
+            // Read the binary's shape before compiling: one too large to compile, lacking a
+            // permission or needing more memory than its limit is refused without cost.
+            let shape = self.sandbox().preflight(&bundle.payload)?;
+            check_shape(&name, kind, &limits, &shape)?;
+            check_permissions(&name, kind, &permissions, shape.needed_permissions)?;
+        }
         // Making an image from a plug-in runs the tenant's code in an instance: it counts
         // against the same limits as an invocation.
         let _slot = match plugins.is_empty() {
             true => None,
             false => Some(self.concurrency().acquire(caller)?),
         };
+        // The tenant's turn at the compiler: one deploy of its compiling at a time, within
+        // its compile time on this node.
+        let turn = self.compile_budget().admit(&owner)?;
         let compiled = self
             .build(
                 &name,
@@ -71,9 +83,11 @@ impl Platform {
                 &plugins,
                 &limits,
                 Bytes::from(bundle.payload.clone()),
+                Some(&turn),
             )
             .await?;
-        check_permissions(&name, kind, &permissions, &compiled)?;
+        drop(turn);
+        check_permissions(&name, kind, &permissions, compiled.needed_permissions())?;
         self.blobs().put_as(&hash, &bundle_bytes).await?;
         let version = bundle.manifest.version.clone();
         let record = FunctionRecord::new(
@@ -92,10 +106,11 @@ impl Platform {
             },
         );
         let registry = self.registry().clone();
+        let keep_versions = self.config().max_versions;
         let record = blocking(move || {
             // Checked inside the write transaction: a concurrent deploy, or a revocation of
             // the signing key, cannot slip in between.
-            registry.put_function(record, |existing| {
+            registry.put_function(record, keep_versions, |existing| {
                 active_key(&registry, &owner, &signer)?;
                 match existing {
                     Some(e) if e.owner != owner => Err(taken(&e.name)),
@@ -112,11 +127,72 @@ impl Platform {
         self.keep_precompiled(&hash, &compiled).await;
         self.code_cache().insert(&hash, compiled);
         self.metrics().deployed();
+        if let Some(before) = &before {
+            self.delete_forgotten_code(before, &record).await;
+        }
         tracing::info!(
             function = %record.name, version = %record.version, hash = %record.hash,
             kind = %record.kind, signer = %record.signer, "deployed"
         );
         Ok(record)
+    }
+
+    /// Refuses a deploy that would take `owner`'s stored code past its quota (counting what
+    /// the version retention will forget of `before`).
+    fn check_storage_quota(
+        &self,
+        owner: &cella_core::TenantName,
+        before: Option<&FunctionRecord>,
+        adding: u64,
+    ) -> Result<(), RuntimeError> {
+        let kept = self.registry().stored_bytes_of(owner)?;
+        let forgotten = before.map_or(0, |record| {
+            let mut after = record.clone();
+            after
+                .versions
+                .push(record.versions[record.versions.len() - 1].clone());
+            after
+                .forget_oldest(self.config().max_versions)
+                .iter()
+                .map(|v| v.size)
+                .sum::<u64>()
+        });
+        let would_be = (kept - forgotten.min(kept)).saturating_add(adding);
+        let quota = self.config().max_tenant_bytes;
+        if would_be > quota {
+            return Err(RuntimeError::QuotaExceeded(format!(
+                "tenant `{owner}` would keep {would_be} bytes of code on this node, past its \
+                 quota of {quota} bytes; delete functions it no longer needs (`cella delete \
+                 NAME`), or ask the operator to raise `max_tenant_bytes` under [storage]"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Deletes the code of versions the deploy of `after` made the registry forget, unless
+    /// another version or function still uses it.
+    async fn delete_forgotten_code(&self, before: &FunctionRecord, after: &FunctionRecord) {
+        let forgotten: Vec<ContentHash> = before
+            .versions
+            .iter()
+            .filter(|v| !after.versions.iter().any(|kept| kept.hash == v.hash))
+            .map(|v| v.hash)
+            .collect();
+        for hash in forgotten {
+            let registry = self.registry().clone();
+            match blocking(move || Ok(registry.blob_in_use(&hash)?)).await {
+                Ok(false) => {
+                    self.code_cache().remove(&hash);
+                    self.forget_precompiled(&hash).await;
+                    if let Err(e) = self.blobs().delete(&hash).await {
+                        // Left behind: it costs space, never correctness.
+                        tracing::warn!(%hash, "could not delete a forgotten version's code: {e}");
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => tracing::warn!(%hash, "could not check a forgotten version's code: {e}"),
+            }
+        }
     }
 
     fn require_active_key(
@@ -158,6 +234,7 @@ impl Platform {
             &record.plugins,
             &record.limits,
             Bytes::from(bundle.payload),
+            None,
         )
         .await
     }
@@ -173,6 +250,7 @@ impl Platform {
         plugins: &[PluginUse],
         limits: &Limits,
         payload: Bytes,
+        turn: Option<&crate::compile_budget::CompileTurn<'_>>,
     ) -> Result<Compiled, RuntimeError> {
         match (kind, plugins) {
             (FunctionKind::WasiHttp, [_, ..]) => {
@@ -184,7 +262,7 @@ impl Platform {
             }
             (_, [plugin]) => {
                 return self
-                    .function_image(name.as_str(), plugin, payload, limits)
+                    .function_image(name.as_str(), plugin, payload, limits, turn)
                     .await;
             }
             (FunctionKind::Js, _) | (_, [_, _, ..]) => {
@@ -197,7 +275,7 @@ impl Platform {
             }
             _ => {}
         }
-        let compiled = self.compile(payload).await?;
+        let compiled = self.compile(payload, turn).await?;
         if compiled.kind() != kind {
             return Err(RuntimeError::Invalid(format!(
                 "the manifest says `kind = \"{kind}\"` but the payload is a {} function; fix \
@@ -291,10 +369,9 @@ pub(crate) fn check_permissions(
     name: &FunctionName,
     kind: FunctionKind,
     granted: &Permissions,
-    compiled: &Compiled,
+    needed: std::collections::BTreeSet<Permission>,
 ) -> Result<(), RuntimeError> {
-    let missing: Vec<Permission> = compiled
-        .needed_permissions()
+    let missing: Vec<Permission> = needed
         .into_iter()
         // The JavaScript engine imports the state functions for every function; whether a
         // function's code may use them is decided when it calls them (without `kv` the call
@@ -323,6 +400,31 @@ pub(crate) fn check_permissions(
              system, so remove it from [permissions] or build the function as a component"
                 .into(),
         ));
+    }
+    Ok(())
+}
+
+/// The binary is the kind its manifest says, and its memories fit the function's limit.
+fn check_shape(
+    name: &FunctionName,
+    kind: FunctionKind,
+    limits: &Limits,
+    shape: &cella_sandbox::Preflight,
+) -> Result<(), RuntimeError> {
+    if shape.kind != kind {
+        return Err(RuntimeError::Invalid(format!(
+            "the manifest of `{name}` says `kind = \"{kind}\"` but the payload is a {} \
+             function; fix `kind` in the manifest",
+            shape.kind
+        )));
+    }
+    if shape.memory_minimum_bytes > limits.memory_bytes {
+        return Err(RuntimeError::LimitTooLow(format!(
+            "function `{name}`'s memory starts at {} bytes, above its memory limit of {} \
+             bytes: it could never run. Raise `memory` under [limits] in its manifest (up to \
+             the platform's maximum) or lower its initial memory",
+            shape.memory_minimum_bytes, limits.memory_bytes
+        )));
     }
     Ok(())
 }

@@ -19,6 +19,9 @@ pub enum ErrorCode {
     Conflict,
     PayloadTooLarge,
     Overloaded,
+    /// The platform could not serve something it needed (its storage, the cluster's bus):
+    /// the request was not carried out and may be retried.
+    Unavailable,
     TooManyRequests,
     Timeout,
     MemoryLimit,
@@ -34,7 +37,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for parsing one back (a worker's answer names its error by code).
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
@@ -46,6 +49,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::PayloadTooLarge,
         ErrorCode::Overloaded,
+        ErrorCode::Unavailable,
         ErrorCode::TooManyRequests,
         ErrorCode::Timeout,
         ErrorCode::MemoryLimit,
@@ -77,6 +81,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::TooManyRequests => "too_many_requests",
             ErrorCode::Timeout => "timeout",
             ErrorCode::MemoryLimit => "memory_limit",
@@ -128,6 +133,15 @@ pub enum RuntimeError {
     Registry(#[from] RegistryError),
     #[error("{0}")]
     Invalid(String),
+    /// The tenant's stored code would pass its quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The tenant's share of the compiler is in use or used up for now.
+    #[error("{0}")]
+    CompileRefused(String),
+    /// A function's own limits leave it no room to run (its memory starts above its limit).
+    #[error("{0}")]
+    LimitTooLow(String),
     #[error("cannot deploy this bundle: {0}")]
     Bundle(#[from] cella_bundle::BundleError),
     #[error("{0}")]
@@ -216,7 +230,15 @@ impl RuntimeError {
             RuntimeError::Name(_) => ErrorCode::InvalidName,
             RuntimeError::Limits(_) => ErrorCode::InvalidLimits,
             RuntimeError::Invalid(_) => ErrorCode::InvalidRequest,
+            RuntimeError::LimitTooLow(_) => ErrorCode::InvalidLimits,
+            RuntimeError::CompileRefused(_) => ErrorCode::TooManyRequests,
+            RuntimeError::QuotaExceeded(_) => ErrorCode::PayloadTooLarge,
             RuntimeError::Compile(CompileError::Engine(_)) => ErrorCode::Internal,
+            RuntimeError::Compile(CompileError::TooLargeToCompile { .. }) => {
+                ErrorCode::PayloadTooLarge
+            }
+            RuntimeError::Compile(CompileError::MemoryMinimum { .. }) => ErrorCode::InvalidLimits,
+            RuntimeError::Compile(CompileError::CompilerBusy { .. }) => ErrorCode::Overloaded,
             RuntimeError::Compile(_) => ErrorCode::InvalidWasm,
             RuntimeError::WrongKind { .. } => ErrorCode::WrongKind,
             RuntimeError::Busy { .. } => ErrorCode::TooManyRequests,
@@ -226,6 +248,7 @@ impl RuntimeError {
                 RunError::MemoryLimit { .. } => ErrorCode::MemoryLimit,
                 RunError::OutputLimit { .. } => ErrorCode::OutputLimit,
                 RunError::PoolExhausted { .. } => ErrorCode::Overloaded,
+                RunError::Unavailable(..) => ErrorCode::Unavailable,
                 RunError::Exit { .. } | RunError::Trap { .. } | RunError::NoResponse { .. } => {
                     ErrorCode::FunctionFailed
                 }
@@ -249,9 +272,29 @@ impl RuntimeError {
             RuntimeError::Registry(
                 RegistryError::KeyExists { .. } | RegistryError::PluginExists { .. },
             ) => ErrorCode::Conflict,
+            // The node's storage failed (a full disk, an I/O error): nothing was changed, and
+            // the same request may succeed once the operator has fixed it.
+            RuntimeError::Registry(
+                RegistryError::Database(_)
+                | RegistryError::Storage { .. }
+                | RegistryError::VersionFile { .. },
+            )
+            | RuntimeError::Blob(BlobError::Backend(_) | BlobError::Directory { .. }) => {
+                ErrorCode::Unavailable
+            }
             RuntimeError::Blob(_) | RuntimeError::Registry(_) | RuntimeError::Internal(_) => {
                 ErrorCode::Internal
             }
+        }
+    }
+
+    /// Whether the message speaks of the node's own insides (paths, operating-system
+    /// messages, database errors) rather than of the caller's request: such details are for
+    /// the operator's log; the caller gets the code and an id to quote.
+    pub fn is_operator_detail(&self) -> bool {
+        match self {
+            RuntimeError::Run { .. } | RuntimeError::Remote(_) => false,
+            _ => matches!(self.code(), ErrorCode::Internal | ErrorCode::Unavailable),
         }
     }
 

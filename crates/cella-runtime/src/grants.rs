@@ -32,6 +32,7 @@ impl Platform {
             state: granted.kv.then(|| self.state_store(record)),
             http: granted.http.clone(),
             scratch_bytes: granted.scratch_bytes(),
+            cpu_share: cella_sandbox::CpuShare::new(record.owner.as_str()),
         })
     }
 

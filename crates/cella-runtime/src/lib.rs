@@ -12,6 +12,7 @@ mod asynchronous;
 mod attestation;
 mod chain;
 mod code_cache;
+mod compile_budget;
 mod concurrency;
 mod deploy;
 mod error;

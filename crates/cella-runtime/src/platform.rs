@@ -15,6 +15,7 @@ use cella_tee::{AttestationReport, Measurement, TeeType};
 
 use crate::attestation::{Identity, MAX_NONCE_BYTES, TeeMode};
 use crate::code_cache::CodeCache;
+use crate::compile_budget::{CompileBudget, CompileTurn};
 use crate::concurrency::ConcurrencyLimits;
 use crate::logs::{FunctionStats, InvocationLog, InvocationLogs, invocation_id};
 use crate::plugins::PluginImages;
@@ -41,6 +42,12 @@ pub struct PlatformConfig {
     pub tenant_concurrency: usize,
     /// Largest key-value state one function may keep (keys and values), in bytes.
     pub max_state_bytes: u64,
+    /// Compile time one tenant's deploys may use per [`COMPILE_WINDOW`] on this node.
+    pub compile_seconds: u64,
+    /// Versions kept per function (the oldest are forgotten, and their code deleted).
+    pub max_versions: usize,
+    /// Bytes of code one tenant may keep on the node, all versions of all its functions.
+    pub max_tenant_bytes: u64,
     pub sandbox: SandboxConfig,
     /// The platform build the simulated TEE measures (the running executable by default).
     pub executable: Option<PathBuf>,
@@ -55,6 +62,9 @@ pub struct PlatformConfig {
     pub sim_platform_dir: Option<PathBuf>,
 }
 
+/// The window over which each tenant's compile time is counted (`compile_seconds`).
+pub const COMPILE_WINDOW: Duration = Duration::from_secs(600);
+
 impl PlatformConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         PlatformConfig {
@@ -66,6 +76,9 @@ impl PlatformConfig {
             max_limits: Limits::default_maximum(),
             tenant_concurrency: 64,
             max_state_bytes: 1 << 20,
+            compile_seconds: 120,
+            max_versions: 16,
+            max_tenant_bytes: 1 << 30,
             sandbox: SandboxConfig::default(),
             executable: None,
             tee: TeeMode::Auto,
@@ -123,6 +136,7 @@ pub struct Platform {
     plugin_images: PluginImages,
     logs: InvocationLogs,
     concurrency: ConcurrencyLimits,
+    compile_budget: CompileBudget,
     metrics: Metrics,
     identity: Identity,
     config: PlatformConfig,
@@ -210,6 +224,10 @@ impl Platform {
                 config.tenant_concurrency,
                 config.sandbox.instances as usize,
             ),
+            compile_budget: CompileBudget::new(
+                Duration::from_secs(config.compile_seconds.max(1)),
+                COMPILE_WINDOW,
+            ),
             metrics: Metrics::default(),
             identity,
             config,
@@ -264,6 +282,15 @@ impl Platform {
         self.registry.version()
     }
 
+    /// Whether the node can serve: `Err` says why not (its storage failed), in words fit for
+    /// anyone who asks. Checking tries a failed storage again, so a node recovers by itself.
+    pub async fn health(&self) -> Result<(), String> {
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || registry.health())
+            .await
+            .unwrap_or_else(|e| Err(format!("the health check failed: {e}")))
+    }
+
     /// The time as RFC 3339, read through the guarded clock (an Iago check: the host's clock
     /// may not date receipts and records as it likes).
     pub(crate) fn now_rfc3339(&self) -> String {
@@ -284,6 +311,10 @@ impl Platform {
 
     pub(crate) fn code_cache(&self) -> &CodeCache {
         &self.code
+    }
+
+    pub(crate) fn compile_budget(&self) -> &CompileBudget {
+        &self.compile_budget
     }
 
     pub(crate) fn concurrency(&self) -> &ConcurrencyLimits {
@@ -321,6 +352,12 @@ impl Platform {
     /// Who holds the bearer token `secret`.
     pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>, RuntimeError> {
         Ok(self.registry.authenticate(secret)?)
+    }
+
+    /// [`Platform::authenticate`] without looking in a shared registry for tokens this copy
+    /// has not seen yet: cheap, for requests from an address over its budget of failures.
+    pub fn authenticate_known(&self, secret: &str) -> Result<Option<Principal>, RuntimeError> {
+        Ok(self.registry.authenticate_here(secret)?)
     }
 
     pub async fn create_tenant(
@@ -825,7 +862,7 @@ impl Platform {
                     &record.name,
                     record.kind,
                     &record.permissions,
-                    &compiled,
+                    compiled.needed_permissions(),
                 )?;
                 Ok(compiled)
             })
@@ -856,9 +893,16 @@ impl Platform {
         e
     }
 
-    pub(crate) async fn compile(&self, wasm: Bytes) -> Result<Compiled, RuntimeError> {
-        let sandbox = self.sandbox.clone();
-        let compiled = blocking(move || Ok(sandbox.compile(&wasm)?)).await?;
+    /// Compiles on the node's compiler; the time it took is charged to `turn`'s tenant.
+    pub(crate) async fn compile(
+        &self,
+        wasm: Bytes,
+        turn: Option<&CompileTurn<'_>>,
+    ) -> Result<Compiled, RuntimeError> {
+        let (compiled, took) = self.sandbox.compile_queued(wasm).await?;
+        if let Some(turn) = turn {
+            turn.charge(took);
+        }
         self.metrics.compiled();
         Ok(compiled)
     }

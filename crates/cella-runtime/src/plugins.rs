@@ -187,6 +187,7 @@ impl Platform {
         plugin: &PluginUse,
         payload: Bytes,
         limits: &Limits,
+        turn: Option<&crate::compile_budget::CompileTurn<'_>>,
     ) -> Result<Compiled, RuntimeError> {
         let preinitializer = self.plugin_image(plugin).await?;
         let image = self
@@ -200,6 +201,6 @@ impl Platform {
                 ),
                 source,
             })?;
-        self.compile(Bytes::from(image.wasm)).await
+        self.compile(Bytes::from(image.wasm), turn).await
     }
 }

@@ -182,6 +182,7 @@ impl Platform {
             state: state.filter(|_| granted.kv),
             http: granted.http.clone(),
             scratch_bytes: granted.scratch_bytes(),
+            cpu_share: cella_sandbox::CpuShare::new(record.owner.as_str()),
         };
         let started = std::time::Instant::now();
         let result = match work {

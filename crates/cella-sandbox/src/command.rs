@@ -12,8 +12,8 @@ use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 use crate::engine::Sandbox;
 use crate::error::RunError;
-use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
-use crate::monitor::{self, Monitor};
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm, crossed_limit, guest_failure};
+use crate::monitor::Monitor;
 use crate::pipes::{LogPipe, LogTail, OutputPipe};
 use crate::state::StateStore;
 
@@ -28,6 +28,16 @@ pub struct CommandState {
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<CommandState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut CommandState| &mut s.wasi)?;
+    // wasmtime-wasi turns a status of 126 or more into a bare error with a backtrace; a
+    // function's exit status is the function's to choose, so every status ends the same way
+    // (`exited with status N`, a negative N for statuses past i32::MAX).
+    linker.allow_shadowing(true);
+    linker.func_wrap(
+        "wasi_snapshot_preview1",
+        "proc_exit",
+        |status: i32| -> wasmtime::Result<()> { Err(I32Exit(status).into()) },
+    )?;
+    linker.allow_shadowing(false);
     crate::state::add_to_linker(&mut linker)?;
     Ok(linker)
 }
@@ -53,6 +63,9 @@ pub struct Grants {
     pub http: std::collections::BTreeSet<cella_core::HttpHost>,
     /// The size of a private in-memory scratch directory (`scratch_mib`; components only).
     pub scratch_bytes: Option<u64>,
+    /// Whose share of the CPU the invocation runs on (its tenant): not a permission, but
+    /// handed over with them.
+    pub cpu_share: crate::CpuShare,
 }
 
 impl std::fmt::Debug for Grants {
@@ -64,6 +77,7 @@ impl std::fmt::Debug for Grants {
             .field("state", &self.state.is_some())
             .field("http", &self.http)
             .field("scratch_bytes", &self.scratch_bytes)
+            .field("cpu_share", &self.cpu_share)
             .finish()
     }
 }
@@ -125,6 +139,7 @@ impl Sandbox {
     ) -> CommandStore {
         let trip = Arc::new(Tripwires::default());
         let monitor = Arc::new(Monitor::default());
+        let share = input.grants.cpu_share.clone();
         let stdout = OutputPipe::new(limits.output_bytes, trip.clone());
         let stderr = LogPipe::new(self.config.log_tail_bytes, monitor.clone());
         let mut argv = Vec::with_capacity(input.args.len() + 1);
@@ -151,10 +166,8 @@ impl Sandbox {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        if self.config.count_host_calls {
-            monitor::watch(&mut store, monitor);
-        }
-        arm_deadline(&mut store, limits, trip.clone());
+        let counted = self.config.count_host_calls.then_some(monitor);
+        arm(&mut store, limits, trip.clone(), counted, self.turns(share));
         CommandStore {
             store,
             stdout,

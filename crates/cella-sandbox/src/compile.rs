@@ -59,9 +59,24 @@ fn encoding(bytes: &[u8]) -> Result<Encoding, CompileError> {
 }
 
 impl Sandbox {
-    /// Validates and compiles `bytes` to native code and resolves their imports. CPU-heavy:
-    /// callers on an async runtime should run it on a blocking thread.
+    /// Reads `bytes`' shape without compiling them, under the platform's compile limits and
+    /// memory limit (see [`crate::preflight`]): cheap, linear, and enough to refuse a binary
+    /// too large to compile or one lacking a permission before any compile work is done.
+    pub fn preflight(&self, bytes: &[u8]) -> Result<crate::Preflight, CompileError> {
+        encoding(bytes)?;
+        crate::preflight::preflight(bytes, &self.config.compile, self.config.max_memory_bytes)
+    }
+
+    /// Checks `bytes` ([`Sandbox::preflight`]), compiles them to native code and resolves
+    /// their imports. CPU-heavy: on an async runtime use [`Sandbox::compile_queued`], which
+    /// runs it on the node's compiler thread at low priority.
     pub fn compile(&self, bytes: &[u8]) -> Result<Compiled, CompileError> {
+        self.preflight(bytes)?;
+        self.compile_checked(bytes)
+    }
+
+    /// [`Sandbox::compile`] of bytes [`Sandbox::preflight`] has passed.
+    pub(crate) fn compile_checked(&self, bytes: &[u8]) -> Result<Compiled, CompileError> {
         let invalid = |e: wasmtime::Error| CompileError::Invalid(format!("{e:#}"));
         match encoding(bytes)? {
             Encoding::Module => {

@@ -41,6 +41,14 @@ pub struct SandboxConfig {
     pub count_host_calls: bool,
     /// How outgoing HTTPS is made (roots, address rules, bounds).
     pub outgoing: crate::OutgoingConfig,
+    /// How much code one function may bring to the compiler, checked before compiling.
+    pub compile: crate::CompileLimits,
+    /// Compilations waiting for the node's compiler at most (one runs at a time); more are
+    /// refused as busy.
+    pub compile_queue: usize,
+    /// Guests that run WebAssembly at once (CPU turns, shared fairly between tenants; see
+    /// `cpu.rs`); 0: one per core.
+    pub cpu_turns: usize,
 }
 
 impl Default for SandboxConfig {
@@ -53,6 +61,9 @@ impl Default for SandboxConfig {
             keep_resident_bytes: 64 << 20,
             count_host_calls: true,
             outgoing: crate::OutgoingConfig::default(),
+            compile: crate::CompileLimits::default(),
+            compile_queue: 16,
+            cpu_turns: 0,
         }
     }
 }
@@ -93,6 +104,8 @@ pub struct Sandbox {
     pub(crate) clocks: Arc<GuardedClocks>,
     pub(crate) outgoing_denied: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) outgoing: Arc<crate::outgoing::OutgoingClient>,
+    compiler: crate::compiler::CompilerLane,
+    cpu: Arc<crate::cpu::CpuScheduler>,
     _ticker: EpochTicker,
 }
 
@@ -120,6 +133,11 @@ impl Sandbox {
         let http_linker = crate::http::linker(&engine).map_err(CompileError::engine)?;
         let ticker = EpochTicker::start(engine.clone());
         let outgoing = crate::outgoing::OutgoingClient::new(config.outgoing.clone());
+        let compiler = crate::compiler::CompilerLane::start(config.compile_queue.max(1))?;
+        let cpu_turns = match config.cpu_turns {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            turns => turns,
+        };
         Ok(Sandbox {
             engine,
             command_linker,
@@ -128,8 +146,36 @@ impl Sandbox {
             clocks: GuardedClocks::new(source),
             outgoing_denied: Arc::default(),
             outgoing,
+            compiler,
+            cpu: crate::cpu::CpuScheduler::new(cpu_turns),
             _ticker: ticker,
         })
+    }
+
+    /// An invocation's place in line for the CPU, on `share`.
+    pub(crate) fn turns(&self, share: crate::CpuShare) -> crate::cpu::Turns {
+        crate::cpu::Turns::new(self.cpu.clone(), share)
+    }
+
+    /// [`Sandbox::compile`] on the node's compiler thread: one compilation at a time, at a
+    /// lower priority than guests, after those queued before it; refused with
+    /// [`CompileError::CompilerBusy`] when the queue is full.
+    /// Returns the code and how long compiling it took (waiting excluded).
+    pub async fn compile_queued(
+        self: &Arc<Self>,
+        bytes: bytes::Bytes,
+    ) -> Result<(crate::Compiled, Duration), CompileError> {
+        // Refused at once, before waiting for a turn: a binary over the limits costs nothing.
+        self.preflight(&bytes)?;
+        let sandbox = self.clone();
+        self.compiler
+            .run(move || {
+                let started = std::time::Instant::now();
+                sandbox
+                    .compile_checked(&bytes)
+                    .map(|compiled| (compiled, started.elapsed()))
+            })
+            .await?
     }
 
     /// Outgoing HTTP requests guests attempted and were refused.

@@ -32,6 +32,27 @@ pub enum CompileError {
     UnsupportedImport(String),
     #[error("the sandbox engine could not be set up: {0}")]
     Engine(String),
+    #[error(
+        "the binary {verb} {found} {what}, more than this platform compiles ({limit}); split \
+         the function, strip what it does not use (e.g. `wasm-opt -Oz`, `--gc-sections`), or \
+         ask the operator to raise the limit in cella.toml under [sandbox]"
+    )]
+    TooLargeToCompile {
+        verb: &'static str,
+        what: &'static str,
+        found: u64,
+        limit: u64,
+    },
+    #[error(
+        "the module's memory starts at {minimum} bytes, above the platform's memory limit of \
+         {limit} bytes (the most any function may have); lower its initial memory (for Rust: \
+         `-C link-arg=--initial-memory=BYTES`)"
+    )]
+    MemoryMinimum { minimum: u64, limit: u64 },
+    #[error(
+        "the node is compiling as many functions as it queues ({queued}); deploy again shortly"
+    )]
+    CompilerBusy { queued: usize },
 }
 
 impl CompileError {
@@ -62,6 +83,23 @@ pub enum RunError {
     Trap { message: String, log: LogTail },
     #[error("the function did not produce an HTTP response: {message}")]
     NoResponse { message: String, log: LogTail },
+    /// The platform could not serve one of the function's host calls (its state was
+    /// unreachable, say). Not the function's doing and not a denial: the invocation ends
+    /// here rather than hand the guest an error code it might ignore, and may be retried.
+    #[error("{0}")]
+    Unavailable(HostUnavailable, LogTail),
+}
+
+/// A host call the platform itself could not serve. A host function returns it as its
+/// error, which ends the guest; [`RunError::Unavailable`] then names it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the platform could not serve the function's {what} call ({reason}); the invocation was \
+     stopped, nothing it did took effect through that call, and it may be retried"
+)]
+pub struct HostUnavailable {
+    pub what: &'static str,
+    pub reason: String,
 }
 
 impl RunError {
@@ -73,7 +111,8 @@ impl RunError {
             | RunError::PoolExhausted { log }
             | RunError::Exit { log, .. }
             | RunError::Trap { log, .. }
-            | RunError::NoResponse { log, .. } => log,
+            | RunError::NoResponse { log, .. }
+            | RunError::Unavailable(_, log) => log,
         }
     }
 }

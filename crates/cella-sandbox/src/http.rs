@@ -20,8 +20,8 @@ use wasmtime_wasi_http::{
 use crate::command::Grants;
 use crate::engine::Sandbox;
 use crate::error::RunError;
-use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm_deadline, crossed_limit, guest_failure};
-use crate::monitor::{self, Monitor};
+use crate::limits::{GRACE, MemoryLimiter, Tripwires, arm, crossed_limit, guest_failure};
+use crate::monitor::Monitor;
 use crate::outgoing::Outgoing;
 use crate::pipes::{LogPipe, LogTail};
 use crate::scratch::{Scratch, ScratchView};
@@ -151,6 +151,7 @@ impl Sandbox {
     ) -> Result<HttpResponse, RunError> {
         let trip = Arc::new(Tripwires::default());
         let monitor = Arc::new(Monitor::default());
+        let share = grants.cpu_share.clone();
         let log = LogPipe::new(self.config.log_tail_bytes, monitor.clone());
         let wasi = self
             .guest_wasi()
@@ -177,10 +178,8 @@ impl Sandbox {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        if self.config.count_host_calls {
-            monitor::watch(&mut store, monitor);
-        }
-        arm_deadline(&mut store, limits, trip.clone());
+        let counted = self.config.count_host_calls.then_some(monitor);
+        arm(&mut store, limits, trip.clone(), counted, self.turns(share));
 
         let (sender, receiver) = oneshot::channel();
         let request = request.map(Full::new);

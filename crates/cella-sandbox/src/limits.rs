@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use cella_core::Limits;
-use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{CallHook, ResourceLimiter, Store, UpdateDeadline};
 
 /// Set by the enforcement points when a limit is crossed. Shared between the store's data and
 /// the caller, which reads them after the guest stops (the store may be gone by then).
@@ -83,23 +83,58 @@ impl ResourceLimiter for MemoryLimiter {
     }
 }
 
-/// Arms the wall-clock deadline: at every epoch tick the guest yields (so a busy guest cannot
-/// starve other invocations on its thread) and is stopped once the deadline has passed.
-pub(crate) fn arm_deadline<T: Send>(store: &mut Store<T>, limits: &Limits, trip: Arc<Tripwires>) {
+/// Arms a store for one invocation: the wall-clock deadline, the CPU turns, and the
+/// monitor's count of host calls.
+///
+/// - At every epoch tick (a time slice) the guest gives its CPU turn back and queues for the
+///   next ([`crate::cpu`]), after Tokio's own yield (which puts it behind every ready task, I/O
+///   included; a plain wake-up would let a busy guest take the worker's next turn again), and
+///   is stopped once its deadline has passed.
+/// - A guest holds a turn only while it runs WebAssembly: calling the host (which may wait on
+///   I/O) gives it back, and returning takes one again — at once if one is free, else at the
+///   next epoch check, which then waits in line.
+pub(crate) fn arm<T: Send + 'static>(
+    store: &mut Store<T>,
+    limits: &Limits,
+    trip: Arc<Tripwires>,
+    monitor: Option<Arc<crate::monitor::Monitor>>,
+    turns: crate::cpu::Turns,
+) {
     let deadline = Instant::now() + limits.timeout();
     store.set_epoch_deadline(1);
+    let slices = turns.clone();
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
             trip.deadline.store(true, Ordering::Relaxed);
             wasmtime::bail!("deadline exceeded");
         }
-        // Tokio's own yield puts the guest behind every task that is ready, I/O included;
-        // a plain wake-up would let a busy guest take the worker's next turn again and
-        // starve other tenants' requests.
+        slices.give_back();
+        let next = slices.clone();
         Ok(UpdateDeadline::YieldCustom(
             1,
-            Box::pin(tokio::task::yield_now()),
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                next.take().await;
+            }),
         ))
+    });
+    store.call_hook(move |mut store, hook| {
+        match hook {
+            CallHook::CallingHost => {
+                if let Some(monitor) = &monitor {
+                    monitor.count_host_call();
+                }
+                turns.give_back();
+            }
+            CallHook::ReturningFromWasm => turns.give_back(),
+            CallHook::CallingWasm | CallHook::ReturningFromHost => {
+                if !turns.try_take() {
+                    // Wait in line at the guest's next epoch check.
+                    store.set_epoch_deadline(0);
+                }
+            }
+        }
+        Ok(())
     });
 }
 
@@ -140,6 +175,9 @@ pub(crate) fn crossed_limit(
 pub(crate) fn guest_failure(e: wasmtime::Error, log: crate::LogTail) -> crate::RunError {
     if e.is::<wasmtime::PoolConcurrencyLimitError>() {
         return crate::RunError::PoolExhausted { log };
+    }
+    if let Some(unavailable) = e.downcast_ref::<crate::HostUnavailable>() {
+        return crate::RunError::Unavailable(unavailable.clone(), log);
     }
     crate::RunError::Trap {
         message: trap_message(&e),

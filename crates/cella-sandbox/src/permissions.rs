@@ -11,6 +11,15 @@ use wasmtime::component::types::ComponentItem;
 use crate::compile::Compiled;
 use crate::state::STATE_MODULE;
 
+/// The permission a core module's import needs, if any.
+pub(crate) fn core_import(module: &str, name: &str) -> Option<Permission> {
+    match module {
+        "wasi_snapshot_preview1" => preview1(name),
+        STATE_MODULE => Some(Permission::Kv),
+        _ => None,
+    }
+}
+
 /// The permission a WASI preview 1 import needs, if any.
 fn preview1(name: &str) -> Option<Permission> {
     match name {
@@ -21,7 +30,7 @@ fn preview1(name: &str) -> Option<Permission> {
 }
 
 /// The permission a component's imported interface needs, if any.
-fn interface(name: &str) -> Option<Permission> {
+pub(crate) fn interface(name: &str) -> Option<Permission> {
     let package = name.split('/').next().unwrap_or(name);
     match package.split('@').next().unwrap_or(package) {
         "wasi:clocks" => Some(Permission::Clocks),
@@ -41,12 +50,7 @@ impl Compiled {
         match self {
             Compiled::Command(pre) => {
                 for import in pre.module().imports() {
-                    let permission = match import.module() {
-                        "wasi_snapshot_preview1" => preview1(import.name()),
-                        STATE_MODULE => Some(Permission::Kv),
-                        _ => None,
-                    };
-                    needed.extend(permission);
+                    needed.extend(core_import(import.module(), import.name()));
                 }
             }
             Compiled::Http(proxy) => {

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use wasmtime::{Caller, Extern, Linker};
 
 use crate::command::CommandState;
+use crate::error::HostUnavailable;
 use crate::monitor::Monitor;
 
 /// The import module of the state functions.
@@ -74,7 +75,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Resu
                         }
                         Ok(value.len() as i64)
                     }
-                    Err(e) => Ok(refused(&caller.data().monitor, e) as i64),
+                    Err(e) => Ok(refused(&caller.data().monitor, e)? as i64),
                 }
             })
         },
@@ -92,7 +93,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Resu
                 let value = read(&mut caller, value_ptr, value_len)?;
                 match blocking(move || store.set(&key, &value)).await {
                     Ok(()) => Ok(0),
-                    Err(e) => Ok(refused(&caller.data().monitor, e) as i32),
+                    Err(e) => Ok(refused(&caller.data().monitor, e)? as i32),
                 }
             })
         },
@@ -108,7 +109,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CommandState>) -> wasmtime::Resu
                 };
                 match blocking(move || store.delete(&key)).await {
                     Ok(existed) => Ok(i32::from(existed)),
-                    Err(e) => Ok(refused(&caller.data().monitor, e) as i32),
+                    Err(e) => Ok(refused(&caller.data().monitor, e)? as i32),
                 }
             })
         },
@@ -166,14 +167,20 @@ pub(crate) fn check_key(monitor: &Monitor, len: usize) -> Result<(), StateCode> 
     Ok(())
 }
 
-/// Records a store's refusal as a denial; the guest's code for it.
-pub(crate) fn refused(monitor: &Monitor, e: StateError) -> StateCode {
-    let (by, code) = match e {
-        StateError::Full { .. } => ("kv-quota", StateCode::Full),
-        StateError::Unavailable(_) => ("kv", StateCode::Unavailable),
-    };
-    monitor.deny(by, e.to_string());
-    code
+/// Records a store's refusal as a denial and gives the guest's code for it; a store the
+/// platform could not reach ends the guest instead ([`HostUnavailable`]): an error code the
+/// guest might ignore would let it finish as if its write had been made.
+pub(crate) fn refused(monitor: &Monitor, e: StateError) -> Result<StateCode, HostUnavailable> {
+    match e {
+        StateError::Full { .. } => {
+            monitor.deny("kv-quota", e.to_string());
+            Ok(StateCode::Full)
+        }
+        StateError::Unavailable(reason) => Err(HostUnavailable {
+            what: "key-value state",
+            reason,
+        }),
+    }
 }
 
 /// Runs a state operation on a blocking thread (stores may do I/O).

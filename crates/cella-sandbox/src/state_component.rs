@@ -1,7 +1,9 @@
 //! Key-value state for `wasi:http` components: the host side of the `cella:state/store`
 //! interface (`wit/state.wit`), over the same [`StateStore`](crate::StateStore) as the
-//! preview 1 functions. Refusals are errors for the guest and denials in the log.
+//! preview 1 functions. Refusals are errors for the guest and denials in the log; a store
+//! the platform could not reach ends the guest ([`HostUnavailable`]).
 
+use crate::error::HostUnavailable;
 use crate::http::HttpState;
 use crate::state::{self, StateCode, StateError, blocking};
 
@@ -9,7 +11,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "wit/state.wit",
         world: "cella:state/stateful",
-        imports: { default: async },
+        // Trappable: a store the platform cannot reach ends the guest, never an error value.
+        imports: { default: async | trappable },
     });
 }
 
@@ -27,8 +30,16 @@ impl HttpState {
         Ok(store)
     }
 
-    fn refused(&self, e: StateError) -> Error {
-        error(state::refused(&self.monitor, e))
+    fn refused(&self, e: StateError) -> Result<Error, HostUnavailable> {
+        state::refused(&self.monitor, e).map(error)
+    }
+
+    /// The guest's answer: a value, a refusal, or (platform unavailable) the end of the guest.
+    fn answer<T>(&self, result: Result<T, StateError>) -> wasmtime::Result<Result<T, Error>> {
+        match result {
+            Ok(value) => Ok(Ok(value)),
+            Err(e) => Ok(Err(self.refused(e)?)),
+        }
     }
 }
 
@@ -42,24 +53,30 @@ fn error(code: StateCode) -> Error {
 }
 
 impl Host for HttpState {
-    async fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, Error> {
-        let store = self.state(&key)?;
-        blocking(move || store.get(&key))
-            .await
-            .map_err(|e| self.refused(e))
+    async fn get(&mut self, key: Vec<u8>) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
+        let store = match self.state(&key) {
+            Ok(store) => store,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let result = blocking(move || store.get(&key)).await;
+        self.answer(result)
     }
 
-    async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), Error> {
-        let store = self.state(&key)?;
-        blocking(move || store.set(&key, &value))
-            .await
-            .map_err(|e| self.refused(e))
+    async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), Error>> {
+        let store = match self.state(&key) {
+            Ok(store) => store,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let result = blocking(move || store.set(&key, &value)).await;
+        self.answer(result)
     }
 
-    async fn delete(&mut self, key: Vec<u8>) -> Result<bool, Error> {
-        let store = self.state(&key)?;
-        blocking(move || store.delete(&key))
-            .await
-            .map_err(|e| self.refused(e))
+    async fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<Result<bool, Error>> {
+        let store = match self.state(&key) {
+            Ok(store) => store,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let result = blocking(move || store.delete(&key)).await;
+        self.answer(result)
     }
 }

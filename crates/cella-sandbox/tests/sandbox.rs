@@ -385,3 +385,55 @@ async fn a_state_call_without_state_is_an_error_for_the_guest_and_a_logged_denia
         out.log
     );
 }
+
+/// A store the platform cannot reach (the cluster's bus is down, the disk failed).
+struct Unreachable;
+
+impl cella_sandbox::StateStore for Unreachable {
+    fn get(&self, _: &[u8]) -> Result<Option<Vec<u8>>, cella_sandbox::StateError> {
+        Err(cella_sandbox::StateError::Unavailable(
+            "the bus is down".into(),
+        ))
+    }
+    fn set(&self, _: &[u8], _: &[u8]) -> Result<(), cella_sandbox::StateError> {
+        Err(cella_sandbox::StateError::Unavailable(
+            "the bus is down".into(),
+        ))
+    }
+    fn delete(&self, _: &[u8]) -> Result<bool, cella_sandbox::StateError> {
+        Err(cella_sandbox::StateError::Unavailable(
+            "the bus is down".into(),
+        ))
+    }
+}
+
+/// When the platform cannot serve a state call, the guest never sees an error code it could
+/// ignore (and then report success): the invocation ends as `Unavailable`, which is retried.
+#[tokio::test]
+async fn a_state_store_the_platform_cannot_reach_ends_the_invocation_retryably() {
+    let sandbox = sandbox();
+    let Compiled::Command(pre) = sandbox.compile(&guest("state.wasm")).unwrap() else {
+        panic!("state is a command")
+    };
+    for args in [["incr", "k"], ["get", "k"], ["delete", "k"]] {
+        let input = CommandInput {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            grants: cella_sandbox::Grants {
+                state: Some(Arc::new(Unreachable)),
+                ..Default::default()
+            },
+            ..CommandInput::default()
+        };
+        match sandbox.run_command(&pre, "state", input, &limits()).await {
+            Err(RunError::Unavailable(unavailable, log)) => {
+                assert!(
+                    unavailable.reason.contains("the bus is down"),
+                    "{unavailable}"
+                );
+                assert!(unavailable.to_string().contains("may be retried"));
+                assert!(log.monitor.denials.is_empty(), "not a denial: {log:?}");
+            }
+            other => panic!("{args:?}: expected Unavailable, got {other:?}"),
+        }
+    }
+}

@@ -56,8 +56,8 @@ const DATA_KEY_CONTEXT: &[u8] = b"cella registry data key v1";
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error(
-        "the registry database at {path} could not be opened: {source}; if another `cella up` \
-         is running on this data directory, stop it or use another --data-dir"
+        "the registry database at {path} could not be opened: {source}; {}",
+        open_hint(source)
     )]
     Open { path: String, source: redb::Error },
     #[error("registry database error: {0}")]
@@ -88,11 +88,20 @@ pub enum RegistryError {
          newest copy of the data directory"
     )]
     RolledBack { found: u64, expected: u64 },
-    #[error("the registry's version file {path} cannot be read: {source}")]
+    #[error(
+        "the registry's version file {path} cannot be read or written: {source}{}",
+        storage_hint(source)
+    )]
     VersionFile {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "the registry's storage failed ({source}){}; the registry is opened again at the next \
+         request",
+        storage_hint(source)
+    )]
+    Storage { source: std::io::Error },
     #[error("registry entry in {what} is unreadable ({source}); the database may be corrupt")]
     Corrupt {
         what: String,
@@ -121,7 +130,48 @@ pub enum RegistryError {
 }
 
 fn db(e: impl Into<redb::Error>) -> RegistryError {
-    RegistryError::Database(e.into())
+    match e.into() {
+        redb::Error::Io(source) => RegistryError::Storage { source },
+        other => RegistryError::Database(other),
+    }
+}
+
+/// What to do when the database cannot be opened.
+fn open_hint(e: &redb::Error) -> String {
+    match e {
+        redb::Error::Io(io) if !storage_hint(io).is_empty() => {
+            format!("fix that{} and start again", storage_hint(io))
+        }
+        redb::Error::DatabaseAlreadyOpen => "another `cella up` is running on this data \
+            directory: stop it or use another --data-dir"
+            .into(),
+        _ => "if another `cella up` is running on this data directory, stop it or use another \
+              --data-dir"
+            .into(),
+    }
+}
+
+/// What to do about an I/O error the operator can fix.
+fn storage_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(28) => " (the data directory's file system is full: free space on it)",
+        Some(122) => " (the data directory's disk quota is used up: raise it or free space)",
+        _ if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            " (check the data directory's permissions)"
+        }
+        _ => "",
+    }
+}
+
+impl RegistryError {
+    /// Whether the database must be opened again before it can be used: after an I/O error
+    /// redb refuses every later operation (`PreviousIo`) until it is.
+    fn needs_reopen(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::Storage { .. } | RegistryError::Database(redb::Error::PreviousIo)
+        )
+    }
 }
 
 fn tampered(what: impl Into<String>) -> impl FnOnce(sealed::Unauthentic) -> RegistryError {
@@ -148,8 +198,73 @@ struct WrappedDataKey {
     wrapped: String,
 }
 
+/// How the registry's database file is opened (a test opens it on a failing disk).
+type OpenDatabase = dyn Fn() -> Result<Database, redb::DatabaseError> + Send + Sync;
+
+/// The database, opened again after a storage failure: after an I/O error (a full disk)
+/// redb refuses every later operation until the database is closed and opened again.
+struct DatabaseHandle {
+    open: Box<OpenDatabase>,
+    current: Mutex<Option<Arc<Database>>>,
+    /// The last storage failure, until a write succeeds again (reported by health checks).
+    failure: Mutex<Option<String>>,
+}
+
+impl DatabaseHandle {
+    /// The open database, opened again if a storage failure closed it.
+    fn get(&self) -> Result<Arc<Database>, RegistryError> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(database) = &*current {
+            return Ok(database.clone());
+        }
+        // Transactions begun before the failure hold the old file open for a moment more.
+        let mut waited = 0;
+        loop {
+            match (self.open)() {
+                Ok(database) => {
+                    tracing::info!(
+                        "the registry database was opened again after a storage failure"
+                    );
+                    let database = Arc::new(database);
+                    *current = Some(database.clone());
+                    return Ok(database);
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if waited < 100 => {
+                    waited += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
+    }
+
+    /// Notes `e`: a storage failure closes the database, to be opened again on next use.
+    fn note<T>(&self, result: Result<T, RegistryError>) -> Result<T, RegistryError> {
+        if let Err(e) = &result
+            && e.needs_reopen()
+        {
+            tracing::error!("registry storage failed: {e}");
+            // What a health check may say to anyone: the kind of failure, not paths.
+            let summary = match e {
+                RegistryError::Storage { source } => format!(
+                    "the registry's storage failed{}; the node's log has the details",
+                    storage_hint(source)
+                ),
+                _ => "the registry's storage failed; the node's log has the details".to_owned(),
+            };
+            *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(summary);
+            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        result
+    }
+
+    fn recovered(&self) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
 pub struct Registry {
-    db: Database,
+    db: DatabaseHandle,
     /// The data key, handed (sealed) only to a gateway admitted to share this registry.
     data_key: RegistryKey,
     sealer: RecordSealer,
@@ -182,11 +297,28 @@ impl Registry {
         sealing: &SealingKey,
         given: Option<&RegistryKey>,
     ) -> Result<Self, RegistryError> {
+        let file = path.to_owned();
+        Self::open_on(
+            path,
+            sealing,
+            given,
+            Box::new(move || Database::create(&file)),
+        )
+    }
+
+    /// Like [`Registry::open_with_key`], with the database opened (and opened again after a
+    /// storage failure) by `open`.
+    fn open_on(
+        path: &Path,
+        sealing: &SealingKey,
+        given: Option<&RegistryKey>,
+        open: Box<OpenDatabase>,
+    ) -> Result<Self, RegistryError> {
         let open_err = |source: redb::Error| RegistryError::Open {
             path: path.display().to_string(),
             source,
         };
-        let database = Database::create(path).map_err(|e| open_err(e.into()))?;
+        let database = open().map_err(|e| open_err(e.into()))?;
         let tx = database.begin_write().map_err(|e| open_err(e.into()))?;
         let unsealed = tx
             .list_tables()
@@ -243,7 +375,11 @@ impl Registry {
         let sealer = RecordSealer::new(&data_key);
         let version_file = VersionFile::beside(path, sealer.blind("version file", b"key"));
         let registry = Registry {
-            db: database,
+            db: DatabaseHandle {
+                open,
+                current: Mutex::new(Some(Arc::new(database))),
+                failure: Mutex::default(),
+            },
             data_key: RegistryKey(data_key),
             sealer,
             blob_key: crate::BlobKey::derive(&data_key),
@@ -271,7 +407,7 @@ impl Registry {
 
     /// Compares the database's version with the sealed copy in the version file.
     fn check_version_file(&self) -> Result<(), RegistryError> {
-        let tx = self.db.begin_read().map_err(db)?;
+        let tx = self.db.get()?.begin_read().map_err(db)?;
         self.check_state_digest(&tx)?;
         let in_database = self.stored_version(&tx)?;
         let file_error = |source| RegistryError::VersionFile {
@@ -332,12 +468,40 @@ impl Registry {
         // Read what this node has seen first: a write committing in between only raises what
         // the transaction finds.
         let expected = self.version();
-        let tx = self.db.begin_read().map_err(db)?;
-        let found = self.stored_version(&tx)?;
+        let tx = self
+            .db
+            .note(self.db.get().and_then(|d| d.begin_read().map_err(db)))?;
+        let found = self.db.note(self.stored_version(&tx))?;
         if found < expected {
             return Err(RegistryError::RolledBack { found, expected });
         }
         Ok(tx)
+    }
+
+    /// Whether the registry's storage works: `Err` names the last failure while it lasts. A
+    /// registry whose storage failed is tried again here (an empty write), so a node recovers
+    /// by itself once, say, space is freed, even if nobody writes.
+    pub fn health(&self) -> Result<(), String> {
+        let failed = self
+            .db
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(failure) = failed else {
+            return Ok(());
+        };
+        let probe = self.db.note(self.db.get().and_then(|d| {
+            let tx = d.begin_write().map_err(db)?;
+            tx.commit().map_err(db)
+        }));
+        match probe {
+            Ok(()) => {
+                self.db.recovered();
+                Ok(())
+            }
+            Err(_) => Err(failure),
+        }
     }
 
     /// Runs `change` in one write transaction that also moves the version forward. In a
@@ -365,7 +529,7 @@ impl Registry {
             self.catch_up()?;
             let (tx, found) = self.begin()?;
             self.take_changes();
-            let result = match change(&tx)? {
+            let result = match self.db.note(change(&tx))? {
                 Ok(result) => result,
                 Err(refused) => return Ok(Err(refused)),
             };
@@ -386,7 +550,9 @@ impl Registry {
 
     /// A write transaction on the state the last write left, and that state's version.
     fn begin(&self) -> Result<(WriteTransaction, u64), RegistryError> {
-        let tx = self.db.begin_write().map_err(db)?;
+        let tx = self
+            .db
+            .note(self.db.get().and_then(|d| d.begin_write().map_err(db)))?;
         let stored = match tx.open_table(META).map_err(db)?.get(VERSION).map_err(db)? {
             Some(sealed) => Some(self.open_version(sealed.value())?),
             None => None,
@@ -418,7 +584,8 @@ impl Registry {
             .map_err(db)?
             .insert(VERSION, sealed.as_slice())
             .map_err(db)?;
-        tx.commit().map_err(db)?;
+        self.db.note(tx.commit().map_err(db))?;
+        self.db.recovered();
         self.version.fetch_max(version, Ordering::SeqCst);
         if let Err(e) = self.version_file.record(version) {
             // The change is committed; only rollback detection at the next start is weaker.
@@ -605,17 +772,21 @@ impl Registry {
     /// Who holds `secret`, if anyone. In a cluster a token unknown here is looked for again
     /// after catching up, so a tenant made on another gateway a moment ago is known.
     pub fn authenticate(&self, secret: &str) -> Result<Option<Principal>, RegistryError> {
-        let hash = hash_secret(secret);
-        let lookup = || -> Result<Option<Principal>, RegistryError> {
-            let tx = self.read()?;
-            let tokens = tx.open_table(TOKENS).map_err(db)?;
-            let found: Option<String> = self.get(&tokens, TOKENS, &hash)?;
-            Ok(found.and_then(|p| Principal::decode(&p)))
-        };
-        match lookup()? {
-            None if self.catch_up()? > 0 => lookup(),
+        match self.authenticate_here(secret)? {
+            None if self.catch_up()? > 0 => self.authenticate_here(secret),
             found => Ok(found),
         }
+    }
+
+    /// [`Registry::authenticate`] against this copy only: a token another gateway issued a
+    /// moment ago is not found until the next catch-up. For callers that must not pay for a
+    /// catch-up (an address that keeps sending unknown tokens).
+    pub fn authenticate_here(&self, secret: &str) -> Result<Option<Principal>, RegistryError> {
+        let hash = hash_secret(secret);
+        let tx = self.read()?;
+        let tokens = tx.open_table(TOKENS).map_err(db)?;
+        let found: Option<String> = self.get(&tokens, TOKENS, &hash)?;
+        Ok(found.and_then(|p| Principal::decode(&p)))
     }
 
     pub fn create_tenant(&self, name: &TenantName) -> Result<(Tenant, Token), RegistryError> {
@@ -688,6 +859,16 @@ impl Registry {
         }
     }
 
+    /// Bytes of code `owner` keeps: every version of every function it owns.
+    pub fn stored_bytes_of(&self, owner: &TenantName) -> Result<u64, RegistryError> {
+        Ok(self
+            .all_functions()?
+            .iter()
+            .filter(|f| f.owner == *owner)
+            .map(FunctionRecord::stored_bytes)
+            .sum())
+    }
+
     fn all_functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
         let tx = self.read()?;
         let functions = tx.open_table(FUNCTIONS).map_err(db)?;
@@ -709,9 +890,12 @@ impl Registry {
     /// Registers a function, or a new version of one: `record` is a new record (one version);
     /// an existing function gets that version as its current one and keeps its history,
     /// `created_at` and access list. `check` sees the existing record first and may refuse.
+    /// Stores `record` as a new function, or its version as the current one of the existing
+    /// function, keeping at most `keep_versions` versions (the oldest are forgotten).
     pub fn put_function<E>(
         &self,
         record: FunctionRecord,
+        keep_versions: usize,
         mut check: impl FnMut(Option<&FunctionRecord>) -> Result<(), E>,
     ) -> Result<Result<FunctionRecord, E>, RegistryError> {
         self.write_unless_refused(|tx| {
@@ -722,7 +906,7 @@ impl Registry {
             if let Err(refused) = check(existing.as_ref()) {
                 return Ok(Err(refused));
             }
-            let updated = match existing {
+            let mut updated = match existing {
                 Some(mut existing) => {
                     for version in &record.versions {
                         existing.advance(version.clone());
@@ -731,6 +915,7 @@ impl Registry {
                 }
                 None => record.clone(),
             };
+            updated.forget_oldest(keep_versions);
             self.put(
                 &mut functions,
                 FUNCTIONS,
@@ -916,5 +1101,7 @@ use shared::Row;
 pub use shared::{RegistryKey, SharedError, SharedLog, Sharing};
 pub use triggers::Trigger;
 
+#[cfg(test)]
+mod full_disk;
 #[cfg(test)]
 mod tests;

@@ -66,13 +66,18 @@ impl VersionFile {
         }
         let sealed = sealed::seal(&self.key, FILE_CONTEXT, &version.to_le_bytes());
         let temporary = self.path.with_extension("version.tmp");
-        {
+        let replaced = (|| {
             use std::io::Write;
             let mut file = std::fs::File::create(&temporary)?;
             file.write_all(&sealed)?;
             file.sync_all()?;
+            std::fs::rename(&temporary, &self.path)
+        })();
+        if replaced.is_err() {
+            // A full disk leaves an empty or partial temporary file: never leave it behind.
+            let _ = std::fs::remove_file(&temporary);
         }
-        std::fs::rename(&temporary, &self.path)?;
+        replaced?;
         *written = version;
         Ok(())
     }

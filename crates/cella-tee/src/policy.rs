@@ -18,6 +18,7 @@ use crate::{Claims, Evidence, Measurement, ReportData, TeeType, Verifier};
 /// snp_max_vmpl = 0                     # SEV-SNP: reports only from the most privileged level
 /// allow_simulated = false              # true only for testing: sim evidence proves nothing
 /// sim_anchors = ["<64 hex digits>"]    # simulated platforms' public keys
+/// allow_unbound = false                # true only for a local `--insecure-http` node
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +43,12 @@ pub struct Policy {
     pub allow_simulated: bool,
     #[serde(default)]
     pub sim_anchors: Vec<String>,
+    /// Accept a node whose evidence is not bound to the connection it came over (plain
+    /// HTTP). Off by default: anything between the client and such a node can relay the
+    /// node's evidence and read what the client sends next, its token included. Only for a
+    /// local `cella up --insecure-http` node while debugging.
+    #[serde(default)]
+    pub allow_unbound: bool,
 }
 
 fn up_to_date() -> Vec<String> {
@@ -63,6 +70,7 @@ impl Default for Policy {
             snp_max_vmpl: 0,
             allow_simulated: false,
             sim_anchors: Vec::new(),
+            allow_unbound: false,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! `cella bench startup|autoscale|chain`: the figures of PIE's evaluation, measured side by
 //! side in one run on this machine; `cella bench monitor`: what the per-call monitor costs;
-//! `cella bench cluster`: a cluster's throughput and asynchronous latency. Absolute times on a shared machine mean little; the ratios
+//! `cella bench cluster`: a cluster's throughput and asynchronous latency; `cella bench noisy`:
+//! a quiet tenant's latency beside tenants that saturate their limits. Absolute times on a shared machine mean little; the ratios
 //! between modes measured together are the result. Each run prints a table and writes JSON.
 
 mod chain;
 mod cluster;
 mod monitor;
+mod noisy;
 mod startup;
 mod stats;
 
@@ -29,6 +31,9 @@ pub(crate) enum Suite {
     /// A cluster on this machine (nats-server, a gateway, workers): throughput with 1 and 2
     /// workers against one node, and asynchronous end-to-end latency.
     Cluster,
+    /// A quiet tenant's latency alone and while one and two other tenants saturate their
+    /// limits with busy loops, with the fair CPU scheduler and without it.
+    Noisy,
 }
 
 impl Suite {
@@ -39,6 +44,7 @@ impl Suite {
             Suite::Chain => "chain",
             Suite::Monitor => "monitor",
             Suite::Cluster => "cluster",
+            Suite::Noisy => "noisy",
         }
     }
 }
@@ -73,6 +79,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Chain => chain::chain(&args.guests, args.scale).await?,
         Suite::Monitor => monitor::monitor(&args.guests, args.scale).await?,
         Suite::Cluster => cluster::cluster(&args.guests, args.scale).await?,
+        Suite::Noisy => noisy::noisy(&args.guests, args.scale).await?,
     };
     let report = serde_json::json!({
         "suite": args.suite.name(),

@@ -42,12 +42,31 @@ impl Server {
     /// Starts `command` (a node on a free port), writes a policy that trusts it to
     /// `policy_dir` (its simulated platform key is in `sim_dir`) and waits until its output
     /// contains `ready`.
-    fn launch(mut command: Command, policy_dir: &Path, sim_dir: &Path, ready: &str) -> Server {
+    fn launch(command: Command, policy_dir: &Path, sim_dir: &Path, ready: &str) -> Server {
+        Server::launch_logging_to(
+            command,
+            policy_dir,
+            sim_dir,
+            ready,
+            Stdio::inherit(),
+            "warn",
+        )
+    }
+
+    /// [`Server::launch`] with the node's log (stderr) going to `log`, at `level`.
+    fn launch_logging_to(
+        mut command: Command,
+        policy_dir: &Path,
+        sim_dir: &Path,
+        ready: &str,
+        log: Stdio,
+        level: &str,
+    ) -> Server {
         let mut child = command
             .env_remove("CELLA_CONFIG")
-            .env("CELLA_LOG", "warn")
+            .env("CELLA_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("cella starts");
         let stdout = child.stdout.take().unwrap();
@@ -528,6 +547,77 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     let bad = cella(&server, data.path(), Some("cella_wrong"), &["functions"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("CELLA_TOKEN"));
+}
+
+/// The node's log on a device that is always full: every line fails to be written, and
+/// every request is still served (logging never decides a request's outcome).
+#[test]
+fn a_log_that_cannot_be_written_never_breaks_a_request() {
+    let data = tempfile::tempdir().unwrap();
+    let mut command = Command::new(CELLA);
+    command
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path());
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
+    let server = Server::launch_logging_to(
+        command,
+        data.path(),
+        data.path(),
+        "listening on",
+        Stdio::from(full),
+        "debug",
+    );
+    for i in 0..20 {
+        let name = format!("tenant-{i}");
+        ok(cella(
+            &server,
+            data.path(),
+            None,
+            &["tenant", "create", &name],
+        ));
+    }
+    let listed = ok(cella(&server, data.path(), None, &["tenant", "list"]));
+    assert!(listed.contains("tenant-19"), "{listed}");
+}
+
+/// A plain-HTTP node's evidence is not bound to the connection (anything in between can relay
+/// it), so the CLI sends it no token unless the policy explicitly allows an unbound node.
+#[test]
+fn a_plain_http_node_gets_no_token_unless_the_policy_allows_unbound() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &["--insecure-http"], "listening on");
+    assert!(server.url.starts_with("http://"), "{}", server.url);
+    let token = std::fs::read_to_string(data.path().join("admin.token")).unwrap();
+    let refused = cella(
+        &server,
+        data.path(),
+        Some(token.trim()),
+        &["tenant", "list"],
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("✗ TLS key"), "{stderr}");
+    assert!(stderr.contains("allow_unbound = true"), "{stderr}");
+    assert!(stderr.contains("nothing was sent to it"), "{stderr}");
+    let verify = cella(&server, data.path(), None, &["verify"]);
+    assert!(!verify.status.success(), "a strict policy refuses it too");
+
+    ok(cella(
+        &server,
+        data.path(),
+        Some(token.trim()),
+        &["tenant", "create", "acme", "--allow-unbound"],
+    ));
+    let allowed = ok(cella(
+        &server,
+        data.path(),
+        Some(token.trim()),
+        &["tenant", "list", "--allow-unbound"],
+    ));
+    assert!(allowed.contains("acme"), "{allowed}");
 }
 
 #[test]

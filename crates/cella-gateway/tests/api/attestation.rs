@@ -11,7 +11,8 @@ fn anchor(node: &Node) -> String {
         .to_owned()
 }
 
-/// A policy that accepts this node: its measurement pinned, its simulated platform trusted.
+/// A policy that accepts this node, but for its plain HTTP: its measurement pinned, its
+/// simulated platform trusted.
 async fn accepting(node: &Node) -> Policy {
     let measurement = node.anonymous().attestation(b"").await.unwrap().measurement;
     Policy {
@@ -19,6 +20,14 @@ async fn accepting(node: &Node) -> Policy {
         allow_simulated: true,
         sim_anchors: vec![anchor(node)],
         ..Policy::default()
+    }
+}
+
+/// [`accepting`], and the test nodes' plain HTTP allowed.
+async fn accepting_unbound(node: &Node) -> Policy {
+    Policy {
+        allow_unbound: true,
+        ..accepting(node).await
     }
 }
 
@@ -48,7 +57,7 @@ async fn evidence_binds_the_identity_key_and_nonce_and_needs_no_token() {
 async fn verify_node_passes_only_under_a_policy_that_accepts_this_node() {
     let node = Node::start().await;
     let client = node.anonymous();
-    let policy = accepting(&node).await;
+    let policy = accepting_unbound(&node).await;
     let ok = client.verify_node(&policy).await.unwrap();
     assert!(ok.passed(), "{:#?}", ok.verification.checks);
     let names: Vec<&str> = ok.verification.checks.iter().map(|c| c.name).collect();
@@ -192,7 +201,7 @@ async fn over_ra_tls_the_evidence_is_bound_to_the_connection() {
 async fn the_node_states_its_plugins_under_its_attested_key() {
     let node = Node::start().await;
     let client = node.anonymous();
-    let policy = accepting(&node).await;
+    let policy = accepting_unbound(&node).await;
     // No plug-ins: no line, nothing to list.
     let before = client.verify_node(&policy).await.unwrap();
     assert!(before.plugins.is_empty());
@@ -239,4 +248,78 @@ async fn the_node_states_its_plugins_under_its_attested_key() {
         statement.verify(key, &[2]),
         Err(cella_receipt::PluginListError::Stale)
     );
+}
+
+/// A plain-HTTP relay between a client and a genuine node passes the node's evidence on
+/// unchanged; nothing binds that evidence to the client's connection, so the verdict fails
+/// its `TLS key` check and no token is sent — unless the policy explicitly allows an
+/// unbound node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_over_plain_http_gets_no_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = Node::start().await;
+    let target: std::net::SocketAddr = node.url.trim_start_matches("http://").parse().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let recorder = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut node_read, mut node_write) = upstream.into_split();
+            let recorder = recorder.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n @ 1..) = client_read.read(&mut buf).await {
+                    recorder.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if node_write.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut node_read, &mut client_write).await;
+            });
+        }
+    });
+
+    let strict = accepting(&node).await;
+    assert!(!strict.allow_unbound, "off by default");
+    let verdict = cella_client::Client::with_policy(&relay_url, None, &strict)
+        .unwrap()
+        .verify_node(&strict)
+        .await
+        .unwrap();
+    let failed: Vec<_> = verdict
+        .verification
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].name, "TLS key");
+    assert!(
+        failed[0].fix.as_deref().unwrap().contains("allow_unbound"),
+        "{failed:?}"
+    );
+    let token = node.admin_token().to_owned();
+    let refused = cella_client::Client::with_policy(&relay_url, Some(token.clone()), &strict);
+    assert!(
+        matches!(refused, Err(cella_client::ClientError::Unbound { .. })),
+        "a client with a token is not even built"
+    );
+    let recorded = String::from_utf8_lossy(&seen.lock().unwrap()).to_lowercase();
+    assert!(recorded.contains("/v1/attestation"), "the relay was used");
+    assert!(!recorded.contains("authorization"), "{recorded}");
+    assert!(!recorded.contains(&token.to_lowercase()));
+
+    // Only an explicit opt-in (a local debugging node) sends the token without a binding.
+    let lax = Policy {
+        allow_unbound: true,
+        ..strict
+    };
+    let client = cella_client::Client::with_policy(&relay_url, Some(token), &lax).unwrap();
+    assert!(client.verify_node(&lax).await.unwrap().passed());
+    client.tenants().await.unwrap();
 }

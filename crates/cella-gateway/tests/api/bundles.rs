@@ -5,7 +5,7 @@
 use cella_bundle::{Bundle, BundleKind, Manifest, SigningKey};
 use cella_client::{Client, InvokeOptions};
 
-use crate::harness::{Node, assert_api_error, guest};
+use crate::harness::{Node, Options, assert_api_error, guest};
 
 fn manifest(name: &str, version: &str) -> Manifest {
     Manifest {
@@ -274,4 +274,77 @@ async fn bundles_live_sealed_in_the_blob_store_the_url_names() {
         .await
         .unwrap();
     assert_eq!(&out.output[..], b"from afar");
+}
+
+/// A tenant cannot fill the node's disk with code: each function keeps its newest versions
+/// only (the forgotten ones' code is deleted), and all of a tenant's code fits its quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_are_forgotten_and_a_tenant_keeps_code_within_its_quota() {
+    let echo = guest("echo.wasm");
+    let size = echo.len() as u64;
+    let node = Node::start_with(Options {
+        max_versions: 2,
+        max_tenant_bytes: 2 * size + size / 2,
+        ..Options::default()
+    })
+    .await;
+    let (acme, key) = tenant_with_key(&node, "acme").await;
+    // Three versions with distinct code (a trailing custom section changes the hash).
+    let variant = |i: u8| {
+        let mut wasm = echo.clone();
+        wasm.extend_from_slice(&[0, 2, 1, b'a' + i]);
+        wasm
+    };
+    let mut hashes = Vec::new();
+    for (i, version) in ["1.0.0", "1.1.0", "1.2.0"].into_iter().enumerate() {
+        let bundle = signed("echo", version, variant(i as u8), &key);
+        hashes.push(bundle.hash().0.to_string());
+        acme.deploy_bundle("echo", bundle.encode()).await.unwrap();
+    }
+    let record = acme.function("echo").await.unwrap();
+    let kept: Vec<String> = record
+        .versions
+        .iter()
+        .map(|v| v.version.to_string())
+        .collect();
+    assert_eq!(kept, ["1.1.0", "1.2.0"], "the oldest version is forgotten");
+    assert_api_error(
+        acme.invoke("echo@1.0.0", b"x".to_vec(), &[]).await,
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        &acme
+            .invoke("echo@1.1.0", b"x".to_vec(), &[])
+            .await
+            .unwrap()
+            .output[..],
+        b"x"
+    );
+    fn files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .map(|p| if p.is_dir() { files(&p) } else { 1 })
+                .sum()
+        })
+    }
+    assert_eq!(
+        files(&node.data_dir().join("blobs")),
+        2,
+        "the forgotten version's code is deleted"
+    );
+
+    // Two versions of echo are kept: one more function of the same size would pass the quota.
+    let message = assert_api_error(
+        acme.deploy_bundle("other", signed("other", "1.0.0", variant(7), &key).encode())
+            .await,
+        413,
+        "payload_too_large",
+    );
+    assert!(message.contains("quota"), "{message}");
+    acme.delete("echo").await.unwrap();
+    acme.deploy_bundle("other", signed("other", "1.0.0", variant(7), &key).encode())
+        .await
+        .unwrap();
 }

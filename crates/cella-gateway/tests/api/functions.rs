@@ -2,7 +2,7 @@
 
 use std::io::Read;
 
-use crate::harness::{Node, clocks_random, guest};
+use crate::harness::{Node, assert_api_error, clocks_random, guest};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brotli_round_trips_a_mebibyte_with_the_native_crate() {
@@ -122,6 +122,21 @@ async fn a_failing_exit_status_is_an_error_carrying_the_stderr_tail() {
             );
         }
         other => panic!("expected a function failure, got {other:?}"),
+    }
+    // Statuses WASI libraries call invalid are the function's own too: the same error,
+    // never a bare backtrace.
+    for (arg, status) in [("126", "126"), ("255", "255"), ("-1", "-1"), ("0", "")] {
+        let result = acme.invoke("fails", Vec::new(), &[arg.to_owned()]).await;
+        if status.is_empty() {
+            assert!(result.is_ok(), "status 0 is success: {result:?}");
+            continue;
+        }
+        let message = assert_api_error(result, 502, "function_failed");
+        assert!(
+            message.contains(&format!("exited with status {status}")),
+            "{arg}: {message}"
+        );
+        assert!(!message.contains("backtrace"), "{message}");
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Options {
     pub blob_backend: Option<Arc<dyn cella_store::ObjectStore>>,
     /// How outgoing HTTPS is made (test roots, loopback allowed).
     pub outgoing: Option<cella_sandbox::OutgoingConfig>,
+    /// Versions kept per function, and bytes of code per tenant.
+    pub max_versions: usize,
+    pub max_tenant_bytes: u64,
 }
 
 impl Default for Options {
@@ -68,6 +71,8 @@ impl Default for Options {
             blob_store: None,
             blob_backend: None,
             outgoing: None,
+            max_versions: 16,
+            max_tenant_bytes: 1 << 30,
         }
     }
 }
@@ -88,6 +93,8 @@ impl Node {
         config.sandbox.instances = options.instances;
         config.blob_store = options.blob_store.clone();
         config.blob_backend = options.blob_backend.clone();
+        config.max_versions = options.max_versions;
+        config.max_tenant_bytes = options.max_tenant_bytes;
         if let Some(outgoing) = &options.outgoing {
             config.sandbox.outgoing = outgoing.clone();
         }

@@ -176,6 +176,26 @@ async fn oversized_bodies_are_refused_with_413() {
         413,
         "payload_too_large",
     );
+
+    // A `Content-Length` above the limit is refused on the header: the client sends no
+    // byte of the body and still gets its answer at once.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = node.url.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 1000000000\r\n\r\n",
+        node.admin.create_tenant("bulk").await.unwrap().token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ mod access;
 mod attestation;
 mod bundles;
 mod chains;
+mod compile_bombs;
 mod functions;
 mod http_passthrough;
 mod invariants;

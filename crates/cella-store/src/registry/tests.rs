@@ -109,7 +109,7 @@ fn redeploy_keeps_access_and_check_can_refuse() {
         )
     };
     registry
-        .put_function(record(b"v1"), |_| Ok::<_, ()>(()))
+        .put_function(record(b"v1"), 16, |_| Ok::<_, ()>(()))
         .unwrap()
         .unwrap();
     registry
@@ -118,7 +118,7 @@ fn redeploy_keeps_access_and_check_can_refuse() {
         })
         .unwrap();
     let v2 = registry
-        .put_function(record(b"v2"), |_| Ok::<_, ()>(()))
+        .put_function(record(b"v2"), 16, |_| Ok::<_, ()>(()))
         .unwrap()
         .unwrap();
     assert!(v2.access.allows(&tenant("beta")));
@@ -130,7 +130,9 @@ fn redeploy_keeps_access_and_check_can_refuse() {
     );
     assert!(registry.blob_in_use(&ContentHash::of(b"v1")).unwrap());
     let version = registry.version();
-    let refused = registry.put_function(record(b"v3"), |_| Err("no")).unwrap();
+    let refused = registry
+        .put_function(record(b"v3"), 16, |_| Err("no"))
+        .unwrap();
     assert_eq!(refused, Err("no"));
     assert_eq!(
         registry.version(),
@@ -138,6 +140,19 @@ fn redeploy_keeps_access_and_check_can_refuse() {
         "a refused write changes nothing"
     );
     assert_eq!(registry.function(&name).unwrap().unwrap().hash, v2.hash);
+    // Retention: keeping two versions forgets the oldest, whose code is then unused.
+    let v3 = registry
+        .put_function(record(b"v3"), 2, |_| Ok::<_, ()>(()))
+        .unwrap()
+        .unwrap();
+    assert_eq!(v3.versions.len(), 2);
+    assert_eq!(
+        v3.hash,
+        ContentHash::of(b"v3"),
+        "the current version is always kept"
+    );
+    assert!(!registry.blob_in_use(&ContentHash::of(b"v1")).unwrap());
+    assert!(registry.blob_in_use(&ContentHash::of(b"v2")).unwrap());
     assert!(registry.blob_in_use(&v2.hash).unwrap());
     assert!(registry.delete_function(&name).unwrap().is_some());
     assert!(registry.function(&name).unwrap().is_none());

@@ -1,5 +1,10 @@
-//! Writes a diagnostic to stderr and exits with status 3.
+//! Writes a diagnostic to stderr and exits with the status given as its first argument
+//! (3 without one; any i32, so statuses of 126 and more and negative ones too).
 fn main() {
     eprintln!("something went wrong: the input was not what I expected");
-    std::process::exit(3);
+    let status = std::env::args()
+        .nth(1)
+        .and_then(|arg| arg.parse().ok())
+        .unwrap_or(3);
+    std::process::exit(status);
 }
