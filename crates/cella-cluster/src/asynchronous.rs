@@ -436,6 +436,61 @@ pub(crate) async fn dead_letter_exhausted(
     Ok(())
 }
 
+/// How often a gateway looks for messages of finished jobs left in the stream.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Messages one sweep looks at, at most (the stream normally holds only jobs in flight).
+const SWEEP_MAX: u64 = 10_000;
+
+/// The gateway's side: deletes the messages of jobs recorded as finished that are still in
+/// the stream. A job's message goes when its worker acknowledges it, but an acknowledgement
+/// JetStream lost in a crash, or a max-deliveries advisory sent while no gateway was
+/// connected, leaves the message behind for good.
+pub(crate) async fn sweep_finished(bus: Arc<SealedBus>, platform: Arc<Platform>) {
+    let js = jetstream::new(bus.client().clone());
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        match sweep_once(&js, &bus, &platform).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::info!("deleted {swept} finished jobs left in the job stream"),
+            Err(e) => tracing::debug!("cannot sweep the job stream now: {e}"),
+        }
+    }
+}
+
+async fn sweep_once(
+    js: &jetstream::Context,
+    bus: &SealedBus,
+    platform: &Platform,
+) -> Result<usize, async_nats::Error> {
+    let mut stream = js.get_stream(JOBS_STREAM).await?;
+    let (messages, first, last) = {
+        let state = &stream.info().await?.state;
+        (state.messages, state.first_sequence, state.last_sequence)
+    };
+    if messages == 0 {
+        return Ok(0);
+    }
+    let last = last.min(first.saturating_add(SWEEP_MAX));
+    let mut swept = 0;
+    for sequence in first..=last {
+        let Ok(stored) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        let Ok(opened) = bus.open_event(&stored.payload, JOBS) else {
+            continue;
+        };
+        let Ok((head, _)) = wire::unframe::<JobHead>(&opened.payload) else {
+            continue;
+        };
+        if let Ok(true) = platform.async_is_final(&head.id).await
+            && stream.delete_message(sequence).await.is_ok()
+        {
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
 /// A worker's side: takes jobs from the shared consumer until the connection closes.
 pub(crate) async fn take_jobs(
     bus: Arc<SealedBus>,

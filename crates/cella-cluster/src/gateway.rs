@@ -66,6 +66,10 @@ impl Gateway {
                 tracing::error!("the dead-letter sweep stopped: {e}");
             }
         });
+        tokio::spawn(crate::asynchronous::sweep_finished(
+            bus.clone(),
+            platform.clone(),
+        ));
         let control = (bus.clone(), platform.clone());
         tokio::spawn(async move {
             if let Err(e) = crate::asynchronous::serve_control(control.0, control.1).await {

@@ -216,6 +216,18 @@ impl Platform {
         .await
     }
 
+    /// Whether invocation `id` is recorded here as finished for good (an unknown one is not).
+    pub async fn async_is_final(&self, id: &str) -> Result<bool, RuntimeError> {
+        let registry = self.registry().clone();
+        let id = id.to_owned();
+        blocking(move || {
+            Ok(registry
+                .invocation(&id)?
+                .is_some_and(|i| i.status.is_final()))
+        })
+        .await
+    }
+
     /// Records how an attempt of invocation `id` ended (a worker reports it); see
     /// [`Finished`].
     pub async fn finish_async(

@@ -98,15 +98,20 @@ impl Sandbox {
         input: CommandInput,
         limits: &Limits,
     ) -> Result<CommandOutput, RunError> {
-        let (stdout, log, ()) = self
-            .command_store(program, input, limits)
-            .run(limits, async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
-                start.call_async(&mut *store, ()).await
+        let mut store = self.command_store(program, input, limits);
+        let (pre, limits) = (pre.clone(), *limits);
+        self.guests
+            .run(async move {
+                let (stdout, log, ()) = store
+                    .run(&limits, async |store| {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+                        start.call_async(&mut *store, ()).await
+                    })
+                    .await?;
+                Ok(CommandOutput { stdout, log })
             })
-            .await?;
-        Ok(CommandOutput { stdout, log })
+            .await
     }
 
     /// Instantiates `pre` ahead of its request, for comparisons with platforms that keep warm

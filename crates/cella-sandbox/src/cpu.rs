@@ -1,10 +1,14 @@
 //! Fair shares of the CPU between tenants. A guest runs WebAssembly only while it holds a
 //! [`Turn`]; there are as many turns as cores. A guest gives its turn back at the end of each
-//! time slice (an epoch tick) and whenever it calls the host (which may wait on I/O), and
-//! queues for the next. Waiting guests are queued per [`CpuShare`] (a tenant), and freed turns
+//! time slice (an epoch tick) and queues for the next. Host calls keep the turn (most take
+//! microseconds, and queueing again after each would cost a slice each), but a guest that has
+//! been in one host call for a whole tick (waiting on I/O) loses it to whoever waits: the
+//! epoch ticker reclaims it ([`CpuScheduler::reclaim`]), and the guest queues again when the
+//! call returns. Waiting guests are queued per [`CpuShare`] (a tenant), and freed turns
 //! go to the shares round-robin: a tenant running 64 busy guests gets no more of the CPU than
-//! one running a single guest, as long as both want it, and a quiet tenant's invocation waits
-//! at most about one time slice for a core.
+//! one running a single guest, as long as both want it. A share with no guest waiting goes to
+//! the front of the line, so a quiet tenant's invocation waits at most about one time slice
+//! for a core.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,6 +28,18 @@ impl CpuShare {
 
 pub(crate) struct CpuScheduler {
     state: Mutex<Waiting>,
+    /// The invocations that may hold turns, to reclaim from those stuck in a host call.
+    holders: Mutex<Vec<std::sync::Weak<Holder>>>,
+    /// Epoch ticks seen (see [`CpuScheduler::reclaim`]).
+    ticks: std::sync::atomic::AtomicU64,
+}
+
+/// One invocation's side: the turn it holds, and since which tick it is in a host call.
+#[derive(Default)]
+struct Holder {
+    held: Mutex<Option<Turn>>,
+    /// The tick its current host call began at, plus one; 0 outside host calls.
+    in_host_since: std::sync::atomic::AtomicU64,
 }
 
 struct Waiting {
@@ -49,7 +65,33 @@ impl CpuScheduler {
                 queues: HashMap::new(),
                 order: VecDeque::new(),
             }),
+            holders: Mutex::default(),
+            ticks: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Called at every epoch tick: while guests wait, takes the turns of guests that have
+    /// been in one host call since before the last tick and passes them on.
+    pub(crate) fn reclaim(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        // Invocations that ended: at most one tick's worth accumulate.
+        holders.retain(|holder| holder.strong_count() > 0);
+        if self.lock().order.is_empty() {
+            return;
+        }
+        for holder in holders.iter().filter_map(std::sync::Weak::upgrade) {
+            let since = holder.in_host_since.load(Ordering::Relaxed);
+            if since != 0 && since < now {
+                let turn = holder
+                    .held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take();
+                drop(turn);
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
@@ -84,7 +126,11 @@ impl CpuScheduler {
             let Waiting { queues, order, .. } = &mut *waiting;
             let queue = queues.entry(share.clone()).or_default();
             if queue.is_empty() {
-                order.push_back(share);
+                // A share with nothing waiting goes first: it has not been using the CPU
+                // (a share that keeps guests waiting is put back behind the others at each
+                // turn it gets), so a quiet tenant waits for one slice to end, not one per
+                // busy tenant.
+                order.push_front(share);
             }
             queue.push_back(sender);
             handed
@@ -148,26 +194,51 @@ impl Drop for Turn {
 pub(crate) struct Turns {
     scheduler: Arc<CpuScheduler>,
     share: CpuShare,
-    held: Arc<Mutex<Option<Turn>>>,
+    holder: Arc<Holder>,
 }
 
 impl Turns {
     pub(crate) fn new(scheduler: Arc<CpuScheduler>, share: CpuShare) -> Self {
+        let holder = Arc::new(Holder::default());
+        scheduler
+            .holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&holder));
         Turns {
             scheduler,
             share,
-            held: Arc::default(),
+            holder,
         }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, Option<Turn>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+        self.holder
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Gives the turn back (the guest calls the host, or its slice is over).
+    /// Gives the turn back (the guest's slice is over, or it finished).
     pub(crate) fn give_back(&self) {
         let turn = self.held().take();
         drop(turn);
+    }
+
+    /// The guest calls the host: it keeps its turn unless the call outlasts a tick while
+    /// others wait.
+    pub(crate) fn entering_host(&self) {
+        use std::sync::atomic::Ordering;
+        let now = self.scheduler.ticks.load(Ordering::Relaxed);
+        self.holder.in_host_since.store(now + 1, Ordering::Relaxed);
+    }
+
+    /// The host call returned: `false` if the guest lost its turn meanwhile and none is free
+    /// (it must wait in line at its next epoch check).
+    pub(crate) fn leaving_host(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.holder.in_host_since.store(0, Ordering::Relaxed);
+        self.try_take()
     }
 
     /// Takes a turn at once if one is free; `false` if the guest must wait for one.
@@ -195,35 +266,31 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn freed_turns_go_to_shares_round_robin() {
+    async fn freed_turns_go_to_shares_round_robin_a_quiet_share_first() {
         let scheduler = CpuScheduler::new(1);
         let first = scheduler.clone().turn(CpuShare::new("busy")).await;
         let (order, mut done) = tokio::sync::mpsc::unbounded_channel();
-        let mut waiters = Vec::new();
-        // Three busy guests queue first, then one quiet one.
-        for (i, share) in ["busy", "busy", "busy", "quiet"].into_iter().enumerate() {
+        // Three busy guests queue first, then one quiet one, then another busy share's.
+        for share in ["busy", "busy", "busy", "quiet", "other"] {
             let scheduler = scheduler.clone();
             let order = order.clone();
-            waiters.push(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let turn = scheduler.turn(CpuShare::new(share)).await;
-                order.send((i, share)).unwrap();
-                turn
-            }));
+                order.send(share).unwrap();
+                // Held briefly, then passed on.
+                tokio::task::yield_now().await;
+                drop(turn);
+            });
             tokio::task::yield_now().await;
         }
         drop(first);
-        let (_, after_first) = done.recv().await.unwrap();
-        assert_eq!(after_first, "busy");
-        // The busy share had its turn: the quiet one is next, ahead of two older busy guests.
-        let mut turns = Vec::new();
-        for waiter in &mut waiters {
-            if waiter.is_finished() {
-                turns.push(waiter.await.unwrap());
-            }
+        let mut served = Vec::new();
+        for _ in 0..5 {
+            served.push(done.recv().await.unwrap());
         }
-        drop(turns);
-        let (_, next) = done.recv().await.unwrap();
-        assert_eq!(next, "quiet");
+        // The share that arrived last with nothing waiting goes first; then the shares take
+        // turns: "busy" does not get three turns in a row.
+        assert_eq!(served, ["other", "quiet", "busy", "busy", "busy"]);
     }
 
     #[tokio::test]
@@ -237,5 +304,24 @@ mod tests {
         drop(held);
         assert_eq!(scheduler.free(), 1);
         assert!(scheduler.try_turn().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_turn_held_through_a_long_host_call_goes_to_a_waiting_guest() {
+        let scheduler = CpuScheduler::new(1);
+        let waiting_on_io = Turns::new(scheduler.clone(), CpuShare::new("io"));
+        assert!(waiting_on_io.try_take());
+        waiting_on_io.entering_host();
+        let busy = tokio::spawn(Turns::new(scheduler.clone(), CpuShare::new("cpu")).take());
+        tokio::task::yield_now().await;
+        // Within the tick the call began in, the turn stays.
+        scheduler.reclaim();
+        tokio::task::yield_now().await;
+        assert!(!busy.is_finished());
+        // A whole tick later it goes to the waiting guest.
+        scheduler.reclaim();
+        busy.await.unwrap();
+        // Back from the host, the first guest waits for a turn again.
+        assert!(!waiting_on_io.leaving_host());
     }
 }

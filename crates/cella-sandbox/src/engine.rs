@@ -106,6 +106,7 @@ pub struct Sandbox {
     pub(crate) outgoing: Arc<crate::outgoing::OutgoingClient>,
     compiler: crate::compiler::CompilerLane,
     cpu: Arc<crate::cpu::CpuScheduler>,
+    pub(crate) guests: crate::executor::GuestExecutor,
     _ticker: EpochTicker,
 }
 
@@ -131,13 +132,14 @@ impl Sandbox {
         let engine = Engine::new(&wasm).map_err(CompileError::engine)?;
         let command_linker = crate::command::linker(&engine).map_err(CompileError::engine)?;
         let http_linker = crate::http::linker(&engine).map_err(CompileError::engine)?;
-        let ticker = EpochTicker::start(engine.clone());
-        let outgoing = crate::outgoing::OutgoingClient::new(config.outgoing.clone());
-        let compiler = crate::compiler::CompilerLane::start(config.compile_queue.max(1))?;
         let cpu_turns = match config.cpu_turns {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             turns => turns,
         };
+        let cpu = crate::cpu::CpuScheduler::new(cpu_turns);
+        let ticker = EpochTicker::start(engine.clone(), cpu.clone());
+        let outgoing = crate::outgoing::OutgoingClient::new(config.outgoing.clone());
+        let compiler = crate::compiler::CompilerLane::start(config.compile_queue.max(1))?;
         Ok(Sandbox {
             engine,
             command_linker,
@@ -147,7 +149,9 @@ impl Sandbox {
             outgoing_denied: Arc::default(),
             outgoing,
             compiler,
-            cpu: crate::cpu::CpuScheduler::new(cpu_turns),
+            cpu,
+            guests: crate::executor::GuestExecutor::start(cpu_turns.min(64))
+                .map_err(CompileError::engine)?,
             _ticker: ticker,
         })
     }
@@ -210,14 +214,15 @@ impl Sandbox {
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, stopped on drop.
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a dedicated thread, and reclaims CPU
+/// turns held through long host calls; stopped on drop.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engine: Engine, cpu: Arc<crate::cpu::CpuScheduler>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -226,6 +231,7 @@ impl EpochTicker {
                 while !flag.load(Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
+                    cpu.reclaim();
                 }
             })
             .expect("spawning the epoch thread");

@@ -180,91 +180,97 @@ impl Sandbox {
         store.limiter(|s| &mut s.limiter);
         let counted = self.config.count_host_calls.then_some(monitor);
         arm(&mut store, limits, trip.clone(), counted, self.turns(share));
+        let (pre, limits) = (pre.clone(), *limits);
+        self.guests
+            .run(async move {
+                let limits = &limits;
 
-        let (sender, receiver) = oneshot::channel();
-        let request = request.map(Full::new);
-        let setup = (|| -> wasmtime::Result<_> {
-            let req = store
-                .data_mut()
-                .http()
-                .new_incoming_request(Scheme::Http, request)?;
-            let out = store.data_mut().http().new_response_outparam(sender)?;
-            Ok((req, out))
-        })();
-        let (req, out) = setup.map_err(|e| RunError::NoResponse {
-            message: format!("the request could not be passed to the function: {e}"),
-            log: LogTail::default(),
-        })?;
-        let pre = pre.clone();
-        let mut task = AbortOnDrop(tokio::spawn(async move {
-            let proxy = pre.instantiate_async(&mut store).await?;
-            proxy
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, req, out)
-                .await
-        }));
+                let (sender, receiver) = oneshot::channel();
+                let request = request.map(Full::new);
+                let setup = (|| -> wasmtime::Result<_> {
+                    let req = store
+                        .data_mut()
+                        .http()
+                        .new_incoming_request(Scheme::Http, request)?;
+                    let out = store.data_mut().http().new_response_outparam(sender)?;
+                    Ok((req, out))
+                })();
+                let (req, out) = setup.map_err(|e| RunError::NoResponse {
+                    message: format!("the request could not be passed to the function: {e}"),
+                    log: LogTail::default(),
+                })?;
+                let pre = pre.clone();
+                let mut task = AbortOnDrop(tokio::spawn(async move {
+                    let proxy = pre.instantiate_async(&mut store).await?;
+                    proxy
+                        .wasi_http_incoming_handler()
+                        .call_handle(&mut store, req, out)
+                        .await
+                }));
 
-        let output_limit = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
-        let exchange = async {
-            let response = match receiver.await {
-                Ok(Ok(response)) => response,
-                Ok(Err(code)) => {
-                    return Err(Failure::NoResponse(format!(
-                        "it responded with error {code:?}"
-                    )));
-                }
-                // The guest ended without setting a response: its task says why.
-                Err(_) => {
-                    return Err(match (&mut task.0).await {
-                        Ok(Err(e)) => Failure::Guest(e),
-                        _ => Failure::NoResponse("it returned without setting one".into()),
-                    });
-                }
-            };
-            let (parts, body) = response.into_parts();
-            let body = match Limited::new(body, output_limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => {
-                    if e.downcast_ref::<LengthLimitError>().is_some() {
-                        trip.trip_output();
+                let output_limit = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+                let exchange = async {
+                    let response = match receiver.await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(code)) => {
+                            return Err(Failure::NoResponse(format!(
+                                "it responded with error {code:?}"
+                            )));
+                        }
+                        // The guest ended without setting a response: its task says why.
+                        Err(_) => {
+                            return Err(match (&mut task.0).await {
+                                Ok(Err(e)) => Failure::Guest(e),
+                                _ => Failure::NoResponse("it returned without setting one".into()),
+                            });
+                        }
+                    };
+                    let (parts, body) = response.into_parts();
+                    let body = match Limited::new(body, output_limit).collect().await {
+                        Ok(collected) => collected.to_bytes(),
+                        Err(e) => {
+                            if e.downcast_ref::<LengthLimitError>().is_some() {
+                                trip.trip_output();
+                            }
+                            // A guest that failed while streaming its body: report the guest's failure.
+                            return Err(match (&mut task.0).await {
+                                Ok(Err(guest)) => Failure::Guest(guest),
+                                _ => Failure::NoResponse(format!("its response body failed: {e}")),
+                            });
+                        }
+                    };
+                    match (&mut task.0).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(Failure::Guest(e)),
+                        Err(e) => return Err(Failure::NoResponse(format!("its task failed: {e}"))),
                     }
-                    // A guest that failed while streaming its body: report the guest's failure.
-                    return Err(match (&mut task.0).await {
-                        Ok(Err(guest)) => Failure::Guest(guest),
-                        _ => Failure::NoResponse(format!("its response body failed: {e}")),
-                    });
+                    Ok(http::Response::from_parts(parts, body))
+                };
+                let result = match tokio::time::timeout(limits.timeout() + GRACE, exchange).await {
+                    Ok(result) => result,
+                    Err(_elapsed) => Err(Failure::Timeout),
+                };
+                drop(task);
+                let log = log.tail();
+                match result {
+                    Err(Failure::Timeout) => Err(RunError::Timeout {
+                        limit_ms: limits.timeout_ms,
+                        log,
+                    }),
+                    Ok(response) => {
+                        let log = crossed_limit(&trip, limits, log)?;
+                        Ok(HttpResponse { response, log })
+                    }
+                    Err(Failure::Guest(e)) => {
+                        let log = crossed_limit(&trip, limits, log)?;
+                        Err(guest_failure(e, log))
+                    }
+                    Err(Failure::NoResponse(message)) => {
+                        let log = crossed_limit(&trip, limits, log)?;
+                        Err(RunError::NoResponse { message, log })
+                    }
                 }
-            };
-            match (&mut task.0).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(Failure::Guest(e)),
-                Err(e) => return Err(Failure::NoResponse(format!("its task failed: {e}"))),
-            }
-            Ok(http::Response::from_parts(parts, body))
-        };
-        let result = match tokio::time::timeout(limits.timeout() + GRACE, exchange).await {
-            Ok(result) => result,
-            Err(_elapsed) => Err(Failure::Timeout),
-        };
-        drop(task);
-        let log = log.tail();
-        match result {
-            Err(Failure::Timeout) => Err(RunError::Timeout {
-                limit_ms: limits.timeout_ms,
-                log,
-            }),
-            Ok(response) => {
-                let log = crossed_limit(&trip, limits, log)?;
-                Ok(HttpResponse { response, log })
-            }
-            Err(Failure::Guest(e)) => {
-                let log = crossed_limit(&trip, limits, log)?;
-                Err(guest_failure(e, log))
-            }
-            Err(Failure::NoResponse(message)) => {
-                let log = crossed_limit(&trip, limits, log)?;
-                Err(RunError::NoResponse { message, log })
-            }
-        }
+            })
+            .await
     }
 }

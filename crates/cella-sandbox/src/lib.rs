@@ -20,6 +20,7 @@ mod compiler;
 mod cpu;
 mod engine;
 mod error;
+mod executor;
 mod http;
 mod limits;
 mod monitor;

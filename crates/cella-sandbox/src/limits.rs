@@ -90,9 +90,9 @@ impl ResourceLimiter for MemoryLimiter {
 ///   next ([`crate::cpu`]), after Tokio's own yield (which puts it behind every ready task, I/O
 ///   included; a plain wake-up would let a busy guest take the worker's next turn again), and
 ///   is stopped once its deadline has passed.
-/// - A guest holds a turn only while it runs WebAssembly: calling the host (which may wait on
-///   I/O) gives it back, and returning takes one again — at once if one is free, else at the
-///   next epoch check, which then waits in line.
+/// - Host calls keep the turn; one that lasts a whole tick while others wait loses it (the
+///   epoch ticker reclaims it), and on return the guest takes one again — at once if one is
+///   free, else at its next epoch check, which then waits in line.
 pub(crate) fn arm<T: Send + 'static>(
     store: &mut Store<T>,
     limits: &Limits,
@@ -124,12 +124,18 @@ pub(crate) fn arm<T: Send + 'static>(
                 if let Some(monitor) = &monitor {
                     monitor.count_host_call();
                 }
-                turns.give_back();
+                turns.entering_host();
             }
             CallHook::ReturningFromWasm => turns.give_back(),
-            CallHook::CallingWasm | CallHook::ReturningFromHost => {
+            CallHook::ReturningFromHost => {
+                if !turns.leaving_host() {
+                    // The turn was reclaimed during a long call: wait in line at the next
+                    // epoch check.
+                    store.set_epoch_deadline(0);
+                }
+            }
+            CallHook::CallingWasm => {
                 if !turns.try_take() {
-                    // Wait in line at the guest's next epoch check.
                     store.set_epoch_deadline(0);
                 }
             }

@@ -46,15 +46,16 @@ pub(super) async fn noisy(guests: &Path, scale: f64) -> anyhow::Result<Value> {
         let node = BenchNode::start(turns).await?;
         let quiet = node.tenant("quiet", &[("echo", &echo)]).await?;
         let noisy = [
-            node.tenant("noisy-a", &[("spin", &spin)]).await?,
-            node.tenant("noisy-b", &[("spin", &spin)]).await?,
+            node.tenant("noisy-a", &[("spin-a", &spin)]).await?,
+            node.tenant("noisy-b", &[("spin-b", &spin)]).await?,
         ];
         let mut rows = Vec::new();
         let mut alone = None;
         let mut noise = Vec::new();
         for neighbours in 0..=noisy.len() {
             if neighbours > 0 {
-                noise.extend(keep_busy(&noisy[neighbours - 1]));
+                let spin = ["spin-a", "spin-b"][neighbours - 1];
+                noise.extend(keep_busy(&noisy[neighbours - 1], spin));
                 // Let every loop start.
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -132,13 +133,13 @@ async fn measure(quiet: &Client, samples: usize) -> anyhow::Result<Latencies> {
 
 /// Keeps [`NOISE`] endless loops of `tenant` running: each is stopped at its time limit and
 /// started again.
-fn keep_busy(tenant: &Client) -> Vec<tokio::task::JoinHandle<()>> {
+fn keep_busy(tenant: &Client, function: &'static str) -> Vec<tokio::task::JoinHandle<()>> {
     (0..NOISE)
         .map(|_| {
             let tenant = tenant.clone();
             tokio::spawn(async move {
                 loop {
-                    let _ = tenant.invoke("spin", Vec::new(), &[]).await;
+                    let _ = tenant.invoke(function, Vec::new(), &[]).await;
                 }
             })
         })

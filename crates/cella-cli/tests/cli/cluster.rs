@@ -727,6 +727,25 @@ fn no_async_invocation_is_lost_or_doubled_when_a_worker_dies_or_nats_restarts() 
     // Exactly once in effect: the counter in sealed state moved once per invocation.
     let hits = ok(cluster.tenant(&["invoke", "counter", "-a", "get", "-a", "hits"]));
     assert_eq!(hits.trim(), INVOCATIONS.to_string());
+
+    // No finished job stays in the stream (acknowledgements lost with NATS are swept).
+    let (bus_runtime, bus) = bus_client(&cluster);
+    let js = async_nats::jetstream::new(bus);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = bus_runtime.block_on(async {
+            let mut stream = js.get_stream("CELLA_ASYNC").await.unwrap();
+            stream.info().await.unwrap().state.messages
+        });
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} finished jobs stay in the stream"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 #[test]
