@@ -51,6 +51,14 @@ pub enum ClientError {
          do not trust it until the operator explains"
     )]
     RolledBack { url: String, seen: u64, now: u64 },
+    /// The node closed the connection while the request's body was still being sent: it
+    /// refuses a body whose `Content-Length` is over its limit before reading any of it.
+    #[error(
+        "cella at {url} closed the connection while the request body was being sent: the body \
+         is most likely larger than the node accepts (it refuses such bodies on their \
+         Content-Length); send less, or ask the operator for the limit"
+    )]
+    BodyRefused { url: String },
     /// A secret would go over a connection that no verified evidence binds (plain HTTP), and
     /// the policy does not allow that: anything between here and the node could relay the
     /// node's evidence and read the secret.
@@ -193,6 +201,24 @@ struct ErrorDetail {
     log: Option<String>,
 }
 
+/// Whether sending failed because the peer stopped reading the body (a broken pipe or a reset
+/// while writing it), as a node does with a body over its limit.
+fn body_cut_off(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        {
+            return e.is_request() || e.is_body();
+        }
+        source = cause.source();
+    }
+    false
+}
+
 fn segment(s: &str) -> String {
     // Names are validated server-side; encode anyway so no input can change the route.
     form_urlencoded::byte_serialize(s.as_bytes())
@@ -300,13 +326,18 @@ impl Client {
     }
 
     async fn send_raw(&self, builder: RequestBuilder) -> Result<Response, ClientError> {
-        let response = builder
-            .send()
-            .await
-            .map_err(|source| ClientError::Connect {
-                url: self.base.clone(),
-                source,
-            })?;
+        let response = builder.send().await.map_err(|source| {
+            if body_cut_off(&source) {
+                ClientError::BodyRefused {
+                    url: self.base.clone(),
+                }
+            } else {
+                ClientError::Connect {
+                    url: self.base.clone(),
+                    source,
+                }
+            }
+        })?;
         let version = response
             .headers()
             .get(REGISTRY_VERSION_HEADER)

@@ -312,7 +312,9 @@ mod tests {
         let waiting_on_io = Turns::new(scheduler.clone(), CpuShare::new("io"));
         assert!(waiting_on_io.try_take());
         waiting_on_io.entering_host();
-        let busy = tokio::spawn(Turns::new(scheduler.clone(), CpuShare::new("cpu")).take());
+        // The store's hooks keep an invocation's `Turns` alive; so does this test.
+        let busy_turns = Turns::new(scheduler.clone(), CpuShare::new("cpu"));
+        let busy = tokio::spawn(busy_turns.clone().take());
         tokio::task::yield_now().await;
         // Within the tick the call began in, the turn stays.
         scheduler.reclaim();
@@ -323,5 +325,10 @@ mod tests {
         busy.await.unwrap();
         // Back from the host, the first guest waits for a turn again.
         assert!(!waiting_on_io.leaving_host());
+        drop(busy_turns);
+        assert!(
+            waiting_on_io.try_take(),
+            "the turn came back when the other finished"
+        );
     }
 }

@@ -730,7 +730,10 @@ fn no_async_invocation_is_lost_or_doubled_when_a_worker_dies_or_nats_restarts() 
 
     // No finished job stays in the stream (acknowledgements lost with NATS are swept).
     let (bus_runtime, bus) = bus_client(&cluster);
-    let js = async_nats::jetstream::new(bus);
+    let js = {
+        let _inside = bus_runtime.enter();
+        async_nats::jetstream::new(bus)
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = bus_runtime.block_on(async {

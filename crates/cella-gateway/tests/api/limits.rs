@@ -171,11 +171,13 @@ async fn oversized_bodies_are_refused_with_413() {
     );
     assert!(msg.contains("65536"), "{msg}");
     assert!(acme.invoke("echo", vec![0; 64 * 1024], &[]).await.is_ok());
-    assert_api_error(
-        acme.deploy("big", vec![0; 8 * 1024 * 1024 + 1], &[]).await,
-        413,
-        "payload_too_large",
-    );
+    // The node answers 413 on the header, without reading the upload; a client still
+    // writing it may see the connection close first, and says what that means.
+    match acme.deploy("big", vec![0; 8 * 1024 * 1024 + 1], &[]).await {
+        Err(cella_client::ClientError::Api { status: 413, .. })
+        | Err(cella_client::ClientError::BodyRefused { .. }) => {}
+        other => panic!("expected a refusal of the upload, got {other:?}"),
+    }
 
     // A `Content-Length` above the limit is refused on the header: the client sends no
     // byte of the body and still gets its answer at once.
