@@ -29,19 +29,8 @@ pub(super) async fn chain(guests: &Path, scale: f64) -> anyhow::Result<Value> {
         max_body_bytes: 64 << 20,
         ..Default::default()
     };
-    let router = cella_gateway::router(platform.clone(), gateway.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("https://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(cella_gateway::serve_tls(
-        listener,
-        router,
-        platform.tls_config()?,
-        gateway.header_read_timeout,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let served = super::Served::start(&platform, gateway).await?;
+    let url = served.url.clone();
     let policy = crate::demo::demo_policy(&platform)?;
 
     let key = cella_bundle::SigningKey::generate();
@@ -102,8 +91,7 @@ pub(super) async fn chain(guests: &Path, scale: f64) -> anyhow::Result<Value> {
             "speedup_p50": (speedup * 100.0).round() / 100.0,
         }));
     }
-    let _ = stop.send(());
-    let _ = server.await;
+    served.stop().await;
     drop(client);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(

@@ -125,3 +125,43 @@ fn read_guest(guests: &Path, file: &str) -> anyhow::Result<Vec<u8>> {
 fn scaled(n: usize, scale: f64, min: usize) -> usize {
     ((n as f64 * scale).round() as usize).max(min)
 }
+
+/// A node's API served over RA-TLS on a free loopback port, for a bench's clients.
+pub(super) struct Served {
+    pub(super) url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub(super) async fn start(
+        platform: &std::sync::Arc<cella_runtime::Platform>,
+        gateway: cella_gateway::GatewayConfig,
+    ) -> anyhow::Result<Self> {
+        let router = cella_gateway::router(platform.clone(), gateway.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(cella_gateway::serve_tls(
+            listener,
+            router,
+            platform.tls_config()?,
+            gateway.header_read_timeout,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Served { url, stop, server })
+    }
+
+    /// Stops serving: gracefully, or after 5 s even if clients keep connections open.
+    pub(super) async fn stop(mut self) {
+        let _ = self.stop.send(());
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server)
+            .await
+            .is_err()
+        {
+            self.server.abort();
+        }
+    }
+}

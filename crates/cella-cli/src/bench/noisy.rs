@@ -152,8 +152,7 @@ struct BenchNode {
     url: String,
     policy: cella_tee::Policy,
     dir: std::path::PathBuf,
-    stop: tokio::sync::oneshot::Sender<()>,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    served: super::Served,
 }
 
 impl BenchNode {
@@ -169,28 +168,15 @@ impl BenchNode {
         config.sandbox.cpu_turns = cpu_turns;
         let platform = Arc::new(Platform::open(config)?);
         platform.ensure_admin_token().await?;
-        let gateway = cella_gateway::GatewayConfig::default();
-        let router = cella_gateway::router(platform.clone(), gateway.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("https://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(cella_gateway::serve_tls(
-            listener,
-            router,
-            platform.tls_config()?,
-            gateway.header_read_timeout,
-            async {
-                let _ = stopped.await;
-            },
-        ));
+        let served =
+            super::Served::start(&platform, cella_gateway::GatewayConfig::default()).await?;
         let policy = crate::demo::demo_policy(&platform)?;
         Ok(BenchNode {
             platform,
-            url,
+            url: served.url.clone(),
             policy,
             dir,
-            stop,
-            server,
+            served,
         })
     }
 
@@ -211,9 +197,7 @@ impl BenchNode {
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        self.server.abort();
-        let _ = self.server.await;
+        self.served.stop().await;
         drop(self.platform);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
