@@ -150,7 +150,9 @@ impl Sandbox {
             outgoing,
             compiler,
             cpu,
-            guests: crate::executor::GuestExecutor::start(cpu_turns.min(64))
+            // One thread more than turns: a new invocation, or a guest back from I/O, finds a
+            // thread free at once instead of waiting for a running guest's slice to end.
+            guests: crate::executor::GuestExecutor::start(cpu_turns.min(64) + 1)
                 .map_err(CompileError::engine)?,
             _ticker: ticker,
         })
