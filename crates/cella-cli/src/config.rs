@@ -188,6 +188,7 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
     };
     let defaults = cella_gateway::GatewayConfig::default();
     let sandbox = cella_sandbox::SandboxConfig::default();
+    let platform = cella_runtime::PlatformConfig::new(".");
     let unbounded = Limits {
         timeout_ms: u64::MAX,
         memory_bytes: u64::MAX,
@@ -248,7 +249,7 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
             compile_seconds: file
                 .sandbox
                 .compile_seconds
-                .unwrap_or(cella_runtime::PlatformConfig::new(".").compile_seconds),
+                .unwrap_or(platform.compile_seconds),
             cpu_turns: file.sandbox.cpu_turns.unwrap_or(sandbox.cpu_turns),
         },
         limits: LimitSettings { default, maximum },
@@ -258,12 +259,12 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
             max_versions: file
                 .storage
                 .max_versions
-                .unwrap_or(cella_runtime::PlatformConfig::new(".").max_versions)
+                .unwrap_or(platform.max_versions)
                 .max(1),
             max_tenant_bytes: file
                 .storage
                 .max_tenant_bytes
-                .unwrap_or(cella_runtime::PlatformConfig::new(".").max_tenant_bytes),
+                .unwrap_or(platform.max_tenant_bytes),
         },
         file: source,
     })

@@ -85,27 +85,24 @@ impl CompileBudget {
 impl CompileTurn<'_> {
     /// Adds `took` to the tenant's use in this window.
     pub(crate) fn charge(&self, took: Duration) {
+        self.account(|account| account.used += took);
+    }
+
+    fn account(&self, change: impl FnOnce(&mut Account)) {
         let mut accounts = self
             .budget
             .accounts
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(account) = accounts.get_mut(&self.tenant) {
-            account.used += took;
+            change(account);
         }
     }
 }
 
 impl Drop for CompileTurn<'_> {
     fn drop(&mut self) {
-        let mut accounts = self
-            .budget
-            .accounts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(account) = accounts.get_mut(&self.tenant) {
-            account.compiling = false;
-        }
+        self.account(|account| account.compiling = false);
     }
 }
 

@@ -146,14 +146,15 @@ impl Platform {
         adding: u64,
     ) -> Result<(), RuntimeError> {
         let kept = self.registry().stored_bytes_of(owner)?;
+        // With the new version the function would hold one more; the oldest beyond
+        // `max_versions` go (as `FunctionRecord::forget_oldest` will drop them).
         let forgotten = before.map_or(0, |record| {
-            let mut after = record.clone();
-            after
+            let excess =
+                (record.versions.len() + 1).saturating_sub(self.config().max_versions.max(1));
+            record
                 .versions
-                .push(record.versions[record.versions.len() - 1].clone());
-            after
-                .forget_oldest(self.config().max_versions)
                 .iter()
+                .take(excess)
                 .map(|v| v.size)
                 .sum::<u64>()
         });
