@@ -168,6 +168,15 @@ pub(crate) fn open_with_key(
     let platform = platform
         .with_context(|| format!("cannot open the platform in {}", config.data_dir.display()))?;
     print_tee(&platform);
+    let sandbox = &platform.config().sandbox;
+    println!(
+        "guest memory: at most {} MiB kept between invocations, {} MiB with all {} instances \
+         at the {} MiB maximum (see README, Performance)",
+        sandbox.idle_guest_memory_bound() >> 20,
+        sandbox.busy_guest_memory_bound() >> 20,
+        sandbox.instances,
+        sandbox.max_memory_bytes >> 20,
+    );
     Ok(Arc::new(platform))
 }
 

@@ -34,7 +34,9 @@ pub struct SandboxConfig {
     pub max_memory_bytes: u64,
     /// Bytes of each linear memory kept mapped between invocations and zeroed with `memset`
     /// instead of being unmapped: a guest that touches less than this pays no page faults
-    /// for a fresh instance. Costs up to this much resident memory per warm slot.
+    /// for a fresh instance. Costs up to this much resident memory per memory slot ever used
+    /// (see [`SandboxConfig::idle_guest_memory_bound`]); what a guest touched beyond it is
+    /// handed back to the kernel as soon as the invocation ends.
     pub keep_resident_bytes: usize,
     /// Count every host call in the monitor (on in every node). Off only to measure what the
     /// counting costs (`cella bench monitor`): refusals are enforced and logged either way.
@@ -58,13 +60,47 @@ impl Default for SandboxConfig {
             log_tail_bytes: 16 * 1024,
             instances: 128,
             max_memory_bytes: 1 << 30,
-            keep_resident_bytes: 64 << 20,
+            keep_resident_bytes: 16 << 20,
             count_host_calls: true,
             outgoing: crate::OutgoingConfig::default(),
             compile: crate::CompileLimits::default(),
             compile_queue: 16,
             cpu_turns: 0,
         }
+    }
+}
+
+/// Linear memories the pool holds per instance: a component may bring one for its adapter.
+const MEMORIES_PER_INSTANCE: u32 = 2;
+/// Tables the pool holds per instance.
+const TABLES_PER_INSTANCE: u32 = 4;
+/// Bytes of each table, and of each async stack, kept resident between invocations.
+const TABLE_AND_STACK_KEEP_RESIDENT: usize = 64 * 1024;
+
+impl SandboxConfig {
+    /// The most guest memory the node keeps resident while no invocation runs, however
+    /// invocations used it before: every memory slot keeps at most `keep_resident_bytes`
+    /// (the rest is handed back when its invocation ends), and every table and stack slot
+    /// 64 KiB. In bytes: `instances × (2 × keep_resident_bytes + 5 × 64 KiB)`.
+    pub fn idle_guest_memory_bound(&self) -> u64 {
+        let n = u64::from(self.instances.max(1));
+        let slot_keeps = |slots: u64, bytes: usize| slots.saturating_mul(bytes as u64);
+        slot_keeps(
+            n * u64::from(MEMORIES_PER_INSTANCE),
+            self.keep_resident_bytes,
+        )
+        .saturating_add(slot_keeps(
+            n * u64::from(TABLES_PER_INSTANCE + 1),
+            TABLE_AND_STACK_KEEP_RESIDENT,
+        ))
+    }
+
+    /// The most guest memory the node holds while invocations run: every instance at the
+    /// platform's memory maximum, on top of what idle slots keep.
+    pub fn busy_guest_memory_bound(&self) -> u64 {
+        u64::from(self.instances.max(1))
+            .saturating_mul(self.max_memory_bytes)
+            .saturating_add(self.idle_guest_memory_bound())
     }
 }
 
@@ -77,20 +113,24 @@ fn pooling(config: &SandboxConfig) -> wasmtime::PoolingAllocationConfig {
     // A component instance holds several core instances (the guest, the WASI adapter, shims).
     pool.total_component_instances(n)
         .total_core_instances(n.saturating_mul(4))
-        .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
+        .total_memories(n.saturating_mul(MEMORIES_PER_INSTANCE))
+        .total_tables(n.saturating_mul(TABLES_PER_INSTANCE))
         .total_stacks(n)
         .max_memory_size(usize::try_from(config.max_memory_bytes).unwrap_or(usize::MAX))
         .linear_memory_keep_resident(config.keep_resident_bytes)
-        .table_keep_resident(64 * 1024)
-        .async_stack_keep_resident(64 * 1024)
-        // Unmapping in batches takes fewer TLB shootdowns across cores.
-        .decommit_batch_size(16)
+        .table_keep_resident(TABLE_AND_STACK_KEEP_RESIDENT)
+        .async_stack_keep_resident(TABLE_AND_STACK_KEEP_RESIDENT)
+        // What an invocation touched beyond the kept-resident bytes goes back to the kernel
+        // when it ends. Batching these unmappings (fewer TLB shootdowns) let one tenant's
+        // 1 GiB guests leave gigabytes held by a node at rest until enough slots queued up;
+        // a guest within `keep_resident_bytes` queues nothing, so small guests pay nothing.
+        .decommit_batch_size(1)
         // Where the kernel can say which pages an instance wrote (Linux 6.7+), reset only
         // those: otherwise the first `keep_resident_bytes` are reset whole — a copy of the
         // image — and a plug-in holding a large table would cost its size per invocation.
         .pagemap_scan(wasmtime::Enabled::Auto)
-        // Bounds the resident memory kept by warm, unused slots.
+        // Prefer reusing a slot already warm over touching a cold one (see
+        // `idle_guest_memory_bound`: every slot ever used keeps its resident bytes).
         .max_unused_warm_slots(n.min(32));
     pool
 }

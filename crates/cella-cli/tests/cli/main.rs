@@ -734,3 +734,136 @@ fn config_comes_from_file_then_environment_then_flags() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("listen_port"), "{stderr}");
 }
+
+/// The node's resident memory, in bytes (Linux).
+fn resident_bytes(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+#[test]
+fn memory_a_burst_of_large_guests_used_is_handed_back_within_the_printed_bound() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("cella.toml");
+    std::fs::write(
+        &config,
+        "[sandbox]\ninstances = 8\nkeep_resident_bytes = 4194304\n",
+    )
+    .unwrap();
+    let server = Server::start(
+        data.path(),
+        &["--config", config.to_str().unwrap()],
+        "listening on",
+    );
+    // The banner states the bound: instances × (2 × keep_resident_bytes + 5 × 64 KiB).
+    let bound_mib: u64 = server
+        .banner
+        .iter()
+        .find_map(|l| l.strip_prefix("guest memory: at most "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no guest memory bound in {:?}", server.banner));
+    assert_eq!(bound_mib, (8 * (2 * 4 * 1024 + 5 * 64)) / 1024);
+
+    let created: serde_json::Value = serde_json::from_str(&ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["tenant", "create", "hungry", "--format", "json"],
+    )))
+    .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    let keys = data.path().join("keys");
+    ok(cella(
+        &server,
+        data.path(),
+        None,
+        &["keygen", "--dir", keys.to_str().unwrap()],
+    ));
+    let public = keys.join("default.pub");
+    ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["keys", "add", public.to_str().unwrap()],
+    ));
+    let key = keys.join("default.key");
+    let bomb = guests_dir().join("memory-bomb.wasm");
+    let echo = guests_dir().join("echo.wasm");
+    for (name, path, memory) in [
+        ("bomb", &bomb, "memory=192MiB"),
+        ("echo", &echo, "memory=16MiB"),
+    ] {
+        ok(cella(
+            &server,
+            data.path(),
+            Some(&token),
+            &[
+                "deploy",
+                name,
+                path.to_str().unwrap(),
+                "--limit",
+                memory,
+                "--key",
+                key.to_str().unwrap(),
+            ],
+        ));
+    }
+    ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["invoke", "echo", "--data", "x"],
+    ));
+    let before = resident_bytes(&server);
+
+    // Four guests at once, each filling 192 MiB until its limit stops it, twice over.
+    for _ in 0..2 {
+        let burst: Vec<_> = (0..4)
+            .map(|_| {
+                let mut command = Command::new(CELLA);
+                command
+                    .args(["invoke", "bomb"])
+                    .env("CELLA_URL", &server.url)
+                    .env("CELLA_DATA_DIR", data.path())
+                    .env("CELLA_POLICY", &server.policy)
+                    .env("CELLA_TOKEN", &token)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped());
+                command.spawn().unwrap()
+            })
+            .collect();
+        for child in burst {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("memory"),
+                "the bomb hits its limit: {stderr}"
+            );
+        }
+    }
+    // Within a second the node holds no more than the bound above what it held before
+    // (plus room for the allocator's own caches).
+    std::thread::sleep(Duration::from_secs(1));
+    let after = resident_bytes(&server);
+    let grown = after.saturating_sub(before);
+    let slack = 32 << 20;
+    println!(
+        "resident: {} MiB before, {} MiB a second after the burst",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        grown <= (bound_mib << 20) + slack,
+        "resident memory grew by {} MiB after the burst (bound {bound_mib} MiB): {} → {} MiB",
+        grown >> 20,
+        before >> 20,
+        after >> 20
+    );
+}
