@@ -274,8 +274,11 @@ pub struct Registry {
     version_file: VersionFile,
     /// The highest version this node has seen or written; the database must never fall behind.
     version: AtomicU64,
-    /// The rows the write transaction under way has changed (redb runs one at a time).
-    changes: Mutex<Vec<Row>>,
+    /// The state hash of the last version this node sealed or checked: a write starts from it
+    /// instead of hashing every row again.
+    state: Mutex<StateHash>,
+    /// What the write transaction under way has changed (redb runs one at a time).
+    pending: Mutex<Pending>,
     /// The log this registry shares with a cluster's other gateways, once it joined one.
     log: OnceLock<Arc<dyn SharedLog>>,
     /// The version reached by applying other gateways' changes (see `shared.rs`).
@@ -386,7 +389,8 @@ impl Registry {
             cluster_root: cluster::cluster_root(&data_key),
             version_file,
             version: AtomicU64::new(0),
-            changes: Mutex::default(),
+            state: Mutex::new(StateHash::empty()),
+            pending: Mutex::new(Pending::on(StateHash::empty())),
             log: OnceLock::new(),
             applied: tokio::sync::watch::Sender::new(0),
         };
@@ -453,14 +457,17 @@ impl Registry {
     }
 
     /// Every record must be the one the last write left: a record put back from an older
-    /// copy, deleted or added behind the registry's back changes the digest.
+    /// copy, deleted or added behind the registry's back changes the digest. Hashes every row
+    /// (once, at start); later writes update the hash by the rows they change.
     fn check_state_digest(&self, tx: &ReadTransaction) -> Result<(), RegistryError> {
-        let digest = state_digest(
+        let hash = state_hash(
             &tx.open_table(META).map_err(db)?,
             SEALED_TABLES.map(|t| (t, tx.open_table(t))),
         )?;
         let sealed = self.stored_state(tx)?.map(|(_, digest)| digest);
-        require_digest(sealed, digest)
+        require_digest(sealed, hash.digest())?;
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = hash;
+        Ok(())
     }
 
     /// A read transaction on a database that has not fallen behind what this node has seen.
@@ -527,29 +534,30 @@ impl Registry {
         loop {
             // In a cluster, decide on the latest state: what other gateways wrote first.
             self.catch_up()?;
-            let (tx, found) = self.begin()?;
-            self.take_changes();
+            let (tx, found, base) = self.begin()?;
+            *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Pending::on(base);
             let result = match self.db.note(change(&tx))? {
                 Ok(result) => result,
                 Err(refused) => return Ok(Err(refused)),
             };
             let version = found + 1;
-            let digest = digest_of(&tx)?;
-            let changes = self.take_changes();
-            if !self.publish(version, &digest, &changes)? {
+            let Pending { rows, hash } = self.take_pending();
+            let digest = hash.digest();
+            if !self.publish(version, &digest, &rows)? {
                 // Another gateway wrote this version first: take its change and try again.
                 drop(tx);
                 races_lost += 1;
                 self.after_lost_race(version, races_lost)?;
                 continue;
             }
-            self.finish(tx, version, &digest)?;
+            self.finish(tx, version, hash)?;
             return Ok(Ok(result));
         }
     }
 
-    /// A write transaction on the state the last write left, and that state's version.
-    fn begin(&self) -> Result<(WriteTransaction, u64), RegistryError> {
+    /// A write transaction on the state the last write left, that state's version and its
+    /// hash.
+    fn begin(&self) -> Result<(WriteTransaction, u64, StateHash), RegistryError> {
         let tx = self
             .db
             .note(self.db.get().and_then(|d| d.begin_write().map_err(db)))?;
@@ -557,28 +565,42 @@ impl Registry {
             Some(sealed) => Some(self.open_version(sealed.value())?),
             None => None,
         };
-        // Seal only on top of the state the last write left: a record swapped in the
-        // meantime must not be sealed into the next version.
-        require_digest(stored.map(|(_, digest)| digest), digest_of(&tx)?)?;
+        let sealed = stored.map_or_else(state_digest_of_nothing, |(_, digest)| digest);
+        let known = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let base = if known.digest() == sealed {
+            known
+        } else {
+            // This node does not hold the hash of what is sealed (a commit whose end it did
+            // not see): hash every row once, and seal only on top of the state the last
+            // write left.
+            let full = hash_of(&tx)?;
+            require_digest(Some(sealed), full.digest())?;
+            full
+        };
         let found = stored.map_or(0, |(version, _)| version);
         let expected = self.version();
         if found < expected {
             return Err(RegistryError::RolledBack { found, expected });
         }
-        Ok((tx, found))
+        Ok((tx, found, base))
     }
 
-    /// Seals `version` with the `digest` of what `tx` holds now, and commits.
+    /// Seals `version` with the digest of `reached`, the hash of what `tx` holds now, and
+    /// commits.
     fn finish(
         &self,
         tx: WriteTransaction,
         version: u64,
-        digest: &[u8; 32],
+        reached: StateHash,
     ) -> Result<(), RegistryError> {
         let sealed = self.sealer.seal(
             META.name(),
             VERSION.as_bytes(),
-            &version::encode(version, digest),
+            &version::encode(version, &reached.digest()),
         );
         tx.open_table(META)
             .map_err(db)?
@@ -586,6 +608,7 @@ impl Registry {
             .map_err(db)?;
         self.db.note(tx.commit().map_err(db))?;
         self.db.recovered();
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = reached;
         self.version.fetch_max(version, Ordering::SeqCst);
         if let Err(e) = self.version_file.record(version) {
             // The change is committed; only rollback detection at the next start is weaker.
@@ -597,20 +620,23 @@ impl Registry {
         Ok(())
     }
 
-    /// The rows changed since the last call (the write under way records them).
-    fn take_changes(&self) -> Vec<Row> {
-        std::mem::take(&mut self.changes.lock().unwrap_or_else(PoisonError::into_inner))
+    /// What the write under way changed.
+    fn take_pending(&self) -> Pending {
+        std::mem::replace(
+            &mut self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+            Pending::on(StateHash::empty()),
+        )
     }
 
-    fn changed(&self, table: &str, key: &[u8], value: Option<&[u8]>) {
-        self.changes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Row {
-                table: table.to_owned(),
-                key: key.to_vec(),
-                value: value.map(<[u8]>::to_vec),
-            });
+    /// Records that a row of the write under way went from `old` to `new`.
+    fn changed(&self, table: &str, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.hash.replace(table, key, old, new);
+        pending.rows.push(Row {
+            table: table.to_owned(),
+            key: key.to_vec(),
+            value: new.map(<[u8]>::to_vec),
+        });
     }
 
     /// Stores a sealed row and records the change.
@@ -621,8 +647,11 @@ impl Registry {
         key: &[u8],
         sealed: &[u8],
     ) -> Result<(), RegistryError> {
-        table.insert(key, sealed).map_err(db)?;
-        self.changed(definition.name(), key, Some(sealed));
+        let old = table
+            .insert(key, sealed)
+            .map_err(db)?
+            .map(|v| v.value().to_vec());
+        self.changed(definition.name(), key, old.as_deref(), Some(sealed));
         Ok(())
     }
 
@@ -635,7 +664,7 @@ impl Registry {
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         let removed = table.remove(key).map_err(db)?.map(|v| v.value().to_vec());
         if removed.is_some() {
-            self.changed(definition.name(), key, None);
+            self.changed(definition.name(), key, removed.as_deref(), None);
         }
         Ok(removed)
     }
@@ -649,11 +678,13 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         debug_assert!(SHARED_META.contains(&name));
         let sealed = self.sealer.seal(META.name(), name.as_bytes(), plain);
-        tx.open_table(META)
+        let old = tx
+            .open_table(META)
             .map_err(db)?
             .insert(name, sealed.as_slice())
-            .map_err(db)?;
-        self.changed(META.name(), name.as_bytes(), Some(&sealed));
+            .map_err(db)?
+            .map(|v| v.value().to_vec());
+        self.changed(META.name(), name.as_bytes(), old.as_deref(), Some(&sealed));
         Ok(())
     }
 
@@ -993,33 +1024,45 @@ where
     Ok(())
 }
 
-/// SHA-256 over every row of the registry's state: what one version of the registry holds.
-/// Sealed with the version at every write.
-fn state_digest<M, T>(
+/// The hash of every row of the registry's state: what one version of the registry holds.
+/// Its digest is sealed with the version at every write.
+fn state_hash<M, T>(
     meta: &M,
     tables: [(Sealed, Result<T, redb::TableError>); SEALED_TABLES.len()],
-) -> Result<[u8; 32], RegistryError>
+) -> Result<StateHash, RegistryError>
 where
     M: ReadableTable<&'static str, &'static [u8]>,
     T: ReadableTable<&'static [u8], &'static [u8]>,
 {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
+    let mut hash = StateHash::empty();
     visit_rows(meta, tables, |table, key, value| {
-        for part in [table.as_bytes(), key, value] {
-            hash.update((part.len() as u64).to_le_bytes());
-            hash.update(part);
-        }
+        hash.insert(table, key, value)
     })?;
-    Ok(hash.finalize().into())
+    Ok(hash)
 }
 
-/// The digest of what a write transaction holds now.
-fn digest_of(tx: &WriteTransaction) -> Result<[u8; 32], RegistryError> {
-    state_digest(
+/// The hash of everything a write transaction holds now, from every row.
+fn hash_of(tx: &WriteTransaction) -> Result<StateHash, RegistryError> {
+    state_hash(
         &tx.open_table(META).map_err(db)?,
         SEALED_TABLES.map(|t| (t, tx.open_table(t))),
     )
+}
+
+/// The rows a write changed (what a cluster's other gateways apply) and the state hash they
+/// lead to.
+struct Pending {
+    rows: Vec<Row>,
+    hash: StateHash,
+}
+
+impl Pending {
+    fn on(base: StateHash) -> Self {
+        Pending {
+            rows: Vec::new(),
+            hash: base,
+        }
+    }
 }
 
 /// The records must be those `sealed` covers (nothing at all before the first write).
@@ -1035,8 +1078,7 @@ fn require_digest(sealed: Option<[u8; 32]>, actual: [u8; 32]) -> Result<(), Regi
 }
 
 fn state_digest_of_nothing() -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b"").into()
+    StateHash::empty().digest()
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -1090,6 +1132,7 @@ mod invocations;
 mod keys;
 mod plugins;
 mod shared;
+mod state_hash;
 mod triggers;
 pub use cluster::ClusterSecrets;
 pub use function_data::StateRefusal;
@@ -1099,6 +1142,7 @@ pub use invocations::{
 pub use keys::TenantKey;
 use shared::Row;
 pub use shared::{RegistryKey, SharedError, SharedLog, Sharing};
+use state_hash::StateHash;
 pub use triggers::Trigger;
 
 #[cfg(test)]

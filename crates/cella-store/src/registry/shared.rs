@@ -25,8 +25,8 @@ use std::time::Duration;
 use redb::{TableHandle, WriteTransaction};
 
 use super::{
-    META, Registry, RegistryError, SEALED_TABLES, SHARED_META, db, digest_of, require_digest,
-    tampered, visit_rows,
+    META, Registry, RegistryError, SEALED_TABLES, SHARED_META, db, require_digest, tampered,
+    visit_rows,
 };
 
 /// What the log's records are sealed as (a context of their own, like a table's name).
@@ -347,27 +347,30 @@ impl Registry {
     /// Applies the entry of `version` if this copy is just before it; `false` if it already
     /// has it (a concurrent catch-up applied it).
     fn apply(&self, version: u64, sealed: &[u8]) -> Result<bool, RegistryError> {
-        let (tx, found) = self.begin()?;
+        let (tx, found, mut hash) = self.begin()?;
         if found >= version {
             return Ok(false);
         }
         let (digest, rows) = self.open_entry(version, sealed)?;
-        self.write_rows(&tx, &rows)?;
-        require_logged_digest(version, &digest, &digest_of(&tx)?)?;
-        self.finish(tx, version, &digest)?;
+        self.write_rows(&tx, &rows, &mut hash)?;
+        require_logged_digest(version, &digest, &hash.digest())?;
+        self.finish(tx, version, hash)?;
         Ok(true)
     }
 
     /// Replaces this copy's state with a genesis's, of a later version.
     fn load(&self, version: u64, digest: &[u8; 32], rows: &[Row]) -> Result<(), RegistryError> {
-        let (tx, found) = self.begin()?;
+        let (tx, found, _) = self.begin()?;
         if found >= version {
             return Ok(()); // a concurrent catch-up got as far
         }
         clear_rows(&tx)?;
-        self.write_rows(&tx, rows)?;
-        require_logged_digest(version, digest, &digest_of(&tx)?)?;
-        self.finish(tx, version, digest)?;
+        // Cleared, the state hashes as empty; each row written adds itself (and takes out
+        // what it replaced, should the genesis name a row twice).
+        let mut hash = super::StateHash::empty();
+        self.write_rows(&tx, rows, &mut hash)?;
+        require_logged_digest(version, digest, &hash.digest())?;
+        self.finish(tx, version, hash)?;
         // Whatever the genesis changed (triggers, the cluster key) is news to the platform.
         self.applied.send_replace(version);
         Ok(())
@@ -386,8 +389,14 @@ impl Registry {
         decode_entry(&plain).ok_or(RegistryError::Tampered { what })
     }
 
-    /// Writes rows that came from the log, each only into a table of the registry's state.
-    fn write_rows(&self, tx: &WriteTransaction, rows: &[Row]) -> Result<(), RegistryError> {
+    /// Writes rows that came from the log, each only into a table of the registry's state,
+    /// and updates `hash` by what each replaced.
+    fn write_rows(
+        &self,
+        tx: &WriteTransaction,
+        rows: &[Row],
+        hash: &mut super::StateHash,
+    ) -> Result<(), RegistryError> {
         let foreign = |row: &Row| RegistryError::Tampered {
             what: format!("a row of the shared registry's log for `{}`", row.table),
         };
@@ -398,22 +407,26 @@ impl Registry {
                     .find(|name| name.as_bytes() == row.key)
                     .ok_or_else(|| foreign(row))?;
                 let mut meta = tx.open_table(META).map_err(db)?;
-                match &row.value {
-                    Some(value) => meta.insert(name, value.as_slice()).map(drop),
-                    None => meta.remove(name).map(drop),
+                let old = match &row.value {
+                    Some(value) => meta.insert(name, value.as_slice()),
+                    None => meta.remove(name),
                 }
-                .map_err(db)?;
+                .map_err(db)?
+                .map(|v| v.value().to_vec());
+                hash.replace(&row.table, &row.key, old.as_deref(), row.value.as_deref());
             } else {
                 let definition = SEALED_TABLES
                     .into_iter()
                     .find(|table| table.name() == row.table)
                     .ok_or_else(|| foreign(row))?;
                 let mut table = tx.open_table(definition).map_err(db)?;
-                match &row.value {
-                    Some(value) => table.insert(row.key.as_slice(), value.as_slice()).map(drop),
-                    None => table.remove(row.key.as_slice()).map(drop),
+                let old = match &row.value {
+                    Some(value) => table.insert(row.key.as_slice(), value.as_slice()),
+                    None => table.remove(row.key.as_slice()),
                 }
-                .map_err(db)?;
+                .map_err(db)?
+                .map(|v| v.value().to_vec());
+                hash.replace(&row.table, &row.key, old.as_deref(), row.value.as_deref());
             }
         }
         Ok(())
