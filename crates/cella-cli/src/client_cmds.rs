@@ -4,11 +4,11 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use cella_client::{Client, ClientError};
+use cella_client::{Client, ClientError, Page, Paging};
 use cella_core::FunctionRecord;
 use serde_json::json;
 
-use crate::{Format, Remote};
+use crate::{Format, PageArgs, Remote};
 
 /// A client for `remote`, once the node has passed verification under the policy: the token
 /// comes from --token / CELLA_TOKEN, else from the admin token file of a local node's data
@@ -94,15 +94,61 @@ pub(crate) async fn tenant_rotate(remote: &Remote, name: &str) -> anyhow::Result
     }
 }
 
-pub(crate) async fn tenant_list(remote: &Remote) -> anyhow::Result<()> {
-    let tenants = client(remote).await?.tenants().await.map_err(explain)?;
+/// Fetches what a list command prints: the page `--limit`/`--cursor` ask for, else every
+/// page (then sorted by `key`, as pages come in no particular order).
+async fn listed<T>(
+    page: &PageArgs,
+    fetch: impl AsyncFn(&Paging) -> Result<Page<T>, cella_client::ClientError>,
+    key: impl FnMut(&T) -> String,
+) -> anyhow::Result<Page<T>> {
+    if page.limit.is_none() && page.cursor.is_none() {
+        let mut items = cella_client::every_page(fetch).await.map_err(explain)?;
+        items.sort_by_key(key);
+        return Ok(Page {
+            items,
+            next_cursor: None,
+        });
+    }
+    let paging = Paging {
+        cursor: page.cursor.clone(),
+        limit: page.limit,
+    };
+    fetch(&paging).await.map_err(explain)
+}
+
+/// Prints a listed page as JSON: the items alone when every page was asked for, else the page
+/// with its `next_cursor`.
+fn print_listed<T: serde::Serialize>(page: &PageArgs, listed: &Page<T>) -> anyhow::Result<()> {
+    if page.limit.is_none() && page.cursor.is_none() {
+        print_json(&listed.items)
+    } else {
+        print_json(listed)
+    }
+}
+
+/// After a page printed as text: how to ask for the next one.
+fn print_more(next: &Option<String>) {
+    if let Some(next) = next {
+        println!("more: repeat with --cursor {next}");
+    }
+}
+
+pub(crate) async fn tenant_list(remote: &Remote, page: &PageArgs) -> anyhow::Result<()> {
+    let c = client(remote).await?;
+    let tenants = listed(
+        page,
+        async |p: &Paging| c.tenants_page(p).await,
+        |t| t.name.clone(),
+    )
+    .await?;
     match remote.format {
-        Format::Json => print_json(&tenants),
+        Format::Json => print_listed(page, &tenants),
         Format::Text => {
             println!("{:<24} CREATED", "TENANT");
-            for t in &tenants {
+            for t in &tenants.items {
                 println!("{:<24} {}", t.name, t.created_at);
             }
+            print_more(&tenants.next_cursor);
             Ok(())
         }
     }
@@ -197,15 +243,22 @@ pub(crate) async fn plugin_add(remote: &Remote, name: &str, file: &Path) -> anyh
     }
 }
 
-pub(crate) async fn plugin_list(remote: &Remote) -> anyhow::Result<()> {
-    let plugins = client(remote).await?.plugins().await.map_err(explain)?;
+pub(crate) async fn plugin_list(remote: &Remote, page: &PageArgs) -> anyhow::Result<()> {
+    let c = client(remote).await?;
+    let plugins = listed(
+        page,
+        async |p: &Paging| c.plugins_page(p).await,
+        |p| p.name.to_string(),
+    )
+    .await?;
     match remote.format {
-        Format::Json => print_json(&plugins),
+        Format::Json => print_listed(page, &plugins),
         Format::Text => {
             println!("{:<16} {:<72} IMAGE", "NAME", "HASH");
-            for p in &plugins {
+            for p in &plugins.items {
                 println!("{:<16} {:<72} {}", p.name, p.hash, p.image);
             }
+            print_more(&plugins.next_cursor);
             Ok(())
         }
     }
@@ -234,19 +287,26 @@ pub(crate) async fn keys_add(remote: &Remote, key: &str) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) async fn keys_list(remote: &Remote) -> anyhow::Result<()> {
-    let keys = client(remote).await?.keys().await.map_err(explain)?;
+pub(crate) async fn keys_list(remote: &Remote, page: &PageArgs) -> anyhow::Result<()> {
+    let c = client(remote).await?;
+    let keys = listed(
+        page,
+        async |p: &Paging| c.keys_page(p).await,
+        |k| k.id.clone(),
+    )
+    .await?;
     match remote.format {
-        Format::Json => print_json(&keys),
+        Format::Json => print_listed(page, &keys),
         Format::Text => {
             println!("{:<26} {:<22} STATUS", "KEY", "ADDED");
-            for key in &keys {
+            for key in &keys.items {
                 let status = match &key.revoked_at {
                     Some(at) => format!("revoked {at}"),
                     None => "active".to_owned(),
                 };
                 println!("{:<26} {:<22} {status}", key.id, key.added_at);
             }
+            print_more(&keys.next_cursor);
             Ok(())
         }
     }
@@ -498,7 +558,11 @@ fn print_function(record: &FunctionRecord) {
     println!("updated:  {}", record.updated_at);
 }
 
-pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Result<()> {
+pub(crate) async fn functions(
+    remote: &Remote,
+    name: Option<&str>,
+    page: &PageArgs,
+) -> anyhow::Result<()> {
     let c = client(remote).await?;
     if let Some(name) = name {
         let record = c.function(name).await.map_err(explain)?;
@@ -510,15 +574,20 @@ pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Re
             }
         };
     }
-    let records = c.functions().await.map_err(explain)?;
+    let records = listed(
+        page,
+        async |p: &Paging| c.functions_page(p).await,
+        |r| r.name.to_string(),
+    )
+    .await?;
     match remote.format {
-        Format::Json => print_json(&records),
+        Format::Json => print_listed(page, &records),
         Format::Text => {
             println!(
                 "{:<20} {:<13} {:<10} {:>10}  {:<20} HASH",
                 "NAME", "KIND", "VERSION", "SIZE", "UPDATED"
             );
-            for r in &records {
+            for r in &records.items {
                 println!(
                     "{:<20} {:<13} {:<10} {:>10}  {:<20} {}",
                     r.name,
@@ -529,6 +598,40 @@ pub(crate) async fn functions(remote: &Remote, name: Option<&str>) -> anyhow::Re
                     r.hash
                 );
             }
+            print_more(&records.next_cursor);
+            Ok(())
+        }
+    }
+}
+
+pub(crate) async fn versions(remote: &Remote, name: &str, page: &PageArgs) -> anyhow::Result<()> {
+    let c = client(remote).await?;
+    let mut versions = listed(
+        page,
+        async |p: &Paging| c.versions_page(name, p).await,
+        |v| v.deployed_at.clone(),
+    )
+    .await?;
+    versions.items.sort_by(|a, b| a.version.cmp(&b.version));
+    match remote.format {
+        Format::Json => print_listed(page, &versions),
+        Format::Text => {
+            println!(
+                "{:<12} {:<13} {:>10}  {:<20} {:<26} HASH",
+                "VERSION", "KIND", "SIZE", "DEPLOYED", "SIGNER"
+            );
+            for v in &versions.items {
+                println!(
+                    "{:<12} {:<13} {:>10}  {:<20} {:<26} {}",
+                    v.version.to_string(),
+                    v.kind.as_str(),
+                    v.size,
+                    v.deployed_at,
+                    v.signer,
+                    v.hash
+                );
+            }
+            print_more(&versions.next_cursor);
             Ok(())
         }
     }
@@ -789,13 +892,22 @@ pub(crate) async fn trigger_add(
     Ok(())
 }
 
-pub(crate) async fn trigger_list(remote: &Remote, function: &str) -> anyhow::Result<()> {
+pub(crate) async fn trigger_list(
+    remote: &Remote,
+    function: &str,
+    page: &PageArgs,
+) -> anyhow::Result<()> {
     let (client, _) = attested_client(remote).await?;
-    let triggers = client.triggers(function).await.map_err(explain)?;
+    let triggers = listed(
+        page,
+        async |p: &Paging| client.triggers_page(function, p).await,
+        |t| t["id"].as_str().unwrap_or_default().to_owned(),
+    )
+    .await?;
     if remote.format == Format::Json {
-        return print_json(&triggers);
+        return print_listed(page, &triggers);
     }
-    for t in &triggers {
+    for t in &triggers.items {
         let reply = t["reply_subject"].as_str().unwrap_or("-");
         let output = if t["public_output"].as_bool() == Some(true) {
             "public"
@@ -808,6 +920,7 @@ pub(crate) async fn trigger_list(remote: &Remote, function: &str) -> anyhow::Res
             t["subject"].as_str().unwrap_or_default()
         );
     }
+    print_more(&triggers.next_cursor);
     Ok(())
 }
 

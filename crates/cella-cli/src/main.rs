@@ -38,6 +38,17 @@ impl Remote {
     }
 }
 
+/// Which page of a list to print; without either flag, every page.
+#[derive(Args, Clone, Default)]
+pub(crate) struct PageArgs {
+    /// Print one page of at most N items (1 to 1000) and the cursor of the next.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Print the page after this cursor (printed with the page before).
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
 /// How to reach a cella node (for every command except `up`).
 #[derive(Args, Clone)]
 pub(crate) struct Remote {
@@ -261,6 +272,16 @@ enum Command {
     Functions {
         name: Option<String>,
         #[command(flatten)]
+        page: PageArgs,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the kept versions of a function you own.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        page: PageArgs,
+        #[command(flatten)]
         remote: Remote,
     },
     /// Delete a function you own.
@@ -383,7 +404,10 @@ enum KeysCommand {
     /// Register a public key: a `.pub` file from `cella keygen`, or `ed25519:<hex>`.
     Add { key: String },
     /// List your keys, revoked ones included.
-    List,
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Revoke a key: bundles signed with it no longer deploy.
     Revoke { id: String },
 }
@@ -394,7 +418,10 @@ enum PluginCommand {
     /// initialiser once and keeps the measured image.
     Add { name: String, file: PathBuf },
     /// List plug-ins with their hashes (what manifests name) and image measurements.
-    List,
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -423,7 +450,11 @@ enum TriggerCommand {
         public_output: bool,
     },
     /// List FUNCTION's triggers.
-    List { function: String },
+    List {
+        function: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Remove one of FUNCTION's triggers.
     Remove { function: String, id: String },
     /// Open a result published on a reply subject: prints the function's output.
@@ -442,7 +473,10 @@ enum TenantCommand {
     /// Create a tenant and print its token (shown once).
     Create { name: String },
     /// List tenants.
-    List,
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// Issue a new token for a tenant; the old one stops working.
     RotateToken { name: String },
 }
@@ -500,7 +534,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )
                 .await
             }
-            TriggerCommand::List { function } => c::trigger_list(&remote, &function).await,
+            TriggerCommand::List { function, page } => {
+                c::trigger_list(&remote, &function, &page).await
+            }
             TriggerCommand::Remove { function, id } => {
                 c::trigger_remove(&remote, &function, &id).await
             }
@@ -508,7 +544,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Tenant { command, remote } => match command {
             TenantCommand::Create { name } => c::tenant_create(&remote, &name).await,
-            TenantCommand::List => c::tenant_list(&remote).await,
+            TenantCommand::List { page } => c::tenant_list(&remote, &page).await,
             TenantCommand::RotateToken { name } => c::tenant_rotate(&remote, &name).await,
         },
         Command::Deploy {
@@ -557,11 +593,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args).await,
         Command::Plugin { command, remote } => match command {
             PluginCommand::Add { name, file } => c::plugin_add(&remote, &name, &file).await,
-            PluginCommand::List => c::plugin_list(&remote).await,
+            PluginCommand::List { page } => c::plugin_list(&remote, &page).await,
         },
         Command::Keys { command, remote } => match command {
             KeysCommand::Add { key } => c::keys_add(&remote, &key).await,
-            KeysCommand::List => c::keys_list(&remote).await,
+            KeysCommand::List { page } => c::keys_list(&remote, &page).await,
             KeysCommand::Revoke { id } => c::keys_revoke(&remote, &id).await,
         },
         Command::VerifyReceipt {
@@ -610,7 +646,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             c::chain(&remote, &steps, input, output.as_deref()).await
         }
-        Command::Functions { name, remote } => c::functions(&remote, name.as_deref()).await,
+        Command::Functions { name, page, remote } => {
+            c::functions(&remote, name.as_deref(), &page).await
+        }
+        Command::Versions { name, page, remote } => c::versions(&remote, &name, &page).await,
         Command::Delete { name, remote } => c::delete(&remote, &name).await,
         Command::Grant {
             name,

@@ -12,9 +12,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod lists;
+
 use bytes::Bytes;
 use cella_core::{FunctionRecord, Plugin};
 pub use cella_tee::AttestationReport;
+pub use lists::{MAX_PAGE, Page, Paging, every_page};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -510,15 +513,6 @@ impl Client {
             .await
     }
 
-    pub async fn tenants(&self) -> Result<Vec<TenantInfo>, ClientError> {
-        #[derive(Deserialize)]
-        struct List {
-            tenants: Vec<TenantInfo>,
-        }
-        let list: List = self.json(self.request(Method::GET, "/v1/tenants")).await?;
-        Ok(list.tenants)
-    }
-
     pub async fn rotate_token(&self, tenant: &str) -> Result<CreatedTenant, ClientError> {
         #[derive(Deserialize)]
         struct Rotated {
@@ -690,29 +684,11 @@ impl Client {
     }
 
     /// The plug-ins the node has.
-    pub async fn plugins(&self) -> Result<Vec<Plugin>, ClientError> {
-        #[derive(Deserialize)]
-        struct Plugins {
-            plugins: Vec<Plugin>,
-        }
-        let list: Plugins = self.json(self.request(Method::GET, "/v1/plugins")).await?;
-        Ok(list.plugins)
-    }
-
     /// Registers a public key (`ed25519:<hex>`) for this client's tenant.
     pub async fn add_key(&self, public_key: &str) -> Result<TenantKey, ClientError> {
         let body = serde_json::json!({ "public_key": public_key });
         self.json(self.request(Method::POST, "/v1/keys").json(&body))
             .await
-    }
-
-    pub async fn keys(&self) -> Result<Vec<TenantKey>, ClientError> {
-        #[derive(Deserialize)]
-        struct Keys {
-            keys: Vec<TenantKey>,
-        }
-        let keys: Keys = self.json(self.request(Method::GET, "/v1/keys")).await?;
-        Ok(keys.keys)
     }
 
     /// Revokes a key; returns it and the functions whose current version it signed (they keep
@@ -872,16 +848,6 @@ impl Client {
         Ok((added.trigger, added.result_key))
     }
 
-    pub async fn triggers(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
-        #[derive(Deserialize)]
-        struct List {
-            triggers: Vec<serde_json::Value>,
-        }
-        let path = format!("/v1/functions/{}/triggers", segment(name));
-        let list: List = self.json(self.request(Method::GET, &path)).await?;
-        Ok(list.triggers)
-    }
-
     pub async fn remove_trigger(
         &self,
         name: &str,
@@ -901,17 +867,6 @@ impl Client {
             .json(self.request(Method::POST, "/v1/cluster/rotate"))
             .await?;
         Ok(rotated.epoch)
-    }
-
-    pub async fn functions(&self) -> Result<Vec<FunctionRecord>, ClientError> {
-        #[derive(Deserialize)]
-        struct List {
-            functions: Vec<FunctionRecord>,
-        }
-        let list: List = self
-            .json(self.request(Method::GET, "/v1/functions"))
-            .await?;
-        Ok(list.functions)
     }
 
     pub async fn function(&self, name: &str) -> Result<FunctionRecord, ClientError> {

@@ -72,7 +72,9 @@ pub struct FunctionRecord {
     pub created_at: String,
     pub updated_at: String,
     pub access: Access,
-    /// Every version deployed, oldest first; the last is the current one.
+    /// Versions, oldest first; the last is the current one. Every kept version where the
+    /// history was read (`GET /v1/functions/NAME`, a deploy's answer); only the current one
+    /// where it was not (the registry's head of the function, what an invocation reads).
     pub versions: Vec<FunctionVersion>,
 }
 
@@ -100,9 +102,15 @@ impl FunctionRecord {
     /// The record as it reads with `version` current (for invoking a pinned version).
     pub fn at(&self, version: &semver::Version) -> Option<FunctionRecord> {
         let pinned = self.versions.iter().find(|v| v.version == *version)?;
+        Some(self.showing(pinned))
+    }
+
+    /// The record as it reads with `pinned` (one of its versions) current; `versions` stays
+    /// as it is.
+    pub fn showing(&self, pinned: &FunctionVersion) -> FunctionRecord {
         let mut record = self.clone();
         record.show(pinned);
-        Some(record)
+        record
     }
 
     /// Makes `next` the current version, keeping the history.

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use cella_core::FunctionRecord;
 use cella_core::TenantName;
-use cella_runtime::{AccessChange, ErrorCode, InvokeOptions, InvokeOutput};
+use cella_runtime::{
+    AccessChange, DEFAULT_PAGE, ErrorCode, InvokeOptions, InvokeOutput, MAX_PAGE, Page, PageRequest,
+};
 use cella_sandbox::CommandInput;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -39,6 +41,7 @@ pub(crate) fn routes() -> Router<AppState> {
             "/v1/functions/{name}",
             put(deploy).get(get_function).delete(delete_function),
         )
+        .route("/v1/functions/{name}/versions", get(list_versions))
         .route("/v1/functions/{name}/invoke", post(invoke))
         .route("/v1/invocations/{id}", get(crate::asynchronous::status))
         .route("/v1/cluster/rotate", post(rotate_cluster))
@@ -172,6 +175,45 @@ fn query_pairs(query: &Option<String>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Which page of a list the query asks for: `?limit=N&cursor=C` (both optional).
+pub(crate) fn page_request(query: &Option<String>) -> Result<PageRequest, ApiError> {
+    let mut request = PageRequest::default();
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "limit" => {
+                request.limit = Some(value.parse().map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("limit `{value}` is not a number; ask for 1 to {MAX_PAGE} items"),
+                    )
+                })?)
+            }
+            "cursor" => request.cursor = Some(value),
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "unknown query parameter `{key}`: a list takes `limit` (1 to \
+                         {MAX_PAGE}, default {DEFAULT_PAGE}) and `cursor` (the `next_cursor` \
+                         of the page before)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// A page as JSON: the items under `key`, and `next_cursor` when more follow.
+pub(crate) fn page_json<T: serde::Serialize>(key: &str, page: Page<T>) -> Json<serde_json::Value> {
+    let mut body = serde_json::Map::new();
+    body.insert(key.to_owned(), json!(page.items));
+    if let Some(next) = page.next {
+        body.insert("next_cursor".to_owned(), json!(next));
+    }
+    Json(serde_json::Value::Object(body))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
@@ -198,13 +240,13 @@ async fn create_tenant(
 async fn list_tenants(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    let tenants = state.platform.tenants(&caller)?;
-    let tenants: Vec<_> = tenants
-        .iter()
-        .map(|t| json!({ "name": t.name, "created_at": t.created_at }))
-        .collect();
-    Ok(Json(json!({ "tenants": tenants })))
+    let page = state
+        .platform
+        .tenants_page(&caller, &page_request(&query)?)?;
+    let page = page.map(|t| json!({ "name": t.name, "created_at": t.created_at }));
+    Ok(page_json("tenants", page))
 }
 
 async fn rotate_token(
@@ -219,9 +261,24 @@ async fn rotate_token(
 async fn list_functions(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    let functions = state.platform.functions(&caller)?;
-    Ok(Json(json!({ "functions": functions })))
+    let page = state
+        .platform
+        .functions_page(&caller, &page_request(&query)?)?;
+    Ok(page_json("functions", page))
+}
+
+async fn list_versions(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<impl IntoResponse> {
+    let page = state
+        .platform
+        .versions_page(&caller, &name, &page_request(&query)?)?;
+    Ok(page_json("versions", page))
 }
 
 async fn get_function(
@@ -282,8 +339,12 @@ async fn add_plugin(
 async fn list_plugins(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(json!({ "plugins": state.platform.plugins(&caller)? })))
+    let page = state
+        .platform
+        .plugins_page(&caller, &page_request(&query)?)?;
+    Ok(page_json("plugins", page))
 }
 
 #[derive(Deserialize)]
@@ -306,8 +367,10 @@ async fn add_key(
 async fn list_keys(
     State(state): State<AppState>,
     Caller(caller): Caller,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<impl IntoResponse> {
-    Ok(Json(json!({ "keys": state.platform.keys(&caller)? })))
+    let page = state.platform.keys_page(&caller, &page_request(&query)?)?;
+    Ok(page_json("keys", page))
 }
 
 async fn revoke_key(

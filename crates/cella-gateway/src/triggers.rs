@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use cella_runtime::NewTrigger;
@@ -56,9 +56,11 @@ pub(crate) async fn list(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
-    let triggers = state.platform.triggers(&caller, &name)?;
-    Ok(Json(json!({ "triggers": triggers })))
+    let request = crate::api::page_request(&query)?;
+    let page = state.platform.triggers_page(&caller, &name, &request)?;
+    Ok(crate::api::page_json("triggers", page))
 }
 
 pub(crate) async fn remove(

@@ -47,7 +47,8 @@ impl Platform {
             &bundle.manifest.limits,
             &self.config().max_limits,
         )?;
-        let before = self.registry().function(&name)?;
+        // With its history: the quota counts what retention forgets of it.
+        let before = self.registry().function_with_history(&name)?;
         if let Some(existing) = &before
             && existing.owner != owner
         {
@@ -304,6 +305,15 @@ impl Platform {
     /// The calling tenant's keys, revoked ones included.
     pub fn keys(&self, caller: &Principal) -> Result<Vec<TenantKey>, RuntimeError> {
         Ok(self.registry().keys(tenant_of(caller)?)?)
+    }
+
+    /// A page of [`Platform::keys`], by id.
+    pub fn keys_page(
+        &self,
+        caller: &Principal,
+        request: &crate::PageRequest,
+    ) -> Result<crate::Page<TenantKey>, RuntimeError> {
+        crate::paging::page_of(self.keys(caller)?, |key| key.id.clone(), request)
     }
 
     /// Revokes one of the calling tenant's keys: no new deploy may be signed by it. Versions

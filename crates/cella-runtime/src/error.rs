@@ -264,6 +264,7 @@ impl RuntimeError {
                 SharedError::TooLarge { .. } => ErrorCode::PayloadTooLarge,
                 SharedError::OtherCluster | SharedError::Forked { .. } => ErrorCode::IntegrityError,
             },
+            RuntimeError::Registry(RegistryError::BadCursor) => ErrorCode::InvalidRequest,
             RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
             RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,
             RuntimeError::Registry(

@@ -19,6 +19,7 @@ mod error;
 mod grants;
 mod logs;
 mod metrics;
+mod paging;
 mod platform;
 mod plugins;
 mod remote;
@@ -33,6 +34,7 @@ pub use error::{ErrorCode, RuntimeError};
 pub use grants::EnvSetting;
 pub use logs::{FunctionStats, InvocationLog};
 pub use metrics::Metrics;
+pub use paging::{DEFAULT_PAGE, MAX_PAGE, Page, PageRequest};
 pub use platform::{
     AccessChange, HttpOutput, InvokeOptions, InvokeOutput, Platform, PlatformConfig,
 };

@@ -388,11 +388,56 @@ impl Platform {
         Ok(self.registry.tenants()?)
     }
 
-    /// A function's record, for its owner.
+    /// A page of the tenants (operator only).
+    pub fn tenants_page(
+        &self,
+        caller: &Principal,
+        request: &crate::PageRequest,
+    ) -> Result<crate::Page<Tenant>, RuntimeError> {
+        require_admin(caller, "manage tenants")?;
+        let limit = request.limit()?;
+        Ok(self
+            .registry
+            .tenants_page(request.cursor.as_deref(), limit)?)
+    }
+
+    /// A page of the functions the caller owns: reads that page only, whatever the node holds.
+    pub fn functions_page(
+        &self,
+        caller: &Principal,
+        request: &crate::PageRequest,
+    ) -> Result<crate::Page<FunctionRecord>, RuntimeError> {
+        let limit = request.limit()?;
+        Ok(self
+            .registry
+            .functions_page(tenant_of(caller)?, request.cursor.as_deref(), limit)?)
+    }
+
+    /// A page of a function's kept versions, for its owner.
+    pub fn versions_page(
+        &self,
+        caller: &Principal,
+        name: &str,
+        request: &crate::PageRequest,
+    ) -> Result<crate::Page<cella_core::FunctionVersion>, RuntimeError> {
+        let record = self.lookup(name)?;
+        self.require_owner(caller, &record)?;
+        let limit = request.limit()?;
+        let mut page =
+            self.registry
+                .function_versions_page(&record.name, request.cursor.as_deref(), limit)?;
+        page.items.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(page)
+    }
+
+    /// A function's record with every kept version, for its owner.
     pub fn function(&self, caller: &Principal, name: &str) -> Result<FunctionRecord, RuntimeError> {
         let record = self.lookup(name)?;
         self.require_owner(caller, &record)?;
-        Ok(record)
+        Ok(self
+            .registry
+            .function_with_history(&record.name)?
+            .unwrap_or(record))
     }
 
     /// The functions the caller owns.
@@ -409,16 +454,17 @@ impl Platform {
         self.require_owner(caller, &record)?;
         let registry = self.registry.clone();
         let function = record.name.clone();
-        let hashes: Vec<ContentHash> = record.versions.iter().map(|v| v.hash).collect();
-        let unused = blocking(move || {
-            registry.delete_function(&function)?;
-            let mut unused = Vec::new();
-            for hash in hashes {
-                if !registry.blob_in_use(&hash)? {
-                    unused.push(hash);
+        let (record, unused) = blocking(move || {
+            let removed = registry
+                .delete_function(&function)?
+                .ok_or_else(|| RuntimeError::NoSuchFunction(function.clone()))?;
+            let mut unused: Vec<ContentHash> = Vec::new();
+            for version in &removed.versions {
+                if !unused.contains(&version.hash) && !registry.blob_in_use(&version.hash)? {
+                    unused.push(version.hash);
                 }
             }
-            Ok(unused)
+            Ok((removed, unused))
         })
         .await?;
         self.logs.forget(&record.name);
@@ -781,20 +827,33 @@ impl Platform {
         }
     }
 
-    /// The record as it reads with `version` (text from `name@version`) current.
+    /// The record (its head, as [`Registry::function`] reads it) as it reads with `version`
+    /// (text from `name@version`) current; `versions` still ends with the current version.
+    /// Reads that one version only.
     fn pin(&self, record: FunctionRecord, version: &str) -> Result<FunctionRecord, RuntimeError> {
-        let no_such = || RuntimeError::NoSuchVersion {
-            name: record.name.clone(),
-            version: version.chars().take(40).collect(),
-            known: record
-                .versions
-                .iter()
-                .map(|v| v.version.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+        let no_such = || -> RuntimeError {
+            let known = match self.registry.function_with_history(&record.name) {
+                Ok(Some(history)) => history
+                    .versions
+                    .iter()
+                    .map(|v| v.version.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => record.version.to_string(),
+            };
+            RuntimeError::NoSuchVersion {
+                name: record.name.clone(),
+                version: version.chars().take(40).collect(),
+                known,
+            }
         };
-        let version: semver::Version = version.parse().map_err(|_| no_such())?;
-        record.at(&version).ok_or_else(no_such)
+        let Ok(version) = version.parse::<semver::Version>() else {
+            return Err(no_such());
+        };
+        match self.registry.function_version(&record.name, &version)? {
+            Some(pinned) => Ok(record.showing(&pinned)),
+            None => Err(no_such()),
+        }
     }
 
     /// A revoked key's versions keep running only while current: no one can pin their way

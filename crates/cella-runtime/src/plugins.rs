@@ -102,6 +102,15 @@ impl Platform {
         Ok(self.registry().plugins()?)
     }
 
+    /// A page of [`Platform::plugins`], by name.
+    pub fn plugins_page(
+        &self,
+        caller: &Principal,
+        request: &crate::PageRequest,
+    ) -> Result<crate::Page<Plugin>, RuntimeError> {
+        crate::paging::page_of(self.plugins(caller)?, |p| p.name.to_string(), request)
+    }
+
     /// The registered plug-ins as a statement signed by the node's identity key for `nonce`
     /// (served with the attestation evidence, which binds that key).
     pub fn plugin_statement(

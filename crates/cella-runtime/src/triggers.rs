@@ -257,6 +257,16 @@ impl Platform {
     }
 
     /// `name`'s triggers (owner only), without their keys.
+    /// A page of [`Platform::triggers`], by id.
+    pub fn triggers_page(
+        &self,
+        caller: &Principal,
+        name: &str,
+        request: &crate::PageRequest,
+    ) -> Result<crate::Page<Trigger>, RuntimeError> {
+        crate::paging::page_of(self.triggers(caller, name)?, |t| t.id.clone(), request)
+    }
+
     pub fn triggers(&self, caller: &Principal, name: &str) -> Result<Vec<Trigger>, RuntimeError> {
         let record = self.function(caller, name)?;
         Ok(self

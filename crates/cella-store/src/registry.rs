@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use cella_core::{Access, ContentHash, FunctionName, FunctionRecord, PluginName, TenantName};
+use cella_core::{FunctionName, PluginName, TenantName};
 use redb::{
     Database, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
     WriteTransaction,
@@ -28,13 +28,13 @@ type Sealed = TableDefinition<'static, &'static [u8], &'static [u8]>;
 const TENANTS: Sealed = TableDefinition::new("sealed_tenants");
 /// blinded SHA-256 of a token → sealed encoded [`Principal`]
 const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
-/// blinded function name → sealed JSON [`FunctionRecord`]
-const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
 /// Every table of sealed records (the digest covers them all).
-const SEALED_TABLES: [Sealed; 8] = [
+const SEALED_TABLES: [Sealed; 10] = [
     TENANTS,
     TOKENS,
     FUNCTIONS,
+    functions::FUNCTION_VERSIONS,
+    functions::FUNCTIONS_BY_OWNER,
     keys::KEYS,
     plugins::PLUGINS,
     function_data::FUNCTION_DATA,
@@ -125,8 +125,33 @@ pub enum RegistryError {
          means the same code, so register the new module under a new name (e.g. `{name}-2`)"
     )]
     PluginExists { name: PluginName, hash: String },
+    #[error(
+        "the cursor was not issued by this registry for this list (or the registry changed \
+         keys); list again from the start, without a cursor"
+    )]
+    BadCursor,
     #[error(transparent)]
     Shared(#[from] SharedError),
+}
+
+/// The most items one page of a list holds.
+pub const MAX_PAGE: usize = 1000;
+
+/// One page of a list, and the cursor that asks for the next (`None`: this was the last).
+/// Cursors are opaque: sealed by the registry, so they say nothing about where rows are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next: self.next,
+        }
+    }
 }
 
 fn db(e: impl Into<redb::Error>) -> RegistryError {
@@ -703,9 +728,19 @@ impl Registry {
         name: &[u8],
     ) -> Result<Option<T>, RegistryError> {
         let key = self.sealer.blind(definition.name(), name);
-        let found = table.get(key.as_slice()).map_err(db)?;
+        self.get_at(table, definition, &key)
+    }
+
+    /// The record stored under `key` (already blinded).
+    fn get_at<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        key: &[u8],
+    ) -> Result<Option<T>, RegistryError> {
+        let found = table.get(key).map_err(db)?;
         found
-            .map(|sealed| self.decode(definition, &key, sealed.value()))
+            .map(|sealed| self.decode(definition, key, sealed.value()))
             .transpose()
     }
 
@@ -734,8 +769,19 @@ impl Registry {
         value: &T,
     ) -> Result<(), RegistryError> {
         let key = self.sealer.blind(definition.name(), name);
-        let sealed = self.sealer.seal(definition.name(), &key, &encode(value));
-        self.insert_row(table, definition, &key, &sealed)
+        self.put_at(table, definition, &key, value)
+    }
+
+    /// Stores `value` sealed under `key` (already blinded).
+    fn put_at<T: Serialize + ?Sized>(
+        &self,
+        table: &mut redb::Table<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        key: &[u8],
+        value: &T,
+    ) -> Result<(), RegistryError> {
+        let sealed = self.sealer.seal(definition.name(), key, &encode(value));
+        self.insert_row(table, definition, key, &sealed)
     }
 
     fn remove<T: DeserializeOwned>(
@@ -876,125 +922,135 @@ impl Registry {
         Ok(all)
     }
 
-    /// Function `name`; in a cluster, one unknown here is looked for again after catching up
-    /// (deployed on another gateway a moment ago).
-    pub fn function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, RegistryError> {
-        let lookup = || -> Result<Option<FunctionRecord>, RegistryError> {
-            let tx = self.read()?;
-            let functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            self.get(&functions, FUNCTIONS, name.as_str().as_bytes())
-        };
-        match lookup()? {
-            None if self.catch_up()? > 0 => lookup(),
-            found => Ok(found),
-        }
-    }
-
-    /// Bytes of code `owner` keeps: every version of every function it owns.
-    pub fn stored_bytes_of(&self, owner: &TenantName) -> Result<u64, RegistryError> {
-        Ok(self
-            .all_functions()?
-            .iter()
-            .filter(|f| f.owner == *owner)
-            .map(FunctionRecord::stored_bytes)
-            .sum())
-    }
-
-    fn all_functions(&self) -> Result<Vec<FunctionRecord>, RegistryError> {
+    /// A page of the tenants, by name within the page.
+    pub fn tenants_page(
+        &self,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<Tenant>, RegistryError> {
         let tx = self.read()?;
-        let functions = tx.open_table(FUNCTIONS).map_err(db)?;
-        let mut all: Vec<FunctionRecord> = self.all(&functions, FUNCTIONS)?;
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(all)
+        let tenants = tx.open_table(TENANTS).map_err(db)?;
+        let mut page = self.page::<Tenant>(&tenants, TENANTS, &[], cursor, limit)?;
+        page.items.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(page)
+    }
+}
+
+/// Lists: rows read in stored-key order, a group or a table at a time.
+impl Registry {
+    /// A stored key whose first half is the same for every row of `group` (a tenant's
+    /// functions, a function's versions), so one range scan reads one group. Both halves are
+    /// blinded, as every stored key is: the host sees which rows belong together, not whose.
+    fn grouped_key(&self, definition: Sealed, group: &[u8], name: &[u8]) -> [u8; 32] {
+        let mut member = group.to_vec();
+        member.push(0);
+        member.extend_from_slice(name);
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(&self.group_prefix(definition, group));
+        key[16..].copy_from_slice(&self.sealer.blind(definition.name(), &member)[..16]);
+        key
     }
 
-    /// Every function `tenant` owns, by name.
-    pub fn functions_owned_by(
+    fn group_prefix(&self, definition: Sealed, group: &[u8]) -> [u8; 16] {
+        let blinded = self.sealer.blind(definition.name(), group);
+        blinded[..16].try_into().expect("16 of 32 bytes")
+    }
+
+    /// Every row of `group`.
+    fn group_all<T: DeserializeOwned>(
         &self,
-        tenant: &TenantName,
-    ) -> Result<Vec<FunctionRecord>, RegistryError> {
-        let mut all = self.all_functions()?;
-        all.retain(|record| record.owner == *tenant);
-        Ok(all)
-    }
-
-    /// Registers a function, or a new version of one: `record` is a new record (one version);
-    /// an existing function gets that version as its current one and keeps its history,
-    /// `created_at` and access list. `check` sees the existing record first and may refuse.
-    /// Stores `record` as a new function, or its version as the current one of the existing
-    /// function, keeping at most `keep_versions` versions (the oldest are forgotten).
-    pub fn put_function<E>(
-        &self,
-        record: FunctionRecord,
-        keep_versions: usize,
-        mut check: impl FnMut(Option<&FunctionRecord>) -> Result<(), E>,
-    ) -> Result<Result<FunctionRecord, E>, RegistryError> {
-        self.write_unless_refused(|tx| {
-            let name = record.name.clone();
-            let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            let existing: Option<FunctionRecord> =
-                self.get(&functions, FUNCTIONS, name.as_str().as_bytes())?;
-            if let Err(refused) = check(existing.as_ref()) {
-                return Ok(Err(refused));
-            }
-            let mut updated = match existing {
-                Some(mut existing) => {
-                    for version in &record.versions {
-                        existing.advance(version.clone());
-                    }
-                    existing
-                }
-                None => record.clone(),
-            };
-            updated.forget_oldest(keep_versions);
-            self.put(
-                &mut functions,
-                FUNCTIONS,
-                name.as_str().as_bytes(),
-                &updated,
-            )?;
-            Ok(Ok(updated))
-        })
-    }
-
-    /// Changes a function's access list in one transaction.
-    pub fn update_access(
-        &self,
-        name: &FunctionName,
-        mut change: impl FnMut(&mut Access),
-    ) -> Result<FunctionRecord, RegistryError> {
-        self.write(|tx| {
-            let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            let mut record: FunctionRecord = self
-                .get(&functions, FUNCTIONS, name.as_str().as_bytes())?
-                .ok_or_else(|| RegistryError::NoSuchFunction(name.clone()))?;
-            change(&mut record.access);
-            record.updated_at = now();
-            self.put(&mut functions, FUNCTIONS, name.as_str().as_bytes(), &record)?;
-            Ok(record)
-        })
-    }
-
-    /// Removes a function; returns what was removed.
-    pub fn delete_function(
-        &self,
-        name: &FunctionName,
-    ) -> Result<Option<FunctionRecord>, RegistryError> {
-        self.write(|tx| {
-            self.delete_function_data(tx, name)?;
-            self.delete_triggers_of(tx, name)?;
-            let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
-            self.remove(&mut functions, FUNCTIONS, name.as_str().as_bytes())
-        })
-    }
-
-    /// Whether any function still refers to the blob `hash` (blobs are shared by content).
-    pub fn blob_in_use(&self, hash: &ContentHash) -> Result<bool, RegistryError> {
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        group: &[u8],
+    ) -> Result<Vec<T>, RegistryError> {
+        let prefix = self.group_prefix(definition, group);
         Ok(self
-            .all_functions()?
-            .iter()
-            .flat_map(|record| &record.versions)
-            .any(|version| version.hash == *hash))
+            .rows_from(table, definition, &prefix, None, usize::MAX)?
+            .0)
+    }
+
+    /// A page of the rows of `group`.
+    fn group_page<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        group: &[u8],
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<T>, RegistryError> {
+        let prefix = self.group_prefix(definition, group);
+        self.page(table, definition, &prefix, cursor, limit)
+    }
+
+    /// A page of the rows whose stored key starts with `prefix` (empty: every row), after
+    /// the row `cursor` names.
+    fn page<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        prefix: &[u8],
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page<T>, RegistryError> {
+        let list = [definition.name().as_bytes(), prefix].concat();
+        let after = cursor
+            .map(|cursor| self.open_cursor(&list, cursor))
+            .transpose()?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let (items, last, more) =
+            self.rows_from(table, definition, prefix, after.as_deref(), limit)?;
+        let next = match (more, last) {
+            (true, Some(last)) => Some(self.seal_cursor(&list, &last)),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    /// Up to `limit` rows whose key starts with `prefix`, after the key `after`; with the
+    /// last key read and whether more rows follow.
+    #[allow(clippy::type_complexity)]
+    fn rows_from<T: DeserializeOwned>(
+        &self,
+        table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        definition: Sealed,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<T>, Option<Vec<u8>>, bool), RegistryError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) => Bound::Excluded(after),
+            None => Bound::Included(prefix),
+        };
+        let mut items = Vec::new();
+        let mut last = None;
+        for entry in table
+            .range::<&[u8]>((start, Bound::Unbounded))
+            .map_err(db)?
+        {
+            let (key, value) = entry.map_err(db)?;
+            if !key.value().starts_with(prefix) {
+                break;
+            }
+            if items.len() == limit {
+                return Ok((items, last, true));
+            }
+            items.push(self.decode(definition, key.value(), value.value())?);
+            last = Some(key.value().to_vec());
+        }
+        Ok((items, last, false))
+    }
+
+    /// A cursor naming the stored key `key` of list `list`, readable only by this registry.
+    fn seal_cursor(&self, list: &[u8], key: &[u8]) -> String {
+        hex::encode(self.sealer.seal("list cursor", list, key))
+    }
+
+    fn open_cursor(&self, list: &[u8], cursor: &str) -> Result<Vec<u8>, RegistryError> {
+        let sealed = hex::decode(cursor).map_err(|_| RegistryError::BadCursor)?;
+        self.sealer
+            .open("list cursor", list, &sealed)
+            .map_err(|_| RegistryError::BadCursor)
     }
 }
 
@@ -1081,7 +1137,7 @@ fn state_digest_of_nothing() -> [u8; 32] {
     StateHash::empty().digest()
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("registry records always serialize")
 }
 
@@ -1128,6 +1184,8 @@ fn unwrap_data_key(
 
 mod cluster;
 mod function_data;
+mod functions;
+use functions::FUNCTIONS;
 mod invocations;
 mod keys;
 mod plugins;

@@ -3,7 +3,7 @@
 //! else.
 
 use cella_bundle::{Bundle, BundleKind, Manifest, SigningKey};
-use cella_client::{Client, InvokeOptions};
+use cella_client::{Client, InvokeOptions, Paging};
 
 use crate::harness::{Node, Options, assert_api_error, guest};
 
@@ -347,4 +347,131 @@ async fn old_versions_are_forgotten_and_a_tenant_keeps_code_within_its_quota() {
     acme.deploy_bundle("other", signed("other", "1.0.0", variant(7), &key).encode())
         .await
         .unwrap();
+}
+
+/// Every list comes in pages: a tenant's functions (read from its own index, not the node's
+/// whole list), a function's versions, the tenants; cursors and limits out of range are
+/// refused with what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_come_in_pages_of_what_the_caller_may_see() {
+    let node = Node::start().await;
+    let (acme, key) = tenant_with_key(&node, "acme").await;
+    let (beta, beta_key) = tenant_with_key(&node, "beta").await;
+    let echo = guest("echo.wasm");
+    for name in ["a1", "a2", "a3", "a4", "a5"] {
+        acme.deploy_bundle(name, signed(name, "1.0.0", echo.clone(), &key).encode())
+            .await
+            .unwrap();
+    }
+    for version in ["1.1.0", "1.2.0"] {
+        acme.deploy_bundle("a1", signed("a1", version, echo.clone(), &key).encode())
+            .await
+            .unwrap();
+    }
+    beta.deploy_bundle(
+        "b1",
+        signed("b1", "1.0.0", echo.clone(), &beta_key).encode(),
+    )
+    .await
+    .unwrap();
+
+    let two = |cursor: Option<String>| Paging {
+        cursor,
+        limit: Some(2),
+    };
+    let mut names = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = acme.functions_page(&two(cursor)).await.unwrap();
+        assert!(page.items.len() <= 2);
+        names.extend(page.items.iter().map(|f| f.name.to_string()));
+        pages += 1;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["a1", "a2", "a3", "a4", "a5"]);
+    assert_eq!(pages, 3);
+    assert_eq!(
+        acme.functions().await.unwrap().len(),
+        5,
+        "every page, followed"
+    );
+    let listed: Vec<_> = beta
+        .functions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name.to_string())
+        .collect();
+    assert_eq!(listed, ["b1"], "a tenant lists its own functions only");
+
+    // A function's versions, a page at a time.
+    let first = acme.versions_page("a1", &two(None)).await.unwrap();
+    let rest = acme
+        .versions_page("a1", &two(first.next_cursor.clone()))
+        .await
+        .unwrap();
+    assert!(rest.next_cursor.is_none());
+    let mut versions: Vec<_> = first
+        .items
+        .iter()
+        .chain(&rest.items)
+        .map(|v| v.version.to_string())
+        .collect();
+    versions.sort();
+    assert_eq!(versions, ["1.0.0", "1.1.0", "1.2.0"]);
+    assert_api_error(
+        beta.versions_page("a1", &Paging::default()).await,
+        403,
+        "forbidden",
+    );
+
+    // Tenants, for the operator.
+    let tenants = node
+        .admin
+        .tenants_page(&Paging {
+            cursor: None,
+            limit: Some(1),
+        })
+        .await
+        .unwrap();
+    assert_eq!(tenants.items.len(), 1);
+    assert!(tenants.next_cursor.is_some());
+    assert_eq!(node.admin.tenants().await.unwrap().len(), 2);
+
+    // Out of range, or a cursor not issued for this list: 400 with what to do.
+    for limit in [0, 1001] {
+        let message = assert_api_error(
+            acme.functions_page(&Paging {
+                cursor: None,
+                limit: Some(limit),
+            })
+            .await,
+            400,
+            "invalid_request",
+        );
+        assert!(message.contains("1 to 1000"), "{message}");
+    }
+    let other_list = tenants.next_cursor.unwrap();
+    let message = assert_api_error(
+        acme.functions_page(&Paging {
+            cursor: Some(other_list),
+            limit: None,
+        })
+        .await,
+        400,
+        "invalid_request",
+    );
+    assert!(message.contains("without a cursor"), "{message}");
+    // Another tenant's cursor is not one for this tenant's list either.
+    let acme_cursor = acme.functions_page(&two(None)).await.unwrap().next_cursor;
+    assert_api_error(
+        beta.functions_page(&two(acme_cursor)).await,
+        400,
+        "invalid_request",
+    );
 }

@@ -1,5 +1,5 @@
 use super::*;
-use cella_core::{EnvName, FunctionKind, Limits};
+use cella_core::{ContentHash, EnvName, FunctionKind, FunctionRecord, Limits};
 
 fn tenant(name: &str) -> TenantName {
     TenantName::new(name).unwrap()
@@ -586,4 +586,164 @@ fn the_state_hash_kept_by_writes_is_the_hash_of_every_row() {
     // Opening checks every row against it.
     let registry = open(&path).unwrap();
     assert!(registry.tenant(&tenant("late")).unwrap().is_some());
+}
+
+/// A new function record of `owner` at `version`, with code `code`.
+fn function_at(name: &str, owner: &str, version: &str, code: &[u8]) -> FunctionRecord {
+    FunctionRecord::new(
+        FunctionName::new(name).unwrap(),
+        tenant(owner),
+        cella_core::FunctionVersion {
+            version: version.parse().unwrap(),
+            hash: ContentHash::of(code),
+            kind: FunctionKind::WasiCommand,
+            size: code.len() as u64,
+            limits: Limits::default(),
+            signer: "ed25519:01".into(),
+            deployed_at: now(),
+            plugins: Vec::new(),
+            permissions: Default::default(),
+        },
+    )
+}
+
+#[test]
+fn lists_come_in_pages_with_cursors_only_this_registry_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    for i in 0..25 {
+        registry
+            .create_tenant(&tenant(&format!("t{i:02}")))
+            .unwrap();
+    }
+    // Pages of ten: every tenant once, sorted within each page, then no cursor.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let page = registry.tenants_page(cursor.as_deref(), 10).unwrap();
+        assert!(page.items.len() <= 10);
+        assert!(page.items.is_sorted_by(|a, b| a.name < b.name));
+        seen.extend(page.items.into_iter().map(|t| t.name.to_string()));
+        pages += 1;
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    seen.sort();
+    let all: Vec<String> = (0..25).map(|i| format!("t{i:02}")).collect();
+    assert_eq!(seen, all);
+
+    // A cursor that is not one, or one of another list, is refused.
+    let first = registry.tenants_page(None, 10).unwrap().next.unwrap();
+    assert!(matches!(
+        registry.tenants_page(Some("00ff"), 10),
+        Err(RegistryError::BadCursor)
+    ));
+    let mut changed = first.clone().into_bytes();
+    changed[10] = if changed[10] == b'0' { b'1' } else { b'0' };
+    assert!(matches!(
+        registry.tenants_page(Some(std::str::from_utf8(&changed).unwrap()), 10),
+        Err(RegistryError::BadCursor)
+    ));
+    assert!(matches!(
+        registry.functions_page(&tenant("t00"), Some(&first), 10),
+        Err(RegistryError::BadCursor)
+    ));
+}
+
+#[test]
+fn a_tenants_functions_and_a_functions_versions_are_read_by_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    let keep = |_: Option<&FunctionRecord>| Ok::<_, ()>(());
+    for i in 0..30 {
+        let owner = if i % 10 == 0 { "small" } else { "large" };
+        registry
+            .put_function(
+                function_at(&format!("f{i:02}"), owner, "1.0.0", b"code"),
+                16,
+                keep,
+            )
+            .unwrap()
+            .unwrap();
+    }
+    let small = registry.functions_owned_by(&tenant("small")).unwrap();
+    let names: Vec<_> = small.iter().map(|f| f.name.to_string()).collect();
+    assert_eq!(names, ["f00", "f10", "f20"]);
+    assert_eq!(
+        registry.functions_owned_by(&tenant("large")).unwrap().len(),
+        27
+    );
+    assert!(
+        registry
+            .functions_owned_by(&tenant("nobody"))
+            .unwrap()
+            .is_empty()
+    );
+
+    // Five versions kept of eight deployed: the head holds the current one, each version is
+    // read alone, the history is in deploy order, and the stored bytes count the kept ones.
+    for (i, version) in [
+        "1.1.0", "1.2.0", "2.0.0", "2.1.0", "2.2.0", "3.0.0", "3.1.0",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let code = vec![b'x'; 10 * (i + 2)];
+        registry
+            .put_function(function_at("f00", "small", version, &code), 5, keep)
+            .unwrap()
+            .unwrap();
+    }
+    let name = FunctionName::new("f00").unwrap();
+    let head = registry.function(&name).unwrap().unwrap();
+    assert_eq!(head.version.to_string(), "3.1.0");
+    assert_eq!(
+        head.versions.len(),
+        1,
+        "the head holds the current version only"
+    );
+    let history = registry.function_with_history(&name).unwrap().unwrap();
+    let versions: Vec<_> = history
+        .versions
+        .iter()
+        .map(|v| v.version.to_string())
+        .collect();
+    assert_eq!(versions, ["2.0.0", "2.1.0", "2.2.0", "3.0.0", "3.1.0"]);
+    let pinned = registry
+        .function_version(&name, &"2.1.0".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(pinned.size, 50);
+    assert!(
+        registry
+            .function_version(&name, &"1.0.0".parse().unwrap())
+            .unwrap()
+            .is_none(),
+        "a forgotten version is gone"
+    );
+    let expected: u64 = 40 + 50 + 60 + 70 + 80 + 4 + 4;
+    assert_eq!(
+        registry.stored_bytes_of(&tenant("small")).unwrap(),
+        expected
+    );
+
+    // Deleting takes the versions and the owner's entry with it.
+    let removed = registry.delete_function(&name).unwrap().unwrap();
+    assert_eq!(removed.versions.len(), 5);
+    assert!(
+        registry
+            .function_version(&name, &"3.1.0".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        registry.functions_owned_by(&tenant("small")).unwrap().len(),
+        2
+    );
+    assert!(!registry.blob_in_use(&ContentHash::of(&[b'x'; 80])).unwrap());
+    assert!(registry.blob_in_use(&ContentHash::of(b"code")).unwrap());
 }
