@@ -63,6 +63,7 @@ struct StorageFile {
 struct SandboxFile {
     instances: Option<u32>,
     keep_resident_bytes: Option<usize>,
+    code_cache_bytes: Option<usize>,
     max_compile_functions: Option<u64>,
     max_compile_code_bytes: Option<u64>,
     max_compile_function_bytes: Option<u64>,
@@ -140,6 +141,8 @@ pub(crate) struct SandboxSettings {
     /// Instance slots: how many invocations the node runs at once.
     pub instances: u32,
     pub keep_resident_bytes: usize,
+    /// Bytes of compiled code kept in memory (least recently used forgotten beyond it).
+    pub code_cache_bytes: usize,
     /// What one deploy may bring to the compiler (checked before compiling).
     pub max_compile_functions: u64,
     pub max_compile_code_bytes: u64,
@@ -233,6 +236,10 @@ pub(crate) fn resolve(args: &ConfigArgs) -> anyhow::Result<ServerConfig> {
                 .sandbox
                 .keep_resident_bytes
                 .unwrap_or(sandbox.keep_resident_bytes),
+            code_cache_bytes: file
+                .sandbox
+                .code_cache_bytes
+                .unwrap_or(platform.code_cache_bytes),
             max_compile_functions: file
                 .sandbox
                 .max_compile_functions

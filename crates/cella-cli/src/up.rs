@@ -139,6 +139,7 @@ pub(crate) fn open_with_key(
     platform_config.blob_store = config.storage.blobs.clone();
     platform_config.sandbox.instances = config.sandbox.instances;
     platform_config.sandbox.keep_resident_bytes = config.sandbox.keep_resident_bytes;
+    platform_config.code_cache_bytes = config.sandbox.code_cache_bytes;
     platform_config.sandbox.compile = cella_sandbox::CompileLimits {
         max_functions: config.sandbox.max_compile_functions,
         max_code_bytes: config.sandbox.max_compile_code_bytes,

@@ -52,6 +52,7 @@ pub struct Metrics {
     instances: Gauge<i64, std::sync::atomic::AtomicI64>,
     compilations: Counter<u64, AtomicU64>,
     precompiled_loads: Counter<u64, AtomicU64>,
+    code_cache_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
     deployments: Counter<u64, AtomicU64>,
     integrity_failures: Counter<u64, AtomicU64>,
     host_calls: Counter<u64, AtomicU64>,
@@ -89,6 +90,7 @@ impl Default for Metrics {
         let instances = Gauge::default();
         let compilations = Counter::default();
         let precompiled_loads = Counter::default();
+        let code_cache_bytes = Gauge::default();
         let deployments = Counter::default();
         let integrity_failures = Counter::default();
         let host_calls = Counter::default();
@@ -117,6 +119,11 @@ impl Default for Metrics {
             "precompiled_loads",
             "Functions loaded from their sealed precompiled code instead of being compiled",
             precompiled_loads.clone(),
+        );
+        registry.register(
+            "code_cache_bytes",
+            "Bytes of compiled code held in memory (bounded by `code_cache_bytes`)",
+            code_cache_bytes.clone(),
         );
         registry.register("deployments", "Successful deployments", deployments.clone());
         registry.register(
@@ -192,6 +199,7 @@ impl Default for Metrics {
             instances,
             compilations,
             precompiled_loads,
+            code_cache_bytes,
             deployments,
             integrity_failures,
         }
@@ -250,6 +258,11 @@ impl Metrics {
 
     pub(crate) fn precompiled_load(&self) {
         self.precompiled_loads.inc();
+    }
+
+    pub(crate) fn code_cached(&self, bytes: usize) {
+        self.code_cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub(crate) fn deployed(&self) {

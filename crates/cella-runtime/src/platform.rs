@@ -48,6 +48,9 @@ pub struct PlatformConfig {
     pub max_versions: usize,
     /// Bytes of code one tenant may keep on the node, all versions of all its functions.
     pub max_tenant_bytes: u64,
+    /// Bytes of compiled code kept in memory; the least recently used beyond it is loaded
+    /// again from its sealed precompiled form when next invoked.
+    pub code_cache_bytes: usize,
     pub sandbox: SandboxConfig,
     /// The platform build the simulated TEE measures (the running executable by default).
     pub executable: Option<PathBuf>,
@@ -79,6 +82,7 @@ impl PlatformConfig {
             compile_seconds: 120,
             max_versions: 16,
             max_tenant_bytes: 1 << 30,
+            code_cache_bytes: 512 << 20,
             sandbox: SandboxConfig::default(),
             executable: None,
             tee: TeeMode::Auto,
@@ -217,7 +221,7 @@ impl Platform {
             blobs,
             cluster_blobs: std::sync::OnceLock::new(),
             artifacts,
-            code: CodeCache::default(),
+            code: CodeCache::new(config.code_cache_bytes),
             plugin_images: PluginImages::default(),
             logs: InvocationLogs::default(),
             concurrency: ConcurrencyLimits::new(
@@ -906,7 +910,8 @@ impl Platform {
     /// The compiled code of `record`: from the in-memory cache, else its sealed precompiled
     /// code, else the bundle — verified again and compiled.
     pub(crate) async fn load(&self, record: &FunctionRecord) -> Result<Compiled, RuntimeError> {
-        self.code
+        let compiled = self
+            .code
             .get_or_load(&record.hash, async {
                 let compiled = match self.load_precompiled(record).await {
                     Some(compiled) => compiled,
@@ -925,7 +930,9 @@ impl Platform {
                 )?;
                 Ok(compiled)
             })
-            .await
+            .await?;
+        self.metrics.code_cached(self.code.held_bytes());
+        Ok(compiled)
     }
 
     /// What untrusted storage returned for `subject`, unless it failed authentication or is

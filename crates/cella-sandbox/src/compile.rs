@@ -33,6 +33,16 @@ impl Compiled {
             Compiled::Http(_) => FunctionKind::WasiHttp,
         }
     }
+
+    /// Bytes of native code and data the compiled image holds in memory: what keeping it
+    /// cached costs.
+    pub fn image_bytes(&self) -> usize {
+        let range = match self {
+            Compiled::Command(pre) => pre.module().image_range(),
+            Compiled::Http(pre) => pre.instance_pre().component().image_range(),
+        };
+        range.end.addr() - range.start.addr()
+    }
 }
 
 /// The two binary encodings that start with `\0asm`, told apart by the version field.

@@ -59,6 +59,8 @@ pub struct Options {
     /// Versions kept per function, and bytes of code per tenant.
     pub max_versions: usize,
     pub max_tenant_bytes: u64,
+    /// Bytes of compiled code kept in memory.
+    pub code_cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             outgoing: None,
             max_versions: 16,
             max_tenant_bytes: 1 << 30,
+            code_cache_bytes: 512 << 20,
         }
     }
 }
@@ -95,6 +98,7 @@ impl Node {
         config.blob_backend = options.blob_backend.clone();
         config.max_versions = options.max_versions;
         config.max_tenant_bytes = options.max_tenant_bytes;
+        config.code_cache_bytes = options.code_cache_bytes;
         if let Some(outgoing) = &options.outgoing {
             config.sandbox.outgoing = outgoing.clone();
         }

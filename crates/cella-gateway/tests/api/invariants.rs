@@ -299,3 +299,53 @@ async fn after_a_restart_code_loads_precompiled_and_swapped_code_is_never_loaded
         "{metrics}"
     );
 }
+
+/// The cache of compiled code is bounded: with room for one image, invoking another function
+/// forgets the first, and invoking that again loads its sealed precompiled code (nothing is
+/// compiled) and answers as before, with a receipt for the same code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_forgotten_by_the_bounded_cache_is_loaded_again_with_the_same_answer() {
+    let node = Node::start_with(Options {
+        code_cache_bytes: 1,
+        ..Options::default()
+    })
+    .await;
+    let token = node.admin.create_tenant("acme").await.unwrap().token;
+    let acme = signed_client(&node.url, token).await;
+    acme.deploy("echo", guest("echo.wasm"), &[]).await.unwrap();
+    acme.deploy("primes", guest("primes.wasm"), &[])
+        .await
+        .unwrap();
+    let metric = |name: &str| -> u64 {
+        let text = node.platform.metrics().encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let compiled = metric("cella_compilations_total");
+
+    let first = acme.invoke("echo", b"same".to_vec(), &[]).await.unwrap();
+    acme.invoke("primes", b"10".to_vec(), &[]).await.unwrap();
+    let loads_before = metric("cella_precompiled_loads_total");
+    let again = acme.invoke("echo", b"same".to_vec(), &[]).await.unwrap();
+    assert!(
+        metric("cella_precompiled_loads_total") > loads_before,
+        "the forgotten code was loaded again"
+    );
+    assert_eq!(
+        metric("cella_compilations_total"),
+        compiled,
+        "nothing compiled again"
+    );
+    assert_eq!(again.output, first.output);
+    let (first, again) = (
+        first.receipt.unwrap().receipt,
+        again.receipt.unwrap().receipt,
+    );
+    assert_eq!(again.function, first.function);
+    assert_eq!(again.output_hash, first.output_hash);
+    assert_eq!(again.limits_hash, first.limits_hash);
+    // What the cache holds is counted for the operator.
+    let held = metric("cella_code_cache_bytes");
+    assert!(held > 0 && held < 64 << 20, "{held}");
+}
