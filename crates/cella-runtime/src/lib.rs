@@ -16,6 +16,7 @@ mod compile_budget;
 mod concurrency;
 mod deploy;
 mod error;
+mod generated;
 mod grants;
 mod logs;
 mod metrics;

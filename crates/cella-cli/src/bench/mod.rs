@@ -1,13 +1,16 @@
 //! `cella bench startup|autoscale|chain`: the figures of PIE's evaluation, measured side by
 //! side in one run on this machine; `cella bench monitor`: what the per-call monitor costs;
 //! `cella bench cluster`: a cluster's throughput and asynchronous latency; `cella bench noisy`:
-//! a quiet tenant's latency beside tenants that saturate their limits. Absolute times on a shared machine mean little; the ratios
-//! between modes measured together are the result. Each run prints a table and writes JSON.
+//! a quiet tenant's latency beside tenants that saturate their limits; `cella bench scale`: an
+//! empty node against one filled with generated records. Absolute times on a shared machine
+//! mean little; the ratios between modes measured together are the result. Each run prints a
+//! table and writes JSON.
 
 mod chain;
 mod cluster;
 mod monitor;
 mod noisy;
+mod scale;
 mod startup;
 mod stats;
 
@@ -34,6 +37,10 @@ pub(crate) enum Suite {
     /// A quiet tenant's latency alone and while one and two other tenants saturate their
     /// limits with busy loops, with the fair CPU scheduler and without it.
     Noisy,
+    /// An empty node against one filled with generated records (100,000 tenants, 10,000
+    /// functions, 1,000 versions of one at scale 1): write CPU, invoke and list latency,
+    /// resident memory, and memory after a burst of large guests.
+    Scale,
 }
 
 impl Suite {
@@ -45,6 +52,7 @@ impl Suite {
             Suite::Monitor => "monitor",
             Suite::Cluster => "cluster",
             Suite::Noisy => "noisy",
+            Suite::Scale => "scale",
         }
     }
 }
@@ -80,6 +88,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Suite::Monitor => monitor::monitor(&args.guests, args.scale).await?,
         Suite::Cluster => cluster::cluster(&args.guests, args.scale).await?,
         Suite::Noisy => noisy::noisy(&args.guests, args.scale).await?,
+        Suite::Scale => scale::scale(&args.guests, args.scale).await?,
     };
     let report = serde_json::json!({
         "suite": args.suite.name(),
