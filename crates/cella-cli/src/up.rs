@@ -178,6 +178,11 @@ pub(crate) fn open_with_key(
         sandbox.instances,
         sandbox.max_memory_bytes >> 20,
     );
+    println!(
+        "caches: compiled code at most {} MiB, registry at most {} MiB",
+        platform.config().code_cache_bytes >> 20,
+        cella_store::REGISTRY_CACHE_BYTES >> 20
+    );
     Ok(Arc::new(platform))
 }
 

@@ -17,8 +17,8 @@ pub use blobs::{BlobError, BlobKey, BlobStore};
 pub use object_store::ObjectStore;
 pub use registry::{
     AsyncError, AsyncInvocation, AsyncStatus, ClusterSecrets, Finish, Finished, MAX_PAGE, Page,
-    Registry, RegistryError, RegistryKey, SharedError, SharedLog, Sharing, StateRead, StateRefusal,
-    StateWrite, Tenant, TenantKey, Trigger, value_sha256,
+    REGISTRY_CACHE_BYTES, Registry, RegistryError, RegistryKey, SharedError, SharedLog, Sharing,
+    StateRead, StateRefusal, StateWrite, Tenant, TenantKey, Trigger, value_sha256,
 };
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

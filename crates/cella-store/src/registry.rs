@@ -134,6 +134,11 @@ pub enum RegistryError {
     Shared(#[from] SharedError),
 }
 
+/// Memory the registry's database keeps for pages it read or wrote. redb's default (1 GiB)
+/// would let the registry's share of the node's memory grow with the registry up to that;
+/// pages beyond this are read again from the file (through the kernel's page cache).
+pub const REGISTRY_CACHE_BYTES: usize = 64 << 20;
+
 /// The most items one page of a list holds.
 pub const MAX_PAGE: usize = 1000;
 
@@ -330,7 +335,11 @@ impl Registry {
             path,
             sealing,
             given,
-            Box::new(move || Database::create(&file)),
+            Box::new(move || {
+                redb::Builder::new()
+                    .set_cache_size(REGISTRY_CACHE_BYTES)
+                    .create(&file)
+            }),
         )
     }
 

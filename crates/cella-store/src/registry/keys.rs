@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Registry, RegistryError, Sealed, db, now};
 
-/// blinded (tenant, key id) → sealed JSON [`TenantKey`]
+/// blinded (tenant, key id), grouped by tenant → sealed JSON [`TenantKey`]
 pub(super) const KEYS: Sealed = TableDefinition::new("sealed_keys");
 
 /// A public key a tenant signs bundles with.
@@ -29,11 +29,13 @@ impl TenantKey {
     }
 }
 
-fn key_name(tenant: &TenantName, id: &str) -> Vec<u8> {
-    format!("{tenant}\0{id}").into_bytes()
-}
-
 impl Registry {
+    /// Where `tenant`'s key `id` is stored: grouped by tenant, so a tenant's keys are read
+    /// without reading every tenant's.
+    fn key_place(&self, tenant: &TenantName, id: &str) -> [u8; 32] {
+        self.grouped_key(KEYS, tenant.as_str().as_bytes(), id.as_bytes())
+    }
+
     /// Registers `public_key` (named `id`) for `tenant`. A key revoked before cannot come back.
     pub fn add_key(
         &self,
@@ -43,8 +45,8 @@ impl Registry {
     ) -> Result<TenantKey, RegistryError> {
         self.write(|tx| {
             let mut keys = tx.open_table(KEYS).map_err(db)?;
-            let name = key_name(tenant, id);
-            if let Some(existing) = self.get::<TenantKey>(&keys, KEYS, &name)? {
+            let place = self.key_place(tenant, id);
+            if let Some(existing) = self.get_at::<TenantKey>(&keys, KEYS, &place)? {
                 return Err(RegistryError::KeyExists {
                     id: id.to_owned(),
                     revoked: !existing.is_active(),
@@ -57,7 +59,7 @@ impl Registry {
                 added_at: now(),
                 revoked_at: None,
             };
-            self.put(&mut keys, KEYS, &name, &key)?;
+            self.put_at(&mut keys, KEYS, &place, &key)?;
             Ok(key)
         })
     }
@@ -65,15 +67,19 @@ impl Registry {
     pub fn key(&self, tenant: &TenantName, id: &str) -> Result<Option<TenantKey>, RegistryError> {
         let tx = self.read()?;
         let keys = tx.open_table(KEYS).map_err(db)?;
-        self.get(&keys, KEYS, &key_name(tenant, id))
+        self.get_at(&keys, KEYS, &self.key_place(tenant, id))
     }
 
     /// Every key `tenant` has registered, revoked ones included, oldest first.
     pub fn keys(&self, tenant: &TenantName) -> Result<Vec<TenantKey>, RegistryError> {
         let tx = self.read()?;
         let keys = tx.open_table(KEYS).map_err(db)?;
-        let mut all: Vec<TenantKey> = self.all(&keys, KEYS)?;
-        all.retain(|key| key.tenant == *tenant);
+        let mut all: Vec<TenantKey> = self.group_all(&keys, KEYS, tenant.as_str().as_bytes())?;
+        if all.iter().any(|key| key.tenant != *tenant) {
+            return Err(RegistryError::Tampered {
+                what: "a tenant's keys (a key of another tenant among them)".into(),
+            });
+        }
         all.sort_by(|a, b| (&a.added_at, &a.id).cmp(&(&b.added_at, &b.id)));
         Ok(all)
     }
@@ -82,13 +88,13 @@ impl Registry {
     pub fn revoke_key(&self, tenant: &TenantName, id: &str) -> Result<TenantKey, RegistryError> {
         self.write(|tx| {
             let mut keys = tx.open_table(KEYS).map_err(db)?;
-            let name = key_name(tenant, id);
+            let place = self.key_place(tenant, id);
             let mut key: TenantKey = self
-                .get(&keys, KEYS, &name)?
+                .get_at(&keys, KEYS, &place)?
                 .ok_or_else(|| RegistryError::NoSuchKey(id.to_owned()))?;
             if key.revoked_at.is_none() {
                 key.revoked_at = Some(now());
-                self.put(&mut keys, KEYS, &name, &key)?;
+                self.put_at(&mut keys, KEYS, &place, &key)?;
             }
             Ok(key)
         })
