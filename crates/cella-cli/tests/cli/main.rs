@@ -463,7 +463,32 @@ fn a_user_creates_a_tenant_deploys_invokes_and_lists() {
     // Version 2.0.0's manifest sets no limits; the first version's kept its own.
     assert_eq!(listed[0]["version"], "2.0.0");
     assert_eq!(listed[0]["limits"]["timeout_ms"], 5000);
-    assert_eq!(listed[0]["versions"][0]["limits"]["timeout_ms"], 2000);
+    // A list shows current versions; the function itself shows its history.
+    let shown: serde_json::Value = serde_json::from_str(&ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["functions", "echo", "--format", "json"],
+    )))
+    .unwrap();
+    assert_eq!(shown["versions"][0]["limits"]["timeout_ms"], 2000);
+    let versions = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["versions", "echo"],
+    ));
+    assert!(
+        versions.contains("0.1.0") && versions.contains("2.0.0"),
+        "{versions}"
+    );
+    let page = ok(cella(
+        &server,
+        data.path(),
+        Some(&token),
+        &["versions", "echo", "--limit", "1"],
+    ));
+    assert!(page.contains("more: repeat with --cursor "), "{page}");
     let table = ok(cella(&server, data.path(), Some(&token), &["functions"]));
     assert!(
         table
