@@ -92,21 +92,7 @@ fn redeploy_keeps_access_and_check_can_refuse() {
             b"v2" => "2.0.0",
             _ => "3.0.0",
         };
-        FunctionRecord::new(
-            name.clone(),
-            tenant("acme"),
-            cella_core::FunctionVersion {
-                version: version.parse().unwrap(),
-                hash: ContentHash::of(bytes),
-                kind: FunctionKind::WasiCommand,
-                size: bytes.len() as u64,
-                limits: Limits::default(),
-                signer: "ed25519:01".into(),
-                deployed_at: now(),
-                plugins: Vec::new(),
-                permissions: Default::default(),
-            },
-        )
+        function_at("f", "acme", version, bytes)
     };
     registry
         .put_function(record(b"v1"), 16, |_| Ok::<_, ()>(()))
