@@ -70,7 +70,7 @@ impl Platform {
         name: &str,
         changes: BTreeMap<String, Option<String>>,
     ) -> Result<Vec<EnvSetting>, RuntimeError> {
-        let record = self.function(caller, name)?;
+        let record = self.owned(caller, name)?;
         let mut checked = BTreeMap::new();
         for (variable, value) in changes {
             let variable =
@@ -101,7 +101,7 @@ impl Platform {
     /// `name`'s environment variables: which are set and which are granted (owner only; values
     /// are never shown again).
     pub fn env(&self, caller: &Principal, name: &str) -> Result<Vec<EnvSetting>, RuntimeError> {
-        let record = self.function(caller, name)?;
+        let record = self.owned(caller, name)?;
         let values = self.registry().env_values(&record.owner, &record.name)?;
         let mut names: Vec<&EnvName> = values.keys().chain(&record.permissions.env).collect();
         names.sort();

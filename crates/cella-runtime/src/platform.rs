@@ -434,10 +434,21 @@ impl Platform {
         Ok(page)
     }
 
-    /// A function's record with every kept version, for its owner.
-    pub fn function(&self, caller: &Principal, name: &str) -> Result<FunctionRecord, RuntimeError> {
+    /// A function's head (its current version), for its owner: what checks and changes of a
+    /// function read.
+    pub(crate) fn owned(
+        &self,
+        caller: &Principal,
+        name: &str,
+    ) -> Result<FunctionRecord, RuntimeError> {
         let record = self.lookup(name)?;
         self.require_owner(caller, &record)?;
+        Ok(record)
+    }
+
+    /// A function's record with every kept version, for its owner.
+    pub fn function(&self, caller: &Principal, name: &str) -> Result<FunctionRecord, RuntimeError> {
+        let record = self.owned(caller, name)?;
         Ok(self
             .registry
             .function_with_history(&record.name)?

@@ -187,7 +187,7 @@ impl Platform {
                 "event triggers need a cluster: run `cella gateway --nats URL` with workers".into(),
             ));
         }
-        let record = self.function(caller, name)?;
+        let record = self.owned(caller, name)?;
         if record.kind == cella_core::FunctionKind::WasiHttp {
             return Err(RuntimeError::WrongKind {
                 name: record.name.clone(),
@@ -256,7 +256,6 @@ impl Platform {
         Ok((shown(trigger), result_key))
     }
 
-    /// `name`'s triggers (owner only), without their keys.
     /// A page of [`Platform::triggers`], by id.
     pub fn triggers_page(
         &self,
@@ -267,12 +266,13 @@ impl Platform {
         crate::paging::page_of(self.triggers(caller, name)?, |t| t.id.clone(), request)
     }
 
+    /// `name`'s triggers (owner only), without their keys.
     pub fn triggers(&self, caller: &Principal, name: &str) -> Result<Vec<Trigger>, RuntimeError> {
-        let record = self.function(caller, name)?;
+        let record = self.owned(caller, name)?;
         Ok(self
-            .all_triggers()?
+            .registry()
+            .triggers_of(&record.name)?
             .into_iter()
-            .filter(|t| t.function == record.name)
             .map(shown)
             .collect())
     }
@@ -284,7 +284,7 @@ impl Platform {
         name: &str,
         id: &str,
     ) -> Result<Trigger, RuntimeError> {
-        let record = self.function(caller, name)?;
+        let record = self.owned(caller, name)?;
         let registry = self.registry().clone();
         let (function, trigger_id) = (record.name.clone(), id.to_owned());
         let removed =
@@ -336,7 +336,7 @@ impl Platform {
         let (Some(trigger_id), Some(sink)) = (&invocation.trigger, self.event_sink.get()) else {
             return;
         };
-        let trigger = match self.registry().trigger(trigger_id) {
+        let trigger = match self.registry().trigger(&invocation.function, trigger_id) {
             Ok(Some(trigger)) => trigger,
             _ => return,
         };

@@ -733,3 +733,55 @@ fn a_tenants_functions_and_a_functions_versions_are_read_by_group() {
     assert!(!registry.blob_in_use(&ContentHash::of(&[b'x'; 80])).unwrap());
     assert!(registry.blob_in_use(&ContentHash::of(b"code")).unwrap());
 }
+
+#[test]
+fn a_functions_triggers_are_read_removed_and_deleted_with_it_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    let keep = |_: Option<&FunctionRecord>| Ok::<_, ()>(());
+    for name in ["f", "g"] {
+        registry
+            .put_function(function_at(name, "acme", "1.0.0", b"code"), 16, keep)
+            .unwrap()
+            .unwrap();
+    }
+    let trigger = |function: &str, id: &str| Trigger {
+        id: id.into(),
+        owner: tenant("acme"),
+        function: FunctionName::new(function).unwrap(),
+        subject: "acme.events".into(),
+        reply_subject: None,
+        public_output: true,
+        result_key: None,
+        created_at: now(),
+    };
+    for (function, id) in [("f", "t1"), ("f", "t2"), ("g", "t3")] {
+        registry.add_trigger(&trigger(function, id)).unwrap();
+    }
+    let (f, g) = (
+        FunctionName::new("f").unwrap(),
+        FunctionName::new("g").unwrap(),
+    );
+    let ids = |function: &FunctionName| -> Vec<String> {
+        registry
+            .triggers_of(function)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    };
+    assert_eq!(ids(&f), ["t1", "t2"]);
+    assert_eq!(ids(&g), ["t3"]);
+    assert_eq!(
+        registry.triggers().unwrap().len(),
+        3,
+        "the scheduler sees them all"
+    );
+    assert!(registry.trigger(&f, "t3").unwrap().is_none(), "t3 is g's");
+    assert!(registry.remove_trigger(&f, "t3").unwrap().is_none());
+    assert_eq!(registry.remove_trigger(&f, "t1").unwrap().unwrap().id, "t1");
+    assert_eq!(ids(&f), ["t2"]);
+    registry.delete_function(&f).unwrap();
+    assert!(ids(&f).is_empty());
+    assert_eq!(ids(&g), ["t3"], "another function's triggers stay");
+}

@@ -4,12 +4,12 @@
 //! like every registry record.
 
 use cella_core::{FunctionName, TenantName};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::{Registry, RegistryError, Sealed, db};
 
-/// blinded trigger id → sealed JSON [`Trigger`]
+/// blinded (function, trigger id), grouped by function → sealed JSON [`Trigger`]
 pub(super) const TRIGGERS: Sealed = TableDefinition::new("sealed_triggers");
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,10 +32,17 @@ pub struct Trigger {
 }
 
 impl Registry {
+    /// Where trigger `id` of `function` is stored: grouped by function, so a function's
+    /// triggers are read (and deleted with it) without reading the node's.
+    fn trigger_place(&self, function: &FunctionName, id: &str) -> [u8; 32] {
+        self.grouped_key(TRIGGERS, function.as_str().as_bytes(), id.as_bytes())
+    }
+
     pub fn add_trigger(&self, trigger: &Trigger) -> Result<(), RegistryError> {
         self.write(|tx| {
             let mut table = tx.open_table(TRIGGERS).map_err(db)?;
-            self.put(&mut table, TRIGGERS, trigger.id.as_bytes(), trigger)
+            let place = self.trigger_place(&trigger.function, &trigger.id);
+            self.put_at(&mut table, TRIGGERS, &place, trigger)
         })
     }
 
@@ -48,10 +55,25 @@ impl Registry {
         Ok(all)
     }
 
-    pub fn trigger(&self, id: &str) -> Result<Option<Trigger>, RegistryError> {
+    /// `function`'s triggers, by id.
+    pub fn triggers_of(&self, function: &FunctionName) -> Result<Vec<Trigger>, RegistryError> {
         let tx = self.read()?;
         let table = tx.open_table(TRIGGERS).map_err(db)?;
-        self.get(&table, TRIGGERS, id.as_bytes())
+        let mut found: Vec<Trigger> =
+            self.group_all(&table, TRIGGERS, function.as_str().as_bytes())?;
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(found)
+    }
+
+    /// Trigger `id` of `function`.
+    pub fn trigger(
+        &self,
+        function: &FunctionName,
+        id: &str,
+    ) -> Result<Option<Trigger>, RegistryError> {
+        let tx = self.read()?;
+        let table = tx.open_table(TRIGGERS).map_err(db)?;
+        self.get_at(&table, TRIGGERS, &self.trigger_place(function, id))
     }
 
     /// Removes trigger `id` of `function`; returns it, or `None` if it has no such trigger.
@@ -62,13 +84,11 @@ impl Registry {
     ) -> Result<Option<Trigger>, RegistryError> {
         self.write(|tx| {
             let mut table = tx.open_table(TRIGGERS).map_err(db)?;
-            let found: Option<Trigger> = self.get(&table, TRIGGERS, id.as_bytes())?;
-            match found {
-                Some(trigger) if &trigger.function == function => {
-                    self.remove::<Trigger>(&mut table, TRIGGERS, id.as_bytes())
-                }
-                _ => Ok(None),
-            }
+            let place = self.trigger_place(function, id);
+            let removed = self.remove_row(&mut table, TRIGGERS, &place)?;
+            removed
+                .map(|sealed| self.decode(TRIGGERS, &place, &sealed))
+                .transpose()
         })
     }
 
@@ -79,16 +99,11 @@ impl Registry {
         function: &FunctionName,
     ) -> Result<(), RegistryError> {
         let mut table = tx.open_table(TRIGGERS).map_err(db)?;
-        let mut doomed = Vec::new();
-        for entry in table.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let trigger: Trigger = self.decode(TRIGGERS, key.value(), value.value())?;
-            if &trigger.function == function {
-                doomed.push(key.value().to_vec());
-            }
-        }
-        for key in doomed {
-            self.remove_row(&mut table, TRIGGERS, &key)?;
+        let doomed: Vec<Trigger> =
+            self.group_all(&table, TRIGGERS, function.as_str().as_bytes())?;
+        for trigger in doomed {
+            let place = self.trigger_place(function, &trigger.id);
+            self.remove_row(&mut table, TRIGGERS, &place)?;
         }
         Ok(())
     }
