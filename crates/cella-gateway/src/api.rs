@@ -316,7 +316,11 @@ async fn deploy(
         ));
     }
     let record = state.platform.deploy(&caller, &name, bundle).await?;
-    let status = if record.versions.len() == 1 {
+    // New when its one kept version is the one it was created with (with `max_versions = 1`
+    // a redeploy also keeps one version, a later one).
+    let created = record.versions.len() == 1
+        && record.versions.first().map(|v| &v.deployed_at) == Some(&record.created_at);
+    let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK

@@ -68,13 +68,19 @@ impl CodeCache {
     ) -> Result<Compiled, RuntimeError> {
         let cell = self.slot(hash);
         let mut loaded_now = false;
-        let compiled = cell
+        let loaded = cell
             .get_or_try_init(|| async {
                 loaded_now = true;
                 load.await
             })
-            .await?
-            .clone();
+            .await;
+        let compiled = match loaded {
+            Ok(compiled) => compiled.clone(),
+            Err(e) => {
+                self.forget_unloaded(hash, &cell);
+                return Err(e);
+            }
+        };
         if loaded_now {
             self.account(hash, &cell, compiled.image_bytes());
         }
@@ -93,6 +99,18 @@ impl CodeCache {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = inner.by_hash.remove(hash) {
             inner.bytes -= entry.bytes;
+        }
+    }
+
+    /// Drops the entry `cell` of `hash` if nothing was loaded into it (its load failed), so
+    /// entries that hold nothing do not pile up.
+    fn forget_unloaded(&self, hash: &ContentHash, cell: &Arc<OnceCell<Compiled>>) {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = inner.by_hash.get(hash)
+            && Arc::ptr_eq(&entry.cell, cell)
+            && cell.get().is_none()
+        {
+            inner.by_hash.remove(hash);
         }
     }
 

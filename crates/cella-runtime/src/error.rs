@@ -265,6 +265,7 @@ impl RuntimeError {
                 SharedError::OtherCluster | SharedError::Forked { .. } => ErrorCode::IntegrityError,
             },
             RuntimeError::Registry(RegistryError::BadCursor) => ErrorCode::InvalidRequest,
+            RuntimeError::Registry(RegistryError::OlderFormat) => ErrorCode::IntegrityError,
             RuntimeError::Registry(RegistryError::TenantExists(_)) => ErrorCode::Conflict,
             RuntimeError::Registry(RegistryError::NoSuchTenant(_)) => ErrorCode::NotFound,
             RuntimeError::Registry(

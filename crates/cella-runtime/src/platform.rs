@@ -157,6 +157,26 @@ pub struct Platform {
 }
 
 /// Runs blocking registry work off the async threads.
+/// Checks every row of `registry` against its sealed digest every
+/// [`cella_store::VERIFY_INTERVAL`], on a thread of its own, for as long as the registry lives.
+fn verify_periodically(registry: std::sync::Weak<Registry>) {
+    let spawned = std::thread::Builder::new()
+        .name("cella-verify".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(cella_store::VERIFY_INTERVAL);
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                // A failure is logged, and refuses every later request, by the check itself.
+                let _ = registry.verify_state();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("could not start the registry's periodic check: {e}");
+    }
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, RuntimeError> + Send + 'static,
 ) -> Result<T, RuntimeError> {
@@ -215,9 +235,11 @@ impl Platform {
         let mut config = config;
         config.sandbox.max_memory_bytes = config.max_limits.memory_bytes;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
+        let registry = Arc::new(registry);
+        verify_periodically(Arc::downgrade(&registry));
         Ok(Platform {
             sandbox: Arc::new(sandbox),
-            registry: Arc::new(registry),
+            registry,
             blobs,
             cluster_blobs: std::sync::OnceLock::new(),
             artifacts,

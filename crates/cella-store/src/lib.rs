@@ -18,7 +18,7 @@ pub use object_store::ObjectStore;
 pub use registry::{
     AsyncError, AsyncInvocation, AsyncStatus, ClusterSecrets, Finish, Finished, MAX_PAGE, Page,
     REGISTRY_CACHE_BYTES, Registry, RegistryError, RegistryKey, SharedError, SharedLog, Sharing,
-    StateRead, StateRefusal, StateWrite, Tenant, TenantKey, Trigger, value_sha256,
+    StateRead, StateRefusal, StateWrite, Tenant, TenantKey, Trigger, VERIFY_INTERVAL, value_sha256,
 };
 pub use sealed::SealingKey;
 pub use token::{Principal, Token};

@@ -369,6 +369,15 @@ impl Registry {
         // what it replaced, should the genesis name a row twice).
         let mut hash = super::StateHash::empty();
         self.write_rows(&tx, rows, &mut hash)?;
+        let format_1 = || {
+            super::format_1_digest(
+                rows.iter()
+                    .filter_map(|r| Some((r.table.as_str(), &r.key[..], r.value.as_deref()?))),
+            )
+        };
+        if hash.digest() != *digest && format_1() == *digest {
+            return Err(RegistryError::OlderFormat);
+        }
         require_logged_digest(version, digest, &hash.digest())?;
         self.finish(tx, version, hash)?;
         // Whatever the genesis changed (triggers, the cluster key) is news to the platform.

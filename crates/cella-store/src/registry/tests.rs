@@ -785,3 +785,79 @@ fn a_functions_triggers_are_read_removed_and_deleted_with_it_alone() {
     assert!(ids(&f).is_empty());
     assert_eq!(ids(&g), ["t3"], "another function's triggers stay");
 }
+
+#[test]
+fn a_registry_of_the_earlier_format_is_refused_as_such_not_as_tampered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.redb");
+    {
+        // A registry as format 1 sealed it: the same rows, the version sealed with the SHA-256
+        // of every row.
+        let registry = open(&path).unwrap();
+        registry.create_tenant(&tenant("acme")).unwrap();
+        let tx = registry.db.get().unwrap().begin_write().unwrap();
+        let mut rows = Vec::new();
+        visit_rows(
+            &tx.open_table(META).unwrap(),
+            SEALED_TABLES.map(|t| (t, tx.open_table(t))),
+            |table, key, value| rows.push((table.to_owned(), key.to_vec(), value.to_vec())),
+        )
+        .unwrap();
+        let digest = format_1_digest(rows.iter().map(|(t, k, v)| (t.as_str(), &k[..], &v[..])));
+        let sealed = registry.sealer.seal(
+            META.name(),
+            VERSION.as_bytes(),
+            &version::encode(registry.version(), &digest),
+        );
+        tx.open_table(META)
+            .unwrap()
+            .insert(VERSION, sealed.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let error = open(&path).err().expect("an earlier format is not opened");
+    assert!(matches!(error, RegistryError::OlderFormat), "{error}");
+    assert!(error.to_string().contains("another --data-dir"), "{error}");
+}
+
+#[test]
+fn a_record_put_back_while_the_node_runs_is_caught_by_the_check_of_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = open(&dir.path().join("registry.redb")).unwrap();
+    let (_, old_token) = registry.create_tenant(&tenant("acme")).unwrap();
+    let old_rows = {
+        let tx = registry.db.get().unwrap().begin_read().unwrap();
+        raw_entries(&tx.open_table(TOKENS).unwrap())
+    };
+    registry.rotate_tenant_token(&tenant("acme")).unwrap();
+    registry.verify_state().unwrap();
+
+    // The host puts the retired token's row back behind the registry's back (here through its
+    // own handle on the file, as redb's lock keeps others out).
+    {
+        let tx = registry.db.get().unwrap().begin_write().unwrap();
+        {
+            let mut tokens = tx.open_table(TOKENS).unwrap();
+            for (k, v) in &old_rows {
+                tokens.insert(k.as_slice(), v.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    // Reads check seals only: the revived token would work until the check runs.
+    assert!(registry.authenticate(old_token.secret()).unwrap().is_some());
+    assert!(matches!(
+        registry.verify_state(),
+        Err(RegistryError::Tampered { .. })
+    ));
+    // From then on nothing is read or written, and health says why.
+    assert!(matches!(
+        registry.authenticate(old_token.secret()),
+        Err(RegistryError::Tampered { .. })
+    ));
+    assert!(matches!(
+        registry.create_tenant(&tenant("beta")),
+        Err(RegistryError::Tampered { .. })
+    ));
+    assert!(registry.health().unwrap_err().contains("periodic check"));
+}
