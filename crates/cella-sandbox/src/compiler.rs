@@ -9,8 +9,8 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 
 use crate::error::CompileError;
 
-/// The nice value of compiling threads (guests run at [`crate::executor::GUEST_NICE`]): under
-/// contention they get a small share of a core's time, and all of any idle core.
+/// The nice value of compiling threads (guests run at 0): under contention they get about a
+/// tenth of a core's time, and all of any idle core.
 const COMPILE_NICE: i32 = 10;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -71,19 +71,15 @@ impl CompilerLane {
     }
 }
 
+/// Lowers the calling thread's CPU priority to [`COMPILE_NICE`] (Linux applies a nice value
+/// per thread). Best effort: where it is refused, compiling still works, at normal priority.
 fn lower_priority() {
-    lower_thread_priority(COMPILE_NICE);
-}
-
-/// Lowers the calling thread's CPU priority to `nice` (Linux applies a nice value per thread).
-/// Best effort: where it is refused, the thread works on at normal priority.
-pub(crate) fn lower_thread_priority(nice: i32) {
     #[cfg(target_os = "linux")]
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-        tracing::debug!("could not lower a thread's priority to nice {nice}: {e}");
+    if let Err(e) =
+        rustix::process::setpriority_process(Some(rustix::thread::gettid()), COMPILE_NICE)
+    {
+        tracing::debug!("could not lower the compiler's priority: {e}");
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }
 
 /// Hands the memory a compilation freed back to the system. glibc's allocator keeps freed

@@ -2,18 +2,12 @@
 //! holds its worker for a whole time slice, so on the runtime that serves the API a few busy
 //! guests would keep network and TLS tasks — a quiet tenant's request among them — waiting
 //! for a worker (and Tokio polls for I/O only between tasks). Apart, the operating system
-//! shares the cores between the API's threads and the guests' at once — and, the guests'
-//! threads running at a lower priority, hands a core to an API thread as soon as it wakes
-//! (a request arriving, a TLS record to decrypt), rather than at the end of a busy guest's
-//! share of the scheduler's period.
+//! shares the cores between the API's threads and the guests' at once.
 
 use std::future::Future;
 
 use crate::error::RunError;
 use crate::pipes::LogTail;
-
-/// The nice value of the guests' threads (the API's run at 0, the compiler's at 10).
-pub(crate) const GUEST_NICE: i32 = 5;
 
 pub(crate) struct GuestExecutor {
     runtime: Option<tokio::runtime::Runtime>,
@@ -24,7 +18,6 @@ impl GuestExecutor {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("cella-guest")
-            .on_thread_start(|| crate::compiler::lower_thread_priority(GUEST_NICE))
             // A guest's poll lasts a time slice. New invocations arrive in the runtime's
             // global queue, which workers otherwise look at only every 61 polls (more than
             // half a second here); timers and I/O likewise.
