@@ -24,7 +24,7 @@ impl Platform {
             .last()
             .cloned()
             .ok_or_else(|| RuntimeError::Invalid("the model function has no version".into()))?;
-        current.version = version;
+        current.version = version.clone();
         current.deployed_at = self.now_rfc3339();
         let mut record = FunctionRecord::new(name.clone(), owner.clone(), current);
         record.access.public = public;
@@ -36,6 +36,11 @@ impl Platform {
                 Some(e) if e.owner != owner => Err(RuntimeError::Forbidden(format!(
                     "function `{}` belongs to another tenant",
                     e.name
+                ))),
+                // As for a deploy: versions only move forward.
+                Some(e) if e.version >= version => Err(RuntimeError::OldVersion(format!(
+                    "function `{}` is at version {}",
+                    e.name, e.version
                 ))),
                 _ => Ok(()),
             })?

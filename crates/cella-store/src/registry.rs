@@ -29,12 +29,13 @@ const TENANTS: Sealed = TableDefinition::new("sealed_tenants");
 /// blinded SHA-256 of a token → sealed encoded [`Principal`]
 const TOKENS: Sealed = TableDefinition::new("sealed_tokens");
 /// Every table of sealed records (the digest covers them all).
-const SEALED_TABLES: [Sealed; 10] = [
+const SEALED_TABLES: [Sealed; 11] = [
     TENANTS,
     TOKENS,
     FUNCTIONS,
     functions::FUNCTION_VERSIONS,
     functions::FUNCTIONS_BY_OWNER,
+    functions::CODE_USES,
     keys::KEYS,
     plugins::PLUGINS,
     function_data::FUNCTION_DATA,

@@ -5,7 +5,9 @@
 //! - `FUNCTION_VERSIONS`: one row per kept version, grouped by function, so a pinned invocation
 //!   reads the one version it runs and a deploy reads only that function's history;
 //! - `FUNCTIONS_BY_OWNER`: each tenant's function names, grouped by tenant, so listing a
-//!   tenant's functions costs what it owns, not what the node holds.
+//!   tenant's functions costs what it owns, not what the node holds;
+//! - `CODE_USES`: the versions that run each piece of code, grouped by its hash, so whether
+//!   code may be deleted is one lookup.
 //!
 //! Every write keeps the three together in one transaction.
 
@@ -21,6 +23,8 @@ pub(super) const FUNCTIONS: Sealed = TableDefinition::new("sealed_functions");
 pub(super) const FUNCTION_VERSIONS: Sealed = TableDefinition::new("sealed_function_versions");
 /// blinded (owner, function name) → sealed function name
 pub(super) const FUNCTIONS_BY_OWNER: Sealed = TableDefinition::new("sealed_functions_by_owner");
+/// blinded (code hash, `name@version`) → sealed `name@version`
+pub(super) const CODE_USES: Sealed = TableDefinition::new("sealed_code_uses");
 
 /// A kept version, with its place in the function's history.
 #[derive(Serialize, Deserialize)]
@@ -51,10 +55,18 @@ impl Registry {
         &self,
         name: &FunctionName,
     ) -> Result<Option<FunctionRecord>, RegistryError> {
-        let Some(mut head) = self.function(name)? else {
+        // Looked up first for its catch-up in a cluster; then head and history from one
+        // snapshot, so a deploy or delete in between cannot mix them.
+        if self.function(name)?.is_none() {
+            return Ok(None);
+        }
+        let tx = self.read()?;
+        let functions = tx.open_table(FUNCTIONS).map_err(db)?;
+        let Some(mut head) =
+            self.get::<FunctionRecord>(&functions, FUNCTIONS, name.as_str().as_bytes())?
+        else {
             return Ok(None);
         };
-        let tx = self.read()?;
         let versions = tx.open_table(FUNCTION_VERSIONS).map_err(db)?;
         head.versions = self.history(&versions, name)?;
         Ok(Some(head))
@@ -213,6 +225,7 @@ impl Registry {
                     FUNCTION_VERSIONS,
                     &version_key(self, &name, &version.version),
                 )?;
+                self.forget_use(tx, &name, &version)?;
             }
             // The new versions' places in the history follow every version deployed before,
             // forgotten ones included, so the order survives forgetting.
@@ -224,6 +237,7 @@ impl Registry {
                 };
                 let key = version_key(self, &name, &version.version);
                 self.put_at(&mut versions, FUNCTION_VERSIONS, &key, &stored)?;
+                self.record_use(tx, &name, version)?;
             }
             self.put_head(&mut functions, &updated)?;
             Ok(Ok(updated))
@@ -271,6 +285,7 @@ impl Registry {
                     FUNCTION_VERSIONS,
                     &version_key(self, name, &version.version),
                 )?;
+                self.forget_use(tx, name, version)?;
             }
             self.forget_owner_entry(tx, &head)?;
             Ok(Some(head))
@@ -278,19 +293,46 @@ impl Registry {
     }
 
     /// Whether any kept version of any function runs the code `hash` (blobs are shared by
-    /// content). Reads every version on the node: called when code may be deleted.
+    /// content): one lookup in the code's group of uses.
     pub fn blob_in_use(&self, hash: &ContentHash) -> Result<bool, RegistryError> {
         let tx = self.read()?;
-        let versions = tx.open_table(FUNCTION_VERSIONS).map_err(db)?;
-        for entry in versions.iter().map_err(db)? {
-            let (key, value) = entry.map_err(db)?;
-            let stored: StoredVersion =
-                self.decode(FUNCTION_VERSIONS, key.value(), value.value())?;
-            if stored.version.hash == *hash {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        let uses = tx.open_table(CODE_USES).map_err(db)?;
+        let page =
+            self.group_page::<String>(&uses, CODE_USES, hash.to_string().as_bytes(), None, 1)?;
+        Ok(!page.items.is_empty())
+    }
+
+    /// Where the use of `version`'s code by `name` is recorded.
+    fn use_key(&self, name: &FunctionName, version: &FunctionVersion) -> ([u8; 32], String) {
+        let user = format!("{name}@{}", version.version);
+        let key = self.grouped_key(
+            CODE_USES,
+            version.hash.to_string().as_bytes(),
+            user.as_bytes(),
+        );
+        (key, user)
+    }
+
+    fn record_use(
+        &self,
+        tx: &WriteTransaction,
+        name: &FunctionName,
+        version: &FunctionVersion,
+    ) -> Result<(), RegistryError> {
+        let mut uses = tx.open_table(CODE_USES).map_err(db)?;
+        let (key, user) = self.use_key(name, version);
+        self.put_at(&mut uses, CODE_USES, &key, &user)
+    }
+
+    fn forget_use(
+        &self,
+        tx: &WriteTransaction,
+        name: &FunctionName,
+        version: &FunctionVersion,
+    ) -> Result<(), RegistryError> {
+        let mut uses = tx.open_table(CODE_USES).map_err(db)?;
+        self.remove_row(&mut uses, CODE_USES, &self.use_key(name, version).0)?;
+        Ok(())
     }
 
     /// Stores a function's head: the record with its current version only.
