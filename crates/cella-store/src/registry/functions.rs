@@ -225,7 +225,7 @@ impl Registry {
                     FUNCTION_VERSIONS,
                     &version_key(self, &name, &version.version),
                 )?;
-                self.forget_use(tx, &name, &version)?;
+                self.note_use(tx, &name, &version, false)?;
             }
             // The new versions' places in the history follow every version deployed before,
             // forgotten ones included, so the order survives forgetting.
@@ -237,7 +237,7 @@ impl Registry {
                 };
                 let key = version_key(self, &name, &version.version);
                 self.put_at(&mut versions, FUNCTION_VERSIONS, &key, &stored)?;
-                self.record_use(tx, &name, version)?;
+                self.note_use(tx, &name, version, true)?;
             }
             self.put_head(&mut functions, &updated)?;
             Ok(Ok(updated))
@@ -285,7 +285,7 @@ impl Registry {
                     FUNCTION_VERSIONS,
                     &version_key(self, name, &version.version),
                 )?;
-                self.forget_use(tx, name, version)?;
+                self.note_use(tx, name, version, false)?;
             }
             self.forget_owner_entry(tx, &head)?;
             Ok(Some(head))
@@ -313,26 +313,20 @@ impl Registry {
         (key, user)
     }
 
-    fn record_use(
+    /// Records that `name` runs `version`'s code (`used`), or no longer does.
+    fn note_use(
         &self,
         tx: &WriteTransaction,
         name: &FunctionName,
         version: &FunctionVersion,
+        used: bool,
     ) -> Result<(), RegistryError> {
         let mut uses = tx.open_table(CODE_USES).map_err(db)?;
         let (key, user) = self.use_key(name, version);
-        self.put_at(&mut uses, CODE_USES, &key, &user)
-    }
-
-    fn forget_use(
-        &self,
-        tx: &WriteTransaction,
-        name: &FunctionName,
-        version: &FunctionVersion,
-    ) -> Result<(), RegistryError> {
-        let mut uses = tx.open_table(CODE_USES).map_err(db)?;
-        self.remove_row(&mut uses, CODE_USES, &self.use_key(name, version).0)?;
-        Ok(())
+        match used {
+            true => self.put_at(&mut uses, CODE_USES, &key, &user),
+            false => self.remove_row(&mut uses, CODE_USES, &key).map(drop),
+        }
     }
 
     /// Stores a function's head: the record with its current version only.
