@@ -534,6 +534,12 @@ fn print_function(record: &FunctionRecord) {
     println!("name:     {}", record.name);
     println!("owner:    {}", record.owner);
     println!("kind:     {}", record.kind);
+    println!(
+        "version:  {} ({} kept; `cella versions {}` lists them)",
+        record.version,
+        record.versions.len(),
+        record.name
+    );
     println!("hash:     {}", record.hash);
     println!("size:     {} bytes", record.size);
     println!(
