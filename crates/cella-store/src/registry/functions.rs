@@ -187,17 +187,15 @@ impl Registry {
             let name = record.name.clone();
             let mut functions = tx.open_table(FUNCTIONS).map_err(db)?;
             let mut versions = tx.open_table(FUNCTION_VERSIONS).map_err(db)?;
-            let existing = match self.get::<FunctionRecord>(
-                &functions,
-                FUNCTIONS,
-                name.as_str().as_bytes(),
-            )? {
-                Some(mut head) => {
-                    head.versions = self.history(&versions, &name)?;
-                    Some(head)
-                }
-                None => None,
-            };
+            // The history, read once: the check sees it, and the new versions follow it.
+            let stored = self.stored_history(&versions, &name)?;
+            let seq_base = stored.last().map_or(0, |s| s.seq + 1);
+            let existing = self
+                .get::<FunctionRecord>(&functions, FUNCTIONS, name.as_str().as_bytes())?
+                .map(|mut head| {
+                    head.versions = stored.into_iter().map(|s| s.version).collect();
+                    head
+                });
             if let Err(refused) = check(existing.as_ref()) {
                 return Ok(Err(refused));
             }
@@ -227,9 +225,7 @@ impl Registry {
                 )?;
                 self.note_use(tx, &name, &version, false)?;
             }
-            // The new versions' places in the history follow every version deployed before,
-            // forgotten ones included, so the order survives forgetting.
-            let seq_base = self.next_seq(&versions, &name)?;
+            // The new versions' places follow the newest kept one (never forgotten).
             for (i, version) in record.versions.iter().enumerate() {
                 let stored = StoredVersion {
                     seq: seq_base + i as u64,
@@ -362,21 +358,20 @@ impl Registry {
         versions: &impl ReadableTable<&'static [u8], &'static [u8]>,
         name: &FunctionName,
     ) -> Result<Vec<FunctionVersion>, RegistryError> {
-        let mut stored: Vec<StoredVersion> =
-            self.group_all(versions, FUNCTION_VERSIONS, name.as_str().as_bytes())?;
-        stored.sort_by_key(|s| s.seq);
+        let stored = self.stored_history(versions, name)?;
         Ok(stored.into_iter().map(|s| s.version).collect())
     }
 
-    /// The place in the history the next version of `name` takes.
-    fn next_seq(
+    /// Every kept version of `name` with its place in the history, oldest first.
+    fn stored_history(
         &self,
         versions: &impl ReadableTable<&'static [u8], &'static [u8]>,
         name: &FunctionName,
-    ) -> Result<u64, RegistryError> {
-        let stored: Vec<StoredVersion> =
+    ) -> Result<Vec<StoredVersion>, RegistryError> {
+        let mut stored: Vec<StoredVersion> =
             self.group_all(versions, FUNCTION_VERSIONS, name.as_str().as_bytes())?;
-        Ok(stored.iter().map(|s| s.seq + 1).max().unwrap_or(0))
+        stored.sort_by_key(|s| s.seq);
+        Ok(stored)
     }
 }
 
