@@ -409,11 +409,6 @@ impl Platform {
         blocking(move || Ok(registry.rotate_tenant_token(&name)?)).await
     }
 
-    pub fn tenants(&self, caller: &Principal) -> Result<Vec<Tenant>, RuntimeError> {
-        require_admin(caller, "manage tenants")?;
-        Ok(self.registry.tenants()?)
-    }
-
     /// A page of the tenants (operator only).
     pub fn tenants_page(
         &self,
@@ -475,11 +470,6 @@ impl Platform {
             .registry
             .function_with_history(&record.name)?
             .unwrap_or(record))
-    }
-
-    /// The functions the caller owns.
-    pub fn functions(&self, caller: &Principal) -> Result<Vec<FunctionRecord>, RuntimeError> {
-        Ok(self.registry.functions_owned_by(tenant_of(caller)?)?)
     }
 
     pub async fn delete(
